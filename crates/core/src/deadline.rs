@@ -1,0 +1,88 @@
+//! Deadline maths (invariant 2): every live state has a deadline, computed here from the
+//! timeouts and the store's `now`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+use crate::duration::serde_ms;
+
+/// The timeouts of one execution, fixed when it is created (named after Temporal's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Lease length: an owner that does not heartbeat within it loses the execution.
+    #[serde(with = "serde_ms")]
+    pub heartbeat: Duration,
+    /// Start-to-close: the longest one attempt may run.
+    #[serde(with = "serde_ms")]
+    pub run: Duration,
+    /// Schedule-to-start: the longest an execution may wait in `queued`.
+    #[serde(with = "serde_ms")]
+    pub queue: Duration,
+    /// Time between SIGTERM and SIGKILL when jobward stops a process.
+    #[serde(with = "serde_ms")]
+    pub kill_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            heartbeat: Duration::from_secs(30),
+            run: Duration::from_secs(24 * 3600),
+            queue: Duration::from_secs(3600),
+            kill_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `t + d`, saturating at the far future instead of overflowing.
+pub fn add(t: Timestamp, d: Duration) -> Timestamp {
+    chrono::TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
+/// `t - d`, saturating at the far past.
+pub fn sub(t: Timestamp, d: Duration) -> Timestamp {
+    chrono::TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+}
+
+/// The non-negative time from `a` to `b` (zero if `b` is before `a`).
+pub fn between(a: Timestamp, b: Timestamp) -> Duration {
+    (b - a).to_std().unwrap_or(Duration::ZERO)
+}
+
+impl Timeouts {
+    /// Deadline of a queued execution that may start at `run_after`.
+    pub fn start_deadline(&self, run_after: Timestamp) -> Timestamp {
+        add(run_after, self.queue)
+    }
+
+    /// Lease expiry after a claim or heartbeat at `now`.
+    pub fn lease_expiry(&self, now: Timestamp) -> Timestamp {
+        add(now, self.heartbeat)
+    }
+
+    /// The run deadline stored in the ledger: the run timeout plus the kill grace. The owner
+    /// starts terminating at `terminate_at`, so that a process that honours SIGTERM, or is
+    /// killed after the grace, is recorded by its owner before the reaper has to step in.
+    pub fn run_deadline(&self, started_at: Timestamp) -> Timestamp {
+        add(add(started_at, self.run), self.kill_grace)
+    }
+
+    /// When the owner sends SIGTERM because the run timeout passed.
+    pub fn terminate_at(&self, run_deadline: Timestamp) -> Timestamp {
+        sub(run_deadline, self.kill_grace)
+    }
+
+    /// Deadline for the owner to confirm a cancel requested at `now`: it learns of the
+    /// request within one heartbeat timeout and then has the kill grace to stop the process.
+    pub fn cancel_deadline(&self, now: Timestamp) -> Timestamp {
+        add(add(now, self.heartbeat), self.kill_grace)
+    }
+}
