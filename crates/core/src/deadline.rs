@@ -36,6 +36,10 @@ impl Default for Timeouts {
     }
 }
 
+/// Time an owner has, after killing a process on time, to record the end before the ledger's
+/// deadline passes.
+pub const OWNER_MARGIN: Duration = Duration::from_secs(2);
+
 /// `t + d`, saturating at the far future instead of overflowing.
 pub fn add(t: Timestamp, d: Duration) -> Timestamp {
     chrono::TimeDelta::from_std(d)
@@ -68,21 +72,24 @@ impl Timeouts {
         add(now, self.heartbeat)
     }
 
-    /// The run deadline stored in the ledger: the run timeout plus the kill grace. The owner
-    /// starts terminating at `terminate_at`, so that a process that honours SIGTERM, or is
-    /// killed after the grace, is recorded by its owner before the reaper has to step in.
+    /// The run deadline stored in the ledger: run timeout, then kill grace, then a margin.
+    /// The owner sends SIGTERM at `terminate_at` and SIGKILL a kill grace later, so an owner
+    /// that is alive records the end itself before the reaper would have to.
     pub fn run_deadline(&self, started_at: Timestamp) -> Timestamp {
-        add(add(started_at, self.run), self.kill_grace)
+        add(
+            add(add(started_at, self.run), self.kill_grace),
+            OWNER_MARGIN,
+        )
     }
 
     /// When the owner sends SIGTERM because the run timeout passed.
-    pub fn terminate_at(&self, run_deadline: Timestamp) -> Timestamp {
-        sub(run_deadline, self.kill_grace)
+    pub fn terminate_at(&self, started_at: Timestamp) -> Timestamp {
+        add(started_at, self.run)
     }
 
     /// Deadline for the owner to confirm a cancel requested at `now`: it learns of the
     /// request within one heartbeat timeout and then has the kill grace to stop the process.
     pub fn cancel_deadline(&self, now: Timestamp) -> Timestamp {
-        add(add(now, self.heartbeat), self.kill_grace)
+        add(add(add(now, self.heartbeat), self.kill_grace), OWNER_MARGIN)
     }
 }

@@ -250,7 +250,7 @@ mod tests {
         e.apply(Event::Heartbeat, t(39), Reporter::Owner("k"), None, "")
             .unwrap();
         assert_eq!(e.due(t(68)), None);
-        // run deadline = 10 + 100 + 5; the lease (renewed to 69) passes first
+        // run deadline = 10 + 100 + 5 + 2; the lease (renewed to 69) passes first
         assert_eq!(e.due(t(200)), Some(Deadline::Lease));
         e.apply(
             Event::Cancel(Reason::CancelRequested),
@@ -260,9 +260,9 @@ mod tests {
             "",
         )
         .unwrap();
-        assert_eq!(e.cancel_deadline, Some(t(85)));
+        assert_eq!(e.cancel_deadline, Some(t(87)));
         e.apply(Event::Heartbeat, t(60), Reporter::Owner("k"), None, "")
             .unwrap();
-        assert_eq!(e.due(t(86)), Some(Deadline::Cancel));
+        assert_eq!(e.due(t(88)), Some(Deadline::Cancel));
     }
 }

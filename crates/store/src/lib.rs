@@ -1,0 +1,128 @@
+//! The ledger's storage: a `Store` trait of whole domain operations (enqueue, claim,
+//! heartbeat, complete, reap, cleanup, ...), their parameter and report types, and the
+//! backends that implement them.
+//!
+//! Every state change here is a compare-and-set on (id, expected state, attempt, lease token)
+//! whose rows-affected count is checked (invariant 4), decided by `jobward_core::transition`
+//! and written together with its event (invariant 6) and any retry it owes, in one
+//! transaction. This crate must not spawn processes, read configuration files or keep state
+//! outside the database: what it knows, the database knows.
+
+pub mod clock;
+pub mod error;
+pub mod sqlite;
+pub mod types;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jobward_core::Timestamp;
+
+pub use clock::Clock;
+pub use error::StoreError;
+pub use types::*;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The ledger. Every method is one whole operation, atomic on its own.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// "sqlite" or "postgres".
+    fn backend(&self) -> &'static str;
+
+    /// The clock deadlines are compared with.
+    fn clock(&self) -> &Clock;
+
+    /// The store's `now`.
+    async fn now(&self) -> Result<Timestamp>;
+
+    // ---- nodes ----
+
+    /// Records a new incarnation, unless another live incarnation holds the same name.
+    async fn register_node(&self, node: NewNode) -> Result<RegisterOutcome>;
+    /// Marks an incarnation stopped.
+    async fn stop_node(&self, id: &str, reason: &str) -> Result<()>;
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>>;
+    /// Running executions of earlier incarnations with this node name: what a restarted node
+    /// must settle before it schedules anything (invariant 8).
+    async fn orphans_of(&self, name: &str, node_id: &str) -> Result<Vec<ExecutionRow>>;
+    /// Settles those orphans (reason `node_restarted`, each with its message) and marks the
+    /// old incarnations stopped.
+    async fn settle_orphans(
+        &self,
+        p: RecoverParams,
+        orphans: Vec<(LeaseRef, String)>,
+    ) -> Result<ReapReport>;
+
+    // ---- jobs ----
+
+    async fn sync_jobs(&self, p: SyncJobs) -> Result<SyncReport>;
+    async fn list_jobs(&self) -> Result<Vec<JobRow>>;
+    async fn get_job(&self, name: &str) -> Result<Option<JobRow>>;
+    async fn set_paused(&self, name: &str, paused: bool) -> Result<()>;
+
+    // ---- creating executions ----
+
+    /// A manual trigger: creates an execution under the job's overlap policy.
+    async fn trigger(&self, p: TriggerParams) -> Result<Created>;
+    /// One scheduler tick: fires every due instant of every job, at most once each.
+    async fn fire_due(&self, actor: &str) -> Result<FireReport>;
+
+    // ---- the lease ----
+
+    /// Takes up to `limit` claimable executions, honouring concurrency limits and overlap.
+    async fn claim(&self, p: ClaimParams) -> Result<Vec<ExecutionRow>>;
+    /// Records the process an owner started for an execution.
+    async fn record_process(&self, lease: &LeaseRef, process: &ProcessInfo) -> Result<()>;
+    /// Renews many leases at once; names the lost ones and pending cancels.
+    async fn heartbeat(&self, p: HeartbeatParams) -> Result<HeartbeatReport>;
+    /// Records how an execution ended; refuses a stale lease with `StoreError::LeaseLost`.
+    async fn complete(&self, p: CompleteParams) -> Result<Settled>;
+    /// Cancels a queued execution, or asks the owner of a running one to stop it.
+    async fn cancel(&self, p: CancelParams) -> Result<CancelOutcome>;
+
+    // ---- maintenance ----
+
+    /// Moves every live execution past a deadline to its terminal state, with retries.
+    async fn reap(&self, p: ReapParams) -> Result<ReapReport>;
+    /// Settles (or, on a dry run, lists) running executions with an old last heartbeat.
+    async fn cleanup(&self, p: CleanupParams) -> Result<CleanupReport>;
+    /// Deletes terminal executions beyond each job's history limits, with their events.
+    async fn prune(&self, p: PruneParams) -> Result<PruneReport>;
+
+    // ---- reading ----
+
+    async fn list_executions(&self, f: ExecutionFilter) -> Result<Vec<ExecutionRow>>;
+    async fn get_execution(&self, id: ExecutionId) -> Result<Option<ExecutionRow>>;
+    async fn events(&self, id: ExecutionId) -> Result<Vec<EventRow>>;
+    async fn health(&self, p: HealthParams) -> Result<HealthMetrics>;
+    /// Checks invariants 1-3 (and 6) on the live data.
+    async fn audit(&self, p: AuditParams) -> Result<Vec<Violation>>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// How to open a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the database if needed and bring its schema up to date (`serve`, `migrate`).
+    CreateAndMigrate,
+    /// The database must exist with this jobward's schema (read and admin commands).
+    Existing,
+}
+
+/// What `open` did to the schema.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Opened {
+    pub created: bool,
+    pub applied_migrations: Vec<i64>,
+}
+
+/// Opens the store named by a database URL. Only the composition root calls this.
+pub async fn open(url: &str, mode: OpenMode) -> Result<(DynStore, Opened)> {
+    if let Some(path) = sqlite::path_from_url(url) {
+        let (store, opened) = sqlite::SqliteStore::open(url, &path, mode).await?;
+        return Ok((Arc::new(store), opened));
+    }
+    Err(StoreError::UnsupportedUrl(url.to_string()))
+}

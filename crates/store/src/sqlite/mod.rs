@@ -1,0 +1,1508 @@
+//! The embedded SQLite backend: one file, WAL, one writer connection per process, and every
+//! write transaction opened with `BEGIN IMMEDIATE` under a busy timeout, retried while
+//! another process holds the lock, so that `SQLITE_BUSY` never reaches a caller.
+
+mod ledger;
+mod rows;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jobward_core::deadline::{between, sub};
+use jobward_core::schedule::first_fire;
+use jobward_core::{
+    Deadline, Event, JobSpec, Overlap, Reason, State, Timestamp, plan_fires, transition,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, SqliteConnection, SqlitePool};
+
+use self::ledger::{Apply, NewExecution};
+use self::rows::{
+    EXEC_COLUMNS, EventRecord, ExecRecord, NodeRecord, decode_all, dur_ms, from_ms, ms, summary,
+    to_core,
+};
+use crate::error::ts;
+use crate::types::*;
+use crate::{Clock, OpenMode, Opened, Result, Store, StoreError};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long one attempt to take the write lock waits inside SQLite.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts before a writer gives up with `StoreError::Busy`.
+const BUSY_ATTEMPTS: u32 = 12;
+
+pub(crate) fn sql(s: String) -> AssertSqlSafe<String> {
+    AssertSqlSafe(s)
+}
+
+/// `sqlite://PATH` or `sqlite:PATH` → PATH.
+pub fn path_from_url(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = rest.split('?').next().unwrap_or_default();
+    if rest.is_empty() || rest == ":memory:" {
+        return None;
+    }
+    Some(PathBuf::from(rest))
+}
+
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| c & 0xff == 5 || c & 0xff == 6),
+        _ => false,
+    }
+}
+
+fn store_err(e: sqlx::Error) -> StoreError {
+    if is_busy(&e) {
+        StoreError::Busy(BUSY_TIMEOUT)
+    } else {
+        StoreError::from(e)
+    }
+}
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    clock: Clock,
+    url: String,
+}
+
+/// Runs `$body` in a `BEGIN IMMEDIATE` transaction with `$now` read after the write lock is
+/// held, so timestamps follow commit order. Retries while the database is locked.
+macro_rules! write_tx {
+    ($store:expr, |$conn:ident, $now:ident| $body:block) => {{
+        let store: &SqliteStore = $store;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut tx = match store.writer.begin_with("BEGIN IMMEDIATE").await {
+                Ok(tx) => tx,
+                Err(e) if is_busy(&e) && attempt < BUSY_ATTEMPTS => continue,
+                Err(e) if is_busy(&e) => break Err(StoreError::Busy(BUSY_TIMEOUT * BUSY_ATTEMPTS)),
+                Err(e) => break Err(store_err(e)),
+            };
+            let $now: Timestamp = store.clock.now();
+            let result = async {
+                let $conn: &mut SqliteConnection = &mut *tx;
+                $body
+            }
+            .await;
+            match result {
+                Ok(v) => match tx.commit().await {
+                    Ok(()) => break Ok(v),
+                    Err(e) if is_busy(&e) && attempt < BUSY_ATTEMPTS => continue,
+                    Err(e) => break Err(store_err(e)),
+                },
+                Err(StoreError::Busy(_)) if attempt < BUSY_ATTEMPTS => {
+                    let _ = tx.rollback().await;
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    break Err(e);
+                }
+            }
+        }
+    }};
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str, path: &Path, mode: OpenMode) -> Result<(SqliteStore, Opened)> {
+        let open_err = |message: String| StoreError::Open {
+            url: url.to_string(),
+            message,
+        };
+        let exists = path.exists();
+        if !exists {
+            if mode == OpenMode::Existing {
+                return Err(StoreError::Missing(url.to_string()));
+            }
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                return Err(open_err(format!(
+                    "directory {} does not exist",
+                    parent.display()
+                )));
+            }
+        } else if path.is_dir() {
+            return Err(open_err("it is a directory".into()));
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(mode == OpenMode::CreateAndMigrate)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let connect = |max: u32| {
+            SqlitePoolOptions::new()
+                .max_connections(max)
+                .min_connections(0)
+                .acquire_timeout(Duration::from_secs(60))
+                .connect_with(opts.clone())
+        };
+        let writer = connect(1).await.map_err(|e| open_err(e.to_string()))?;
+        let reader = connect(4).await.map_err(|e| open_err(e.to_string()))?;
+        let store = SqliteStore {
+            writer,
+            reader,
+            clock: Clock::default(),
+            url: url.to_string(),
+        };
+        let opened = store.check_schema(mode, !exists).await?;
+        Ok((store, opened))
+    }
+
+    async fn applied_version(&self) -> Result<Option<i64>> {
+        let has_table: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(store_err)?;
+        if has_table == 0 {
+            return Ok(None);
+        }
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+                .fetch_one(&self.reader)
+                .await
+                .map_err(store_err)?;
+        Ok(v)
+    }
+
+    async fn check_schema(&self, mode: OpenMode, created: bool) -> Result<Opened> {
+        let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let found = self.applied_version().await?;
+        if let Some(found) = found
+            && found > expected
+        {
+            return Err(StoreError::SchemaTooNew { found, expected });
+        }
+        let found_v = found.unwrap_or(0);
+        match mode {
+            OpenMode::Existing if found_v < expected => Err(StoreError::SchemaTooOld {
+                found: found_v,
+                expected,
+            }),
+            OpenMode::Existing => Ok(Opened::default()),
+            OpenMode::CreateAndMigrate => {
+                MIGRATOR
+                    .run(&self.writer)
+                    .await
+                    .map_err(|e| StoreError::Database(format!("migration failed: {e}")))?;
+                let applied = MIGRATOR
+                    .iter()
+                    .map(|m| m.version)
+                    .filter(|v| *v > found_v)
+                    .collect();
+                Ok(Opened {
+                    created,
+                    applied_migrations: applied,
+                })
+            }
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn fetch_rows(&self, q: String, binds: Vec<Bind>) -> Result<Vec<ExecutionRow>> {
+        let s = sql(q);
+        let mut query = sqlx::query_as::<_, ExecRecord>(s);
+        for b in binds {
+            query = match b {
+                Bind::I(v) => query.bind(v),
+                Bind::S(v) => query.bind(v),
+            };
+        }
+        decode_all(query.fetch_all(&self.reader).await.map_err(store_err)?)
+    }
+
+    async fn count(&self, q: &'static str, binds: &[i64]) -> Result<u64> {
+        let mut query = sqlx::query_scalar::<_, i64>(q);
+        for b in binds {
+            query = query.bind(*b);
+        }
+        Ok(query.fetch_one(&self.reader).await.map_err(store_err)? as u64)
+    }
+}
+
+enum Bind {
+    I(i64),
+    S(String),
+}
+
+fn reap_message(row: &ExecutionRow, d: Deadline, now: Timestamp, key_full: bool) -> String {
+    let owner = row.lease_owner.as_deref().unwrap_or("its owner");
+    let fmt = jobward_core::duration::format_duration;
+    match d {
+        Deadline::Lease => {
+            let last = row.heartbeat_at.unwrap_or(row.queued_at);
+            format!(
+                "no heartbeat from {owner} since {} ({} ago); heartbeat timeout is {}",
+                ts(last),
+                fmt(between(last, now)),
+                fmt(row.timeouts.heartbeat)
+            )
+        }
+        Deadline::Run => format!(
+            "ran past its run timeout of {} (plus {} kill grace) and {owner} did not record an end",
+            fmt(row.timeouts.run),
+            fmt(row.timeouts.kill_grace)
+        ),
+        Deadline::Queue => {
+            let mut m = format!(
+                "waited in queue since {}, longer than its queue timeout of {}",
+                ts(row.run_after),
+                fmt(row.timeouts.queue)
+            );
+            if key_full && let Some(k) = &row.concurrency_key {
+                m.push_str(&format!(" (concurrency key '{k}' stayed full)"));
+            }
+            m
+        }
+        Deadline::Cancel => format!(
+            "{owner} did not confirm the cancel requested at {} ({}) by its deadline",
+            row.cancel_requested_at.map(ts).unwrap_or_default(),
+            row.cancel_message.as_deref().unwrap_or("no message")
+        ),
+    }
+}
+
+fn recovered(row: &ExecutionRow, s: &Settled) -> Recovered {
+    Recovered {
+        id: row.id,
+        job: row.job.clone(),
+        number: row.number,
+        attempt: row.attempt,
+        from: row.state,
+        to: s.execution.state,
+        reason: s.execution.reason.unwrap_or(Reason::ExitCode),
+        message: s.execution.message.clone().unwrap_or_default(),
+        lease_owner: row.lease_owner.clone(),
+        node_id: row.node_id.clone(),
+        last_heartbeat: row.heartbeat_at,
+        retry: s.retry.as_ref().map(|r| r.id),
+    }
+}
+
+async fn key_full(conn: &mut SqliteConnection, key: Option<&str>) -> Result<bool> {
+    let Some(key) = key else { return Ok(false) };
+    let full: Option<i64> = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM executions WHERE state = 'running' AND concurrency_key = ?1) >= max_running \
+         FROM concurrency_limits WHERE key = ?1",
+    )
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(store_err)?;
+    Ok(full == Some(1))
+}
+
+fn outcome_state(o: &Outcome) -> State {
+    o.reason.map(Reason::state).unwrap_or(State::Completed)
+}
+
+fn describe_outcome(o: &Outcome) -> String {
+    match (o.reason, o.exit_code, o.signal) {
+        (None, _, _) => "success".into(),
+        (Some(r), Some(c), _) => format!("{r} (exit code {c})"),
+        (Some(r), _, Some(s)) => format!("{r} (signal {s})"),
+        (Some(r), _, _) => r.to_string(),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    async fn now(&self) -> Result<Timestamp> {
+        Ok(self.clock.now())
+    }
+
+    async fn register_node(&self, node: NewNode) -> Result<RegisterOutcome> {
+        write_tx!(self, |conn, now| {
+            let live: Option<(String, String, i64, i64)> = sqlx::query_as(
+                "SELECT id, hostname, pid, heartbeat_at FROM nodes \
+                 WHERE name = ? AND stopped_at IS NULL AND lease_expires_at > ? AND id <> ? LIMIT 1",
+            )
+            .bind(&node.name)
+            .bind(ms(now))
+            .bind(&node.id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(store_err)?;
+            if let Some((node_id, hostname, pid, hb)) = live {
+                return Ok(RegisterOutcome::NameInUse {
+                    node_id,
+                    hostname,
+                    pid: pid as i32,
+                    heartbeat_at: from_ms(hb)?,
+                });
+            }
+            sqlx::query(
+                "INSERT INTO nodes (id, name, hostname, pid, boot_id, started_at, heartbeat_at, lease_expires_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&node.id)
+            .bind(&node.name)
+            .bind(&node.hostname)
+            .bind(node.pid as i64)
+            .bind(node.boot_id.as_deref())
+            .bind(ms(now))
+            .bind(ms(now))
+            .bind(ms(jobward_core::deadline::add(now, node.lease)))
+            .execute(&mut *conn)
+            .await
+            .map_err(store_err)?;
+            Ok(RegisterOutcome::Registered)
+        })
+    }
+
+    async fn stop_node(&self, id: &str, reason: &str) -> Result<()> {
+        write_tx!(self, |conn, now| {
+            sqlx::query("UPDATE nodes SET stopped_at = ?, stop_reason = ? WHERE id = ? AND stopped_at IS NULL")
+                .bind(ms(now))
+                .bind(reason)
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(store_err)?;
+            Ok(())
+        })
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
+        let recs: Vec<NodeRecord> = sqlx::query_as(
+            "SELECT id, name, hostname, pid, boot_id, started_at, heartbeat_at, lease_expires_at, stopped_at, stop_reason \
+             FROM nodes ORDER BY started_at DESC",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_err)?;
+        recs.into_iter().map(NodeRecord::into_row).collect()
+    }
+
+    async fn orphans_of(&self, name: &str, node_id: &str) -> Result<Vec<ExecutionRow>> {
+        self.fetch_rows(
+            format!(
+                "SELECT {EXEC_COLUMNS} FROM executions WHERE state = 'running' \
+                 AND node_id IN (SELECT id FROM nodes WHERE name = ? AND id <> ?) ORDER BY id"
+            ),
+            vec![Bind::S(name.into()), Bind::S(node_id.into())],
+        )
+        .await
+    }
+
+    async fn settle_orphans(
+        &self,
+        p: RecoverParams,
+        orphans: Vec<(LeaseRef, String)>,
+    ) -> Result<ReapReport> {
+        write_tx!(self, |conn, now| {
+            let mut report = ReapReport::default();
+            for (lease, message) in &orphans {
+                let Some(row) = ledger::load(conn, lease.id).await? else {
+                    continue;
+                };
+                if row.state != State::Running
+                    || row.lease_token.as_deref() != Some(lease.token.as_str())
+                {
+                    continue;
+                }
+                let a = Apply {
+                    event: Event::Finish(Reason::NodeRestarted),
+                    message: message.clone(),
+                    actor: &p.actor,
+                    exit_code: None,
+                    signal: None,
+                };
+                if let Some(s) = ledger::settle(conn, now, &row, a).await? {
+                    report.recovered.push(recovered(&row, &s));
+                }
+            }
+            sqlx::query("UPDATE nodes SET stopped_at = ?, stop_reason = ? WHERE name = ? AND id <> ? AND stopped_at IS NULL")
+                .bind(ms(now))
+                .bind(format!("superseded by incarnation {}", p.node_id))
+                .bind(&p.name)
+                .bind(&p.node_id)
+                .execute(&mut *conn)
+                .await
+                .map_err(store_err)?;
+            Ok(report)
+        })
+    }
+
+    async fn sync_jobs(&self, p: SyncJobs) -> Result<SyncReport> {
+        write_tx!(self, |conn, now| {
+            let existing: Vec<(String, String, String, i64)> =
+                sqlx::query_as("SELECT name, spec, schedule, defined FROM jobs")
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(store_err)?;
+            let existing: HashMap<String, (String, String, bool)> = existing
+                .into_iter()
+                .map(|(n, spec, sched, d)| (n, (spec, sched, d == 1)))
+                .collect();
+            let mut report = SyncReport::default();
+            let mut seen = HashSet::new();
+            for job in &p.jobs {
+                seen.insert(job.name.clone());
+                let spec_json =
+                    serde_json::to_string(job).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                let sched_json = serde_json::to_string(&job.schedule.spec())
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                let first = first_fire(&job.schedule, now).map(ms);
+                match existing.get(&job.name) {
+                    None => {
+                        sqlx::query("INSERT INTO jobs (name, spec, schedule, defined, next_fire_at, updated_at) VALUES (?, ?, ?, 1, ?, ?)")
+                            .bind(&job.name)
+                            .bind(&spec_json)
+                            .bind(&sched_json)
+                            .bind(first)
+                            .bind(ms(now))
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(store_err)?;
+                        report.added.push(job.name.clone());
+                    }
+                    Some((old_spec, old_sched, defined)) if old_spec != &spec_json || !defined => {
+                        let reset_cursor = old_sched != &sched_json || !defined;
+                        sqlx::query(
+                            "UPDATE jobs SET spec = ?, schedule = ?, defined = 1, updated_at = ?, \
+                             next_fire_at = CASE WHEN ? THEN ? ELSE next_fire_at END WHERE name = ?",
+                        )
+                        .bind(&spec_json)
+                        .bind(&sched_json)
+                        .bind(ms(now))
+                        .bind(reset_cursor)
+                        .bind(first)
+                        .bind(&job.name)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(store_err)?;
+                        report.changed.push(job.name.clone());
+                    }
+                    Some(_) => report.unchanged += 1,
+                }
+            }
+            for (name, (_, _, defined)) in &existing {
+                if *defined && !seen.contains(name) {
+                    sqlx::query("UPDATE jobs SET defined = 0, next_fire_at = NULL, updated_at = ? WHERE name = ?")
+                        .bind(ms(now))
+                        .bind(name)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(store_err)?;
+                    report.removed.push(name.clone());
+                }
+            }
+            report.removed.sort();
+            sqlx::query("DELETE FROM concurrency_limits")
+                .execute(&mut *conn)
+                .await
+                .map_err(store_err)?;
+            for (key, limit) in &p.limits {
+                if *limit == 0 {
+                    return Err(StoreError::Invalid(format!(
+                        "concurrency limit of '{key}' must be at least 1"
+                    )));
+                }
+                sqlx::query("INSERT INTO concurrency_limits (key, max_running) VALUES (?, ?)")
+                    .bind(key)
+                    .bind(*limit as i64)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_err)?;
+            }
+            Ok(report)
+        })
+    }
+
+    async fn list_jobs(&self) -> Result<Vec<JobRow>> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM jobs ORDER BY name")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(store_err)?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(job) = self.get_job(&name).await? {
+                out.push(job);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_job(&self, name: &str) -> Result<Option<JobRow>> {
+        let row: Option<(String, i64, i64, Option<i64>)> =
+            sqlx::query_as("SELECT spec, defined, paused, next_fire_at FROM jobs WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(store_err)?;
+        let Some((spec, defined, paused, next_fire_at)) = row else {
+            return Ok(None);
+        };
+        let spec: JobSpec = serde_json::from_str(&spec)
+            .map_err(|e| crate::error::corrupt(format!("job '{name}' definition: {e}")))?;
+        let live = self
+            .fetch_rows(
+                format!("SELECT {EXEC_COLUMNS} FROM executions WHERE job = ? AND state IN ('queued', 'running') ORDER BY id"),
+                vec![Bind::S(name.into())],
+            )
+            .await?;
+        let last = self
+            .fetch_rows(
+                format!("SELECT {EXEC_COLUMNS} FROM executions WHERE job = ? AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 1"),
+                vec![Bind::S(name.into())],
+            )
+            .await?;
+        Ok(Some(JobRow {
+            spec,
+            defined: defined == 1,
+            paused: paused == 1,
+            next_fire_at: next_fire_at.map(from_ms).transpose()?,
+            live: live.iter().map(summary).collect(),
+            last_finished: last.first().map(summary),
+        }))
+    }
+
+    async fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
+        write_tx!(self, |conn, now| {
+            let res = sqlx::query("UPDATE jobs SET paused = ?, updated_at = ? WHERE name = ?")
+                .bind(paused as i64)
+                .bind(ms(now))
+                .bind(name)
+                .execute(&mut *conn)
+                .await
+                .map_err(store_err)?;
+            if res.rows_affected() == 0 {
+                return Err(StoreError::JobNotFound(name.to_string()));
+            }
+            Ok(())
+        })
+    }
+
+    async fn trigger(&self, p: TriggerParams) -> Result<Created> {
+        write_tx!(self, |conn, now| {
+            let Some((spec, defined, paused)) = ledger::load_job(conn, &p.job).await? else {
+                return Err(StoreError::JobNotFound(p.job.clone()));
+            };
+            if !defined {
+                return Err(StoreError::JobUndefined(p.job.clone()));
+            }
+            let note = format!("triggered manually by {}", p.actor);
+            if paused {
+                let execution = ledger::insert_execution(
+                    conn,
+                    now,
+                    NewExecution {
+                        spec: &spec,
+                        number: None,
+                        attempt: 1,
+                        retry_of: None,
+                        trigger: Trigger::Manual,
+                        scheduled_for: None,
+                        skipped: Some((Reason::Paused, format!("job '{}' is paused", spec.name))),
+                        run_after: now,
+                        payload: p.payload.as_ref(),
+                        from_previous: None,
+                        note,
+                        actor: &p.actor,
+                    },
+                )
+                .await?;
+                return Ok(Created {
+                    execution,
+                    replaced: vec![],
+                });
+            }
+            let origin = ledger::Origin {
+                trigger: Trigger::Manual,
+                scheduled_for: None,
+                payload: p.payload.as_ref(),
+                note,
+            };
+            ledger::create_with_overlap(conn, now, &spec, origin, &p.actor).await
+        })
+    }
+
+    async fn fire_due(&self, actor: &str) -> Result<FireReport> {
+        write_tx!(self, |conn, now| {
+            let due: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT name, next_fire_at FROM jobs WHERE defined = 1 AND next_fire_at IS NOT NULL AND next_fire_at <= ? ORDER BY next_fire_at",
+            )
+            .bind(ms(now))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(store_err)?;
+            let mut report = FireReport::default();
+            for (name, cursor) in due {
+                let Some((spec, _, paused)) = ledger::load_job(conn, &name).await? else {
+                    continue;
+                };
+                let plan = plan_fires(
+                    &spec.schedule,
+                    from_ms(cursor)?,
+                    now,
+                    spec.misfire_grace,
+                    spec.misfire,
+                );
+                fire_job(conn, now, &spec, paused, &plan, actor, &mut report).await?;
+                let res = sqlx::query(
+                    "UPDATE jobs SET next_fire_at = ? WHERE name = ? AND next_fire_at = ?",
+                )
+                .bind(plan.next_fire_at.map(ms))
+                .bind(&name)
+                .bind(cursor)
+                .execute(&mut *conn)
+                .await
+                .map_err(store_err)?;
+                if res.rows_affected() != 1 {
+                    return Err(StoreError::Database(format!(
+                        "scheduler cursor of job '{name}' moved during a tick"
+                    )));
+                }
+            }
+            let next: Option<i64> =
+                sqlx::query_scalar("SELECT MIN(next_fire_at) FROM jobs WHERE defined = 1")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(store_err)?;
+            report.next_fire_at = next.map(from_ms).transpose()?;
+            Ok(report)
+        })
+    }
+
+    async fn claim(&self, p: ClaimParams) -> Result<Vec<ExecutionRow>> {
+        if p.limit == 0 {
+            return Ok(vec![]);
+        }
+        write_tx!(self, |conn, now| {
+            // Occupancy is counted from live leases in this same transaction (invariant 3).
+            let candidates: Vec<ExecRecord> = sqlx::query_as(sql(format!(
+                "SELECT {EXEC_COLUMNS} FROM executions e WHERE e.state = 'queued' AND e.runner = ? AND e.run_after <= ? \
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.name = e.job AND j.paused = 1) \
+                 AND (e.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM concurrency_limits l WHERE l.key = e.concurrency_key \
+                      AND (SELECT count(*) FROM executions r WHERE r.state = 'running' AND r.concurrency_key = e.concurrency_key) >= l.max_running)) \
+                 AND (e.overlap <> 'queue' OR NOT EXISTS (SELECT 1 FROM executions r WHERE r.job = e.job AND r.state = 'running')) \
+                 ORDER BY e.run_after, e.id LIMIT ?"
+            )))
+            .bind(&p.runner)
+            .bind(ms(now))
+            .bind((p.limit as i64) * 4)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(store_err)?;
+            let candidates = decode_all(candidates)?;
+            let mut queue_jobs_taken: HashSet<String> = HashSet::new();
+            let mut claimed = Vec::new();
+            for row in candidates {
+                if claimed.len() as u32 >= p.limit {
+                    break;
+                }
+                if let Some(key) = &row.concurrency_key {
+                    let limit: Option<i64> = sqlx::query_scalar(
+                        "SELECT max_running FROM concurrency_limits WHERE key = ?",
+                    )
+                    .bind(key)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(store_err)?;
+                    if let Some(limit) = limit {
+                        let running: i64 = sqlx::query_scalar("SELECT count(*) FROM executions WHERE state = 'running' AND concurrency_key = ?")
+                            .bind(key)
+                            .fetch_one(&mut *conn)
+                            .await
+                            .map_err(store_err)?;
+                        if running >= limit {
+                            continue;
+                        }
+                    }
+                }
+                if row.overlap == Overlap::Queue && !queue_jobs_taken.insert(row.job.clone()) {
+                    continue;
+                }
+                transition(row.state, None, Event::Claim)?;
+                let token = uuid::Uuid::new_v4().to_string();
+                let rec: Option<ExecRecord> = sqlx::query_as(sql(format!(
+                    "UPDATE executions SET state = 'running', started_at = ?1, heartbeat_at = ?1, lease_owner = ?2, \
+                     lease_token = ?3, lease_expires_at = ?1 + heartbeat_timeout_ms, \
+                     run_deadline = ?1 + run_timeout_ms + kill_grace_ms + ?4, node_id = ?5 \
+                     WHERE id = ?6 AND state = 'queued' AND attempt = ?7 AND lease_token IS NULL RETURNING {EXEC_COLUMNS}"
+                )))
+                .bind(ms(now))
+                .bind(&p.owner)
+                .bind(&token)
+                .bind(dur_ms(jobward_core::deadline::OWNER_MARGIN))
+                .bind(p.node_id.as_deref())
+                .bind(row.id)
+                .bind(row.attempt as i64)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(store_err)?;
+                let Some(rec) = rec else { continue };
+                let claimed_row = rec.into_row()?;
+                ledger::event(
+                    conn,
+                    now,
+                    row.id,
+                    EventKind::Transition,
+                    Some(State::Queued),
+                    Some(State::Running),
+                    None,
+                    &format!(
+                        "claimed by {} (lease until {})",
+                        p.owner,
+                        claimed_row.lease_expires_at.map(ts).unwrap_or_default()
+                    ),
+                    &p.owner,
+                )
+                .await?;
+                claimed.push(claimed_row);
+            }
+            Ok(claimed)
+        })
+    }
+
+    async fn record_process(&self, lease: &LeaseRef, process: &ProcessInfo) -> Result<()> {
+        write_tx!(self, |conn, now| {
+            let res = sqlx::query(
+                "UPDATE executions SET pid = ?, pgid = ?, proc_start_ticks = ?, boot_id = ? \
+                 WHERE id = ? AND state = 'running' AND attempt = ? AND lease_token = ?",
+            )
+            .bind(process.pid as i64)
+            .bind(process.pgid as i64)
+            .bind(process.start_ticks as i64)
+            .bind(process.boot_id.as_deref())
+            .bind(lease.id)
+            .bind(lease.attempt as i64)
+            .bind(&lease.token)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_err)?;
+            if res.rows_affected() != 1 {
+                let row = ledger::load(conn, lease.id)
+                    .await?
+                    .ok_or(StoreError::ExecutionNotFound(lease.id))?;
+                return Err(StoreError::LeaseLost {
+                    id: lease.id,
+                    state: row.state,
+                    reason: row.reason,
+                });
+            }
+            ledger::event(
+                conn,
+                now,
+                lease.id,
+                EventKind::Note,
+                None,
+                None,
+                None,
+                &format!(
+                    "process started: pid {} in process group {}",
+                    process.pid, process.pgid
+                ),
+                "executor",
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    async fn heartbeat(&self, p: HeartbeatParams) -> Result<HeartbeatReport> {
+        write_tx!(self, |conn, now| {
+            let mut report = HeartbeatReport {
+                node_ok: true,
+                ..Default::default()
+            };
+            if let Some((node_id, lease)) = &p.node {
+                let res = sqlx::query("UPDATE nodes SET heartbeat_at = ?, lease_expires_at = ? WHERE id = ? AND stopped_at IS NULL")
+                    .bind(ms(now))
+                    .bind(ms(jobward_core::deadline::add(now, *lease)))
+                    .bind(node_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_err)?;
+                report.node_ok = res.rows_affected() == 1;
+            }
+            for chunk in p.leases.chunks(300) {
+                let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+                let q = format!(
+                    "UPDATE executions SET heartbeat_at = ?, lease_expires_at = ? + heartbeat_timeout_ms \
+                     WHERE state = 'running' AND lease_owner = ? AND (id, attempt, lease_token) IN (VALUES {values}) \
+                     RETURNING id, cancel_reason"
+                );
+                let mut query = sqlx::query_as::<_, (i64, Option<String>)>(sql(q))
+                    .bind(ms(now))
+                    .bind(ms(now))
+                    .bind(&p.owner);
+                for l in chunk {
+                    query = query.bind(l.id).bind(l.attempt as i64).bind(&l.token);
+                }
+                for (id, cancel) in query.fetch_all(&mut *conn).await.map_err(store_err)? {
+                    report.renewed.push(id);
+                    if let Some(r) = cancel.and_then(|c| c.parse::<Reason>().ok()) {
+                        report.cancel_requested.push((id, r));
+                    }
+                }
+            }
+            let renewed: HashSet<i64> = report.renewed.iter().copied().collect();
+            for l in p.leases.iter().filter(|l| !renewed.contains(&l.id)) {
+                let row = ledger::load(conn, l.id).await?;
+                let (state, reason) = row
+                    .as_ref()
+                    .map(|r| (Some(r.state), r.reason))
+                    .unwrap_or((None, None));
+                if row.is_some() {
+                    let now_desc = match (state, reason) {
+                        (Some(s), Some(r)) => format!("{s} ({r})"),
+                        (Some(s), None) => s.to_string(),
+                        _ => "gone".into(),
+                    };
+                    ledger::event(
+                        conn,
+                        now,
+                        l.id,
+                        EventKind::Refused,
+                        state,
+                        None,
+                        Some("lease_lost"),
+                        &format!(
+                            "heartbeat from {} refused: lease lost, the execution is {now_desc}",
+                            p.owner
+                        ),
+                        &p.owner,
+                    )
+                    .await?;
+                }
+                report.lost.push(LostLease {
+                    id: l.id,
+                    state,
+                    reason,
+                });
+            }
+            Ok(report)
+        })
+    }
+
+    async fn complete(&self, p: CompleteParams) -> Result<Settled> {
+        let result: Result<std::result::Result<Settled, StoreError>> =
+            write_tx!(self, |conn, now| {
+                let Some(row) = ledger::load(conn, p.lease.id).await? else {
+                    return Err(StoreError::ExecutionNotFound(p.lease.id));
+                };
+                let same_lease = row.attempt == p.lease.attempt
+                    && row.lease_token.as_deref() == Some(p.lease.token.as_str());
+                if same_lease && row.state == State::Running {
+                    let event = match p.outcome.reason {
+                        None => Event::Complete,
+                        Some(r) => Event::Finish(r),
+                    };
+                    let a = Apply {
+                        event,
+                        message: p.outcome.message.clone().unwrap_or_default(),
+                        actor: &p.actor,
+                        exit_code: p.outcome.exit_code,
+                        signal: p.outcome.signal,
+                    };
+                    if let Some(s) = ledger::settle(conn, now, &row, a).await? {
+                        return Ok(Ok(s));
+                    }
+                }
+                let row = ledger::load(conn, p.lease.id)
+                    .await?
+                    .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
+                let repeat = same_lease
+                    && row.state == outcome_state(&p.outcome)
+                    && row.reason == p.outcome.reason
+                    && row.exit_code == p.outcome.exit_code;
+                if repeat {
+                    return Ok(Ok(Settled {
+                        execution: row,
+                        retry: None,
+                        repeated: true,
+                    }));
+                }
+                let current = match row.reason {
+                    Some(r) => format!("{} ({r})", row.state),
+                    None => row.state.to_string(),
+                };
+                ledger::event(
+                    conn,
+                    now,
+                    row.id,
+                    EventKind::Refused,
+                    Some(row.state),
+                    None,
+                    Some("lease_lost"),
+                    &format!(
+                        "completion ({}) from {} refused: lease lost, the execution is {current}",
+                        describe_outcome(&p.outcome),
+                        p.actor
+                    ),
+                    &p.actor,
+                )
+                .await?;
+                Ok(Err(StoreError::LeaseLost {
+                    id: row.id,
+                    state: row.state,
+                    reason: row.reason,
+                }))
+            });
+        result?
+    }
+
+    async fn cancel(&self, p: CancelParams) -> Result<CancelOutcome> {
+        write_tx!(self, |conn, now| {
+            let row = ledger::load(conn, p.id)
+                .await?
+                .ok_or(StoreError::ExecutionNotFound(p.id))?;
+            if p.reason.state() != State::Cancelled {
+                return Err(StoreError::Invalid(format!(
+                    "'{}' is not a cancel reason",
+                    p.reason
+                )));
+            }
+            match row.state {
+                State::Queued => {
+                    let a = Apply {
+                        event: Event::Cancel(p.reason),
+                        message: p.message.clone(),
+                        actor: &p.actor,
+                        exit_code: None,
+                        signal: None,
+                    };
+                    match ledger::settle(conn, now, &row, a).await? {
+                        Some(s) => Ok(CancelOutcome::Cancelled {
+                            execution: s.execution,
+                        }),
+                        None => Err(StoreError::Database(
+                            "execution changed during cancel".into(),
+                        )),
+                    }
+                }
+                State::Running => {
+                    ledger::request_cancel(conn, now, &row, p.reason, &p.message, &p.actor).await?;
+                    let execution = ledger::load(conn, p.id)
+                        .await?
+                        .ok_or(StoreError::ExecutionNotFound(p.id))?;
+                    Ok(CancelOutcome::Requested { execution })
+                }
+                _ => Ok(CancelOutcome::AlreadyTerminal { execution: row }),
+            }
+        })
+    }
+
+    async fn reap(&self, p: ReapParams) -> Result<ReapReport> {
+        let mut report = ReapReport::default();
+        loop {
+            let batch: Vec<Recovered> = write_tx!(self, |conn, now| {
+                let due: Vec<ExecRecord> = sqlx::query_as(sql(format!(
+                    "SELECT {EXEC_COLUMNS} FROM executions WHERE id IN ( \
+                       SELECT id FROM executions WHERE state = 'running' AND cancel_deadline <= ?1 \
+                       UNION SELECT id FROM executions WHERE state = 'running' AND run_deadline <= ?1 \
+                       UNION SELECT id FROM executions WHERE state = 'running' AND lease_expires_at <= ?1 \
+                       UNION SELECT id FROM executions WHERE state = 'queued' AND start_deadline <= ?1 \
+                     ) ORDER BY id LIMIT ?2"
+                )))
+                .bind(ms(now))
+                .bind(p.batch.max(1) as i64)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(store_err)?;
+                let mut out = Vec::new();
+                for row in decode_all(due)? {
+                    let Some(d) = to_core(&row).due(now) else {
+                        continue;
+                    };
+                    let full = d == Deadline::Queue
+                        && key_full(conn, row.concurrency_key.as_deref()).await?;
+                    let a = Apply {
+                        event: Event::Expire(d),
+                        message: reap_message(&row, d, now, full),
+                        actor: &p.actor,
+                        exit_code: None,
+                        signal: None,
+                    };
+                    if let Some(s) = ledger::settle(conn, now, &row, a).await? {
+                        out.push(recovered(&row, &s));
+                    }
+                }
+                Ok(out)
+            })?;
+            let n = batch.len();
+            report.recovered.extend(batch);
+            if n < p.batch.max(1) as usize {
+                return Ok(report);
+            }
+        }
+    }
+
+    async fn cleanup(&self, p: CleanupParams) -> Result<CleanupReport> {
+        let now = self.clock.now();
+        let cutoff = ms(sub(now, p.stale_after));
+        let q = format!(
+            "SELECT {EXEC_COLUMNS} FROM executions WHERE state = 'running' AND heartbeat_at <= ? ORDER BY id"
+        );
+        let candidates = self.fetch_rows(q, vec![Bind::I(cutoff)]).await?;
+        let mut report = CleanupReport {
+            dry_run: !p.apply,
+            candidates,
+            ..Default::default()
+        };
+        if !p.apply || report.candidates.is_empty() {
+            return Ok(report);
+        }
+        let stale_after = jobward_core::duration::format_duration(p.stale_after);
+        let (changed, raced) = write_tx!(self, |conn, now| {
+            let mut changed = Vec::new();
+            let mut raced = Vec::new();
+            for row in &report.candidates {
+                let last = row.heartbeat_at.map(ts).unwrap_or_default();
+                let a = Apply {
+                    event: Event::Cleanup,
+                    message: format!(
+                        "settled by operator cleanup: no heartbeat since {last} (stale after {stale_after})"
+                    ),
+                    actor: &p.actor,
+                    exit_code: None,
+                    signal: None,
+                };
+                match ledger::settle(conn, now, row, a).await? {
+                    Some(s) => changed.push(recovered(row, &s)),
+                    None => raced.push(row.id),
+                }
+            }
+            Ok((changed, raced))
+        })?;
+        report.changed = changed;
+        report.raced = raced;
+        Ok(report)
+    }
+
+    async fn prune(&self, p: PruneParams) -> Result<PruneReport> {
+        let jobs: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, spec FROM jobs ORDER BY name")
+                .fetch_all(&self.reader)
+                .await
+                .map_err(store_err)?;
+        let mut report = PruneReport::default();
+        let batch = p.batch.max(1) as i64;
+        for (name, spec) in jobs {
+            let Ok(spec) = serde_json::from_str::<JobSpec>(&spec) else {
+                continue;
+            };
+            loop {
+                let deleted: Vec<i64> = write_tx!(self, |conn, now| {
+                    let mut ids: Vec<i64> = Vec::new();
+                    if let Some(keep) = spec.history.keep_last {
+                        ids.extend(
+                            sqlx::query_scalar::<_, i64>(
+                                "SELECT id FROM executions WHERE job = ? AND finished_at IS NOT NULL ORDER BY id DESC LIMIT ? OFFSET ?",
+                            )
+                            .bind(&name)
+                            .bind(batch)
+                            .bind(keep as i64)
+                            .fetch_all(&mut *conn)
+                            .await
+                            .map_err(store_err)?,
+                        );
+                    }
+                    if let Some(age) = spec.history.max_age {
+                        ids.extend(
+                            sqlx::query_scalar::<_, i64>(
+                                "SELECT id FROM executions WHERE job = ? AND finished_at IS NOT NULL AND finished_at < ? LIMIT ?",
+                            )
+                            .bind(&name)
+                            .bind(ms(sub(now, age)))
+                            .bind(batch)
+                            .fetch_all(&mut *conn)
+                            .await
+                            .map_err(store_err)?,
+                        );
+                    }
+                    ids.sort_unstable();
+                    ids.dedup();
+                    let mut done = Vec::new();
+                    for chunk in ids.chunks(500) {
+                        let marks = vec!["?"; chunk.len()].join(", ");
+                        let mut q = sqlx::query_scalar::<_, i64>(sql(format!(
+                            "DELETE FROM executions WHERE finished_at IS NOT NULL AND id IN ({marks}) RETURNING id"
+                        )));
+                        for id in chunk {
+                            q = q.bind(*id);
+                        }
+                        done.extend(q.fetch_all(&mut *conn).await.map_err(store_err)?);
+                    }
+                    Ok(done)
+                })?;
+                let n = deleted.len();
+                report
+                    .deleted
+                    .extend(deleted.into_iter().map(|id| (name.clone(), id)));
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn list_executions(&self, f: ExecutionFilter) -> Result<Vec<ExecutionRow>> {
+        let mut q = format!("SELECT {EXEC_COLUMNS} FROM executions WHERE 1 = 1");
+        let mut binds = Vec::new();
+        if let Some(job) = &f.job {
+            q.push_str(" AND job = ?");
+            binds.push(Bind::S(job.clone()));
+        }
+        if !f.states.is_empty() {
+            let marks = vec!["?"; f.states.len()].join(", ");
+            q.push_str(&format!(" AND state IN ({marks})"));
+            binds.extend(f.states.iter().map(|s| Bind::S(s.as_str().into())));
+        }
+        if let Some(d) = f.stale_after {
+            q.push_str(" AND state = 'running' AND heartbeat_at <= ?");
+            binds.push(Bind::I(ms(sub(self.clock.now(), d))));
+        }
+        if let Some(before) = f.before_id {
+            q.push_str(" AND id < ?");
+            binds.push(Bind::I(before));
+        }
+        q.push_str(" ORDER BY id DESC LIMIT ?");
+        binds.push(Bind::I(f.limit.max(1) as i64));
+        self.fetch_rows(q, binds).await
+    }
+
+    async fn get_execution(&self, id: ExecutionId) -> Result<Option<ExecutionRow>> {
+        Ok(self
+            .fetch_rows(
+                format!("SELECT {EXEC_COLUMNS} FROM executions WHERE id = ?"),
+                vec![Bind::I(id)],
+            )
+            .await?
+            .pop())
+    }
+
+    async fn events(&self, id: ExecutionId) -> Result<Vec<EventRow>> {
+        let recs: Vec<EventRecord> = sqlx::query_as(
+            "SELECT id, execution_id, at, kind, from_state, to_state, reason, message, actor FROM events WHERE execution_id = ? ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_err)?;
+        recs.into_iter().map(EventRecord::into_row).collect()
+    }
+
+    async fn health(&self, p: HealthParams) -> Result<HealthMetrics> {
+        let now = self.clock.now();
+        let n = ms(now);
+        let stale = match p.stale_after {
+            Some(d) => self.count("SELECT count(*) FROM executions WHERE state = 'running' AND heartbeat_at <= ?", &[ms(sub(now, d))]).await?,
+            None => self.count("SELECT count(*) FROM executions WHERE state = 'running' AND lease_expires_at <= ?", &[n]).await?,
+        };
+        Ok(HealthMetrics {
+            running_executions: self.count("SELECT count(*) FROM executions WHERE state = 'running'", &[]).await?,
+            queued_executions: self.count("SELECT count(*) FROM executions WHERE state = 'queued'", &[]).await?,
+            long_running_executions: self
+                .count(
+                    "SELECT count(*) FROM executions WHERE state = 'running' AND started_at <= ?",
+                    &[ms(sub(now, p.long_running_after))],
+                )
+                .await?,
+            stale_executions: stale,
+            overdue_queued_executions: self
+                .count("SELECT count(*) FROM executions WHERE state = 'queued' AND start_deadline <= ?", &[n])
+                .await?,
+            recent_executions_24h: self
+                .count("SELECT count(*) FROM executions WHERE queued_at >= ?", &[ms(sub(now, Duration::from_secs(86_400)))])
+                .await?,
+            live_nodes: self
+                .count("SELECT count(*) FROM nodes WHERE stopped_at IS NULL AND lease_expires_at > ?", &[n])
+                .await?,
+            timestamp: now,
+        })
+    }
+
+    async fn audit(&self, p: AuditParams) -> Result<Vec<Violation>> {
+        let now = self.clock.now();
+        let late = ms(sub(now, p.tolerance));
+        let mut v = Vec::new();
+        let mut push = |invariant: u8, id: Option<i64>, message: String| {
+            v.push(Violation {
+                invariant,
+                execution_id: id,
+                message,
+            })
+        };
+
+        // Invariant 1, checked without trusting the CHECK constraints (they can be switched off).
+        let bad: Vec<(i64, String, Option<i64>, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT id, state, finished_at, reason, message FROM executions WHERE \
+               state NOT IN ('queued', 'running', 'completed', 'failed', 'timed_out', 'cancelled', 'skipped') \
+               OR (state IN ('completed', 'failed', 'timed_out', 'cancelled', 'skipped') AND finished_at IS NULL) \
+               OR (state IN ('queued', 'running') AND finished_at IS NOT NULL) \
+               OR (state IN ('failed', 'timed_out', 'cancelled', 'skipped') AND (reason IS NULL OR message IS NULL OR message = '')) \
+               OR (state IN ('queued', 'running', 'completed') AND reason IS NOT NULL) ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_err)?;
+        for (id, state, finished, reason, message) in bad {
+            let problem = match state.parse::<State>() {
+                Err(_) => format!("unknown state '{state}'"),
+                Ok(s) if s.is_terminal() && finished.is_none() => {
+                    format!("{s} but finished_at is not set")
+                }
+                Ok(s) if s.is_live() && finished.is_some() => format!("{s} but finished_at is set"),
+                Ok(s) if reason.is_none() || message.as_deref().unwrap_or("").is_empty() => {
+                    format!("{s} without a reason kind and message")
+                }
+                Ok(s) => format!("{s} but carries reason '{}'", reason.unwrap_or_default()),
+            };
+            push(1, Some(id), format!("execution {id}: {problem}"));
+        }
+        let bad_reason: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, state, reason FROM executions WHERE reason IS NOT NULL AND state IN ('failed', 'timed_out', 'cancelled', 'skipped')",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_err)?;
+        for (id, state, reason) in bad_reason {
+            match reason.parse::<Reason>() {
+                Ok(r) if r.state().as_str() == state => {}
+                _ => push(
+                    1,
+                    Some(id),
+                    format!("execution {id}: reason '{reason}' does not explain state {state}"),
+                ),
+            }
+        }
+
+        // Invariant 2: nothing live past its deadline (beyond the tolerance of a reaper tick).
+        let overdue: Vec<(i64, String, Option<i64>, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT id, state, start_deadline, lease_expires_at, run_deadline, cancel_deadline FROM executions WHERE \
+               (state = 'queued' AND (start_deadline IS NULL OR start_deadline < ?1)) \
+               OR (state = 'running' AND (lease_expires_at IS NULL OR run_deadline IS NULL \
+                   OR lease_expires_at < ?1 OR run_deadline < ?1 OR cancel_deadline < ?1)) ORDER BY id",
+        )
+        .bind(late)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_err)?;
+        for (id, state, start, lease, run, cancel) in overdue {
+            let desc = |what: &str, at: Option<i64>| match at {
+                None => format!("{state} without a {what}"),
+                Some(at) => format!(
+                    "{state} past its {what} by {}",
+                    jobward_core::duration::format_duration(Duration::from_millis(
+                        (ms(now) - at).max(0) as u64
+                    ))
+                ),
+            };
+            let problem = if state == "queued" {
+                desc("start deadline", start)
+            } else if lease.is_none() || lease.is_some_and(|l| l < late) {
+                desc("lease expiry", lease)
+            } else if run.is_none() || run.is_some_and(|r| r < late) {
+                desc("run deadline", run)
+            } else {
+                desc("cancel deadline", cancel)
+            };
+            push(2, Some(id), format!("execution {id}: {problem}"));
+        }
+
+        // Invariant 3: slots are exactly the live leases.
+        let leaseless: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM executions WHERE state = 'running' AND (lease_owner IS NULL OR lease_token IS NULL) ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_err)?;
+        for id in leaseless {
+            push(
+                3,
+                Some(id),
+                format!("execution {id}: running without a lease owner and token"),
+            );
+        }
+        let over: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT l.key, l.max_running, count(e.id) FROM concurrency_limits l \
+             JOIN executions e ON e.state = 'running' AND e.concurrency_key = l.key \
+             GROUP BY l.key, l.max_running HAVING count(e.id) > l.max_running",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_err)?;
+        for (key, limit, running) in over {
+            push(
+                3,
+                None,
+                format!(
+                    "concurrency key '{key}': {running} running executions hold slots, limit is {limit}"
+                ),
+            );
+        }
+        let dead_owner: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT e.id, e.node_id, n.stop_reason FROM executions e JOIN nodes n ON n.id = e.node_id \
+             WHERE e.state = 'running' AND n.stopped_at IS NOT NULL ORDER BY e.id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_err)?;
+        for (id, node, why) in dead_owner {
+            push(
+                3,
+                Some(id),
+                format!(
+                    "execution {id}: running on node {node}, which stopped ({why}); its slot is held by nobody"
+                ),
+            );
+        }
+
+        // Invariant 6: every terminal execution has the event that made it so.
+        let silent: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT e.id, e.state FROM executions e WHERE e.finished_at IS NOT NULL AND NOT EXISTS \
+             (SELECT 1 FROM events v WHERE v.execution_id = e.id AND v.kind = 'transition' AND v.to_state = e.state) ORDER BY e.id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_err)?;
+        for (id, state) in silent {
+            push(
+                6,
+                Some(id),
+                format!("execution {id}: {state} without a transition event to {state}"),
+            );
+        }
+        Ok(v)
+    }
+}
+
+/// Applies one job's fire plan: at most one skipped record for missed instants and at most
+/// one execution (or skip) for the latest instant, each only if that instant has none yet.
+async fn fire_job(
+    conn: &mut SqliteConnection,
+    now: Timestamp,
+    spec: &JobSpec,
+    paused: bool,
+    plan: &jobward_core::FirePlan,
+    actor: &str,
+    report: &mut FireReport,
+) -> Result<()> {
+    let skipped =
+        |reason: Reason, message: String, at: Option<Timestamp>, note: String| NewExecution {
+            spec,
+            number: None,
+            attempt: 1,
+            retry_of: None,
+            trigger: Trigger::Schedule,
+            scheduled_for: at,
+            skipped: Some((reason, message)),
+            run_after: now,
+            payload: None,
+            from_previous: None,
+            note,
+            actor,
+        };
+    if let Some(missed) = plan.skip
+        && !fired_already(conn, &spec.name, missed.last).await?
+    {
+        let message = format!(
+            "missed {} while no node was running (misfire = skip)",
+            missed.describe()
+        );
+        let note = "recorded after downtime".to_string();
+        let e = ledger::insert_execution(
+            conn,
+            now,
+            skipped(Reason::MissedSchedule, message, missed.last, note),
+        )
+        .await?;
+        report.skipped.push(e.id);
+    }
+    let Some((at, catch_up)) = plan.fire else {
+        return Ok(());
+    };
+    if fired_already(conn, &spec.name, Some(at)).await? {
+        return Ok(());
+    }
+    if paused {
+        let message = format!("job '{}' is paused", spec.name);
+        let e = ledger::insert_execution(
+            conn,
+            now,
+            skipped(
+                Reason::Paused,
+                message,
+                Some(at),
+                format!("fired for {}", ts(at)),
+            ),
+        )
+        .await?;
+        report.skipped.push(e.id);
+        return Ok(());
+    }
+    let (trigger, note) = match catch_up {
+        Some(span) => (
+            Trigger::CatchUp,
+            format!(
+                "one catch-up run for {} missed while no node was running (misfire = run_once)",
+                span.describe()
+            ),
+        ),
+        None => (Trigger::Schedule, format!("fired for {}", ts(at))),
+    };
+    let origin = ledger::Origin {
+        trigger,
+        scheduled_for: Some(at),
+        payload: None,
+        note,
+    };
+    let c = ledger::create_with_overlap(conn, now, spec, origin, actor).await?;
+    report.replaced.extend(c.replaced);
+    match (c.execution.state, trigger) {
+        (State::Skipped, _) => report.skipped.push(c.execution.id),
+        (_, Trigger::CatchUp) => report.caught_up.push(c.execution.id),
+        _ => report.fired.push(c.execution.id),
+    }
+    Ok(())
+}
+
+/// Whether an instant of a job already has its execution (invariant 9).
+async fn fired_already(
+    conn: &mut SqliteConnection,
+    job: &str,
+    at: Option<Timestamp>,
+) -> Result<bool> {
+    let Some(at) = at else { return Ok(false) };
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM executions WHERE job = ? AND scheduled_for = ? AND attempt = 1",
+    )
+    .bind(job)
+    .bind(ms(at))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(store_err)?;
+    Ok(n > 0)
+}

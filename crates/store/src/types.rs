@@ -1,0 +1,528 @@
+//! Rows, parameters and reports of the store's operations.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jobward_core::{JobSpec, Overlap, Reason, RetryPolicy, State, Timeouts, Timestamp};
+use serde::{Deserialize, Serialize};
+
+pub type ExecutionId = i64;
+
+/// Why an execution exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Its instant came.
+    Schedule,
+    /// It stands for instants missed during downtime (misfire = run_once).
+    CatchUp,
+    /// Someone triggered it.
+    Manual,
+    /// It retries a previous attempt.
+    Retry,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::CatchUp => "catch_up",
+            Trigger::Manual => "manual",
+            Trigger::Retry => "retry",
+        }
+    }
+}
+
+impl FromStr for Trigger {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "schedule" => Ok(Trigger::Schedule),
+            "catch_up" => Ok(Trigger::CatchUp),
+            "manual" => Ok(Trigger::Manual),
+            "retry" => Ok(Trigger::Retry),
+            _ => Err(format!("unknown trigger '{s}'")),
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The process that runs an execution, as its owner recorded it. `pid` with `start_ticks`
+/// (the kernel's start time of the process) and `boot_id` identify it beyond pid reuse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub pgid: i32,
+    pub start_ticks: u64,
+    pub boot_id: Option<String>,
+}
+
+/// One execution row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExecutionRow {
+    pub id: ExecutionId,
+    pub job: String,
+    pub number: i64,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub retry_of: Option<ExecutionId>,
+    pub trigger: Trigger,
+    pub scheduled_for: Option<Timestamp>,
+    pub state: State,
+    pub reason: Option<Reason>,
+    pub message: Option<String>,
+    pub command: String,
+    pub runner: String,
+    pub concurrency_key: Option<String>,
+    pub overlap: Overlap,
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    pub queued_at: Timestamp,
+    pub run_after: Timestamp,
+    pub start_deadline: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub heartbeat_at: Option<Timestamp>,
+    pub lease_owner: Option<String>,
+    #[serde(skip_serializing)]
+    pub lease_token: Option<String>,
+    pub lease_expires_at: Option<Timestamp>,
+    pub run_deadline: Option<Timestamp>,
+    pub node_id: Option<String>,
+    pub cancel_requested_at: Option<Timestamp>,
+    pub cancel_reason: Option<Reason>,
+    pub cancel_message: Option<String>,
+    pub cancel_deadline: Option<Timestamp>,
+    pub process: Option<ProcessInfo>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub finished_at: Option<Timestamp>,
+    pub payload: Option<serde_json::Value>,
+    pub progress: Option<f64>,
+    pub phase: Option<String>,
+}
+
+impl ExecutionRow {
+    /// The lease reference that proves ownership of this execution as it is now.
+    pub fn lease(&self) -> LeaseRef {
+        LeaseRef {
+            id: self.id,
+            attempt: self.attempt,
+            token: self.lease_token.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Time spent running, up to `now` for a running execution.
+    pub fn runtime(&self, now: Timestamp) -> Option<Duration> {
+        let start = self.started_at?;
+        let end = self.finished_at.unwrap_or(now);
+        Some(jobward_core::deadline::between(start, end))
+    }
+}
+
+/// What identifies a lease: the execution, its attempt and the lease (fencing) token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaseRef {
+    pub id: ExecutionId,
+    pub attempt: u32,
+    pub token: String,
+}
+
+/// One entry of the append-only event log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub execution_id: ExecutionId,
+    pub at: Timestamp,
+    pub kind: EventKind,
+    pub from: Option<State>,
+    pub to: Option<State>,
+    pub reason: Option<String>,
+    pub message: String,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A state change (or the creation of the execution, from no state).
+    Transition,
+    /// A report that was refused: a late or forged heartbeat or completion.
+    Refused,
+    /// Something worth knowing that changes no state (a cancel request, a process start).
+    Note,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Transition => "transition",
+            EventKind::Refused => "refused",
+            EventKind::Note => "note",
+        }
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "transition" => Ok(EventKind::Transition),
+            "refused" => Ok(EventKind::Refused),
+            "note" => Ok(EventKind::Note),
+            _ => Err(format!("unknown event kind '{s}'")),
+        }
+    }
+}
+
+/// A job with what the ledger knows of it. Its status is derived from its executions
+/// (invariant 7): nothing about it is stored that could disagree with them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRow {
+    pub spec: JobSpec,
+    /// False once the job is gone from the configuration; its history stays readable.
+    pub defined: bool,
+    pub paused: bool,
+    pub next_fire_at: Option<Timestamp>,
+    /// Its live executions (queued or running), oldest first.
+    pub live: Vec<ExecutionSummary>,
+    /// Its latest terminal execution.
+    pub last_finished: Option<ExecutionSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExecutionSummary {
+    pub id: ExecutionId,
+    pub number: i64,
+    pub attempt: u32,
+    pub state: State,
+    pub reason: Option<Reason>,
+    pub queued_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
+impl JobRow {
+    /// The job's status as its executions say: running if one runs, else queued if one
+    /// waits, else the state of its latest terminal execution, else `never run`.
+    pub fn status(&self) -> String {
+        if self.live.iter().any(|e| e.state == State::Running) {
+            return State::Running.to_string();
+        }
+        if !self.live.is_empty() {
+            return State::Queued.to_string();
+        }
+        match &self.last_finished {
+            Some(e) => e.state.to_string(),
+            None => "never run".into(),
+        }
+    }
+}
+
+/// Registering a node incarnation.
+#[derive(Debug, Clone)]
+pub struct NewNode {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    pub pid: i32,
+    pub boot_id: Option<String>,
+    pub lease: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    Registered,
+    /// Another live incarnation with the same name holds its node lease.
+    NameInUse {
+        node_id: String,
+        hostname: String,
+        pid: i32,
+        heartbeat_at: Timestamp,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeRow {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    pub pid: i32,
+    pub boot_id: Option<String>,
+    pub started_at: Timestamp,
+    pub heartbeat_at: Timestamp,
+    pub lease_expires_at: Timestamp,
+    pub stopped_at: Option<Timestamp>,
+    pub stop_reason: Option<String>,
+}
+
+/// Make the ledger's job table match a configuration.
+#[derive(Debug, Clone, Default)]
+pub struct SyncJobs {
+    pub jobs: Vec<JobSpec>,
+    pub limits: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TriggerParams {
+    pub job: String,
+    pub actor: String,
+    pub payload: Option<serde_json::Value>,
+}
+
+/// The result of creating an execution under the job's overlap policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Created {
+    pub execution: ExecutionRow,
+    /// Executions whose cancel this one requested (overlap = replace).
+    pub replaced: Vec<ExecutionId>,
+}
+
+/// One scheduler tick.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FireReport {
+    /// Executions created for on-time instants.
+    pub fired: Vec<ExecutionId>,
+    /// Catch-up executions created for missed instants.
+    pub caught_up: Vec<ExecutionId>,
+    /// Skipped records written (overlap, missed schedule, paused).
+    pub skipped: Vec<ExecutionId>,
+    /// Running executions asked to stop because a newer one replaced them.
+    pub replaced: Vec<ExecutionId>,
+    /// Earliest cursor among jobs after this tick, to sleep until.
+    pub next_fire_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimParams {
+    /// Lease owner: a node incarnation or a worker id.
+    pub owner: String,
+    /// Which executions: `local` for a node's own executor, or a queue name.
+    pub runner: String,
+    /// Set when the claimer is a node's local executor (so startup recovery can find them).
+    pub node_id: Option<String>,
+    pub limit: u32,
+}
+
+/// Renew leases (and the node's own lease) in one statement per kind.
+#[derive(Debug, Clone)]
+pub struct HeartbeatParams {
+    pub owner: String,
+    pub leases: Vec<LeaseRef>,
+    /// The node's incarnation and lease length, when a node heartbeats.
+    pub node: Option<(String, Duration)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HeartbeatReport {
+    pub renewed: Vec<ExecutionId>,
+    /// Leases that are no longer the caller's; its process must be stopped.
+    pub lost: Vec<LostLease>,
+    /// Renewed executions whose cancel was requested: (id, reason).
+    pub cancel_requested: Vec<(ExecutionId, Reason)>,
+    /// False when the node row was taken over (stopped by someone else): the node must stop.
+    pub node_ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LostLease {
+    pub id: ExecutionId,
+    pub state: Option<State>,
+    pub reason: Option<Reason>,
+}
+
+/// How an owner says an execution ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// `None` for success; otherwise the reason kind (failed, run timeout, confirmed cancel).
+    pub reason: Option<Reason>,
+    pub message: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl Outcome {
+    pub fn success(exit_code: i32) -> Outcome {
+        Outcome {
+            reason: None,
+            message: None,
+            exit_code: Some(exit_code),
+            signal: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CompleteParams {
+    pub lease: LeaseRef,
+    pub outcome: Outcome,
+    pub actor: String,
+}
+
+/// A terminal transition that happened, with the retry it scheduled.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Settled {
+    pub execution: ExecutionRow,
+    pub retry: Option<ExecutionRow>,
+    /// True when this was a repeat of a completion already recorded (idempotent).
+    pub repeated: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CancelParams {
+    pub id: ExecutionId,
+    pub reason: Reason,
+    pub message: String,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// It was queued and is now cancelled.
+    Cancelled { execution: ExecutionRow },
+    /// It runs; its owner was asked to stop it (it must confirm before `cancel_deadline`).
+    Requested { execution: ExecutionRow },
+    /// It had already ended.
+    AlreadyTerminal { execution: ExecutionRow },
+}
+
+#[derive(Debug, Clone)]
+pub struct ReapParams {
+    pub actor: String,
+    /// Rows settled per transaction, so one tick never holds the write lock for long.
+    pub batch: u32,
+}
+
+/// One execution the reaper (or startup recovery, or cleanup) settled.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recovered {
+    pub id: ExecutionId,
+    pub job: String,
+    pub number: i64,
+    pub attempt: u32,
+    pub from: State,
+    pub to: State,
+    pub reason: Reason,
+    pub message: String,
+    pub lease_owner: Option<String>,
+    pub node_id: Option<String>,
+    pub last_heartbeat: Option<Timestamp>,
+    pub retry: Option<ExecutionId>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReapReport {
+    pub recovered: Vec<Recovered>,
+}
+
+impl ReapReport {
+    pub fn count(&self, reason: Reason) -> usize {
+        self.recovered.iter().filter(|r| r.reason == reason).count()
+    }
+    pub fn retries(&self) -> usize {
+        self.recovered.iter().filter(|r| r.retry.is_some()).count()
+    }
+}
+
+/// Settle executions that a previous incarnation of a node owned.
+#[derive(Debug, Clone)]
+pub struct RecoverParams {
+    /// This node's name; earlier incarnations with the same name are "my previous self".
+    pub name: String,
+    /// This incarnation, which is never touched.
+    pub node_id: String,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CleanupParams {
+    /// Running executions whose last heartbeat is older than this.
+    pub stale_after: Duration,
+    pub apply: bool,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CleanupReport {
+    pub dry_run: bool,
+    /// Everything that matched.
+    pub candidates: Vec<ExecutionRow>,
+    /// What was changed (empty on a dry run).
+    pub changed: Vec<Recovered>,
+    /// Candidates that ended by themselves between the read and the write.
+    pub raced: Vec<ExecutionId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PruneParams {
+    pub batch: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PruneReport {
+    /// (job, execution id) of every pruned execution, so its log can be removed.
+    pub deleted: Vec<(String, ExecutionId)>,
+}
+
+/// Which executions to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub job: Option<String>,
+    pub states: Vec<State>,
+    /// Only running executions whose last heartbeat is older than this.
+    pub stale_after: Option<Duration>,
+    /// Keyset pagination: only ids below this one.
+    pub before_id: Option<ExecutionId>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthParams {
+    pub long_running_after: Duration,
+    pub stale_after: Option<Duration>,
+}
+
+/// The figures of `jobward health` (the seed 001 report's fields, plus stale and queued).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthMetrics {
+    pub running_executions: u64,
+    pub queued_executions: u64,
+    pub long_running_executions: u64,
+    /// Running executions whose lease expired: nobody heartbeats for them.
+    pub stale_executions: u64,
+    /// Queued executions past their start deadline.
+    pub overdue_queued_executions: u64,
+    pub recent_executions_24h: u64,
+    pub live_nodes: u64,
+    pub timestamp: Timestamp,
+}
+
+/// A breach of an invariant found by `audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub invariant: u8,
+    pub execution_id: Option<ExecutionId>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditParams {
+    /// How far past a deadline a live execution may be before it is a violation (the reaper
+    /// runs once per tick).
+    pub tolerance: Duration,
+}

@@ -1,0 +1,1059 @@
+//! Store conformance suite: behaviour every backend must show. Each test takes a fresh,
+//! empty store. A behaviour that differs by backend needs a written reason next to it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jobward_core::{
+    History, JobSpec, Misfire, Overlap, Reason, RetryPolicy, Schedule, State, Timeouts,
+};
+use jobward_store::*;
+
+pub fn spec(name: &str) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        command: "true".into(),
+        schedule: Schedule::Manual,
+        timeouts: Timeouts {
+            heartbeat: Duration::from_secs(30),
+            run: Duration::from_secs(3600),
+            queue: Duration::from_secs(600),
+            kill_grace: Duration::from_secs(5),
+        },
+        overlap: Overlap::Allow,
+        misfire: Misfire::RunOnce,
+        misfire_grace: Duration::from_secs(60),
+        concurrency_key: None,
+        history: History {
+            keep_last: None,
+            max_age: None,
+        },
+        retry: RetryPolicy {
+            max_attempts: 1,
+            backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(60),
+        },
+    }
+}
+
+pub async fn define(store: &DynStore, jobs: Vec<JobSpec>, limits: &[(&str, u32)]) {
+    let limits: BTreeMap<String, u32> = limits.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    store.sync_jobs(SyncJobs { jobs, limits }).await.unwrap();
+}
+
+async fn trigger(store: &DynStore, job: &str) -> ExecutionRow {
+    store
+        .trigger(TriggerParams {
+            job: job.into(),
+            actor: "test".into(),
+            payload: None,
+        })
+        .await
+        .unwrap()
+        .execution
+}
+
+async fn claim(store: &DynStore, owner: &str, limit: u32) -> Vec<ExecutionRow> {
+    store
+        .claim(ClaimParams {
+            owner: owner.into(),
+            runner: "local".into(),
+            node_id: None,
+            limit,
+        })
+        .await
+        .unwrap()
+}
+
+async fn complete_ok(store: &DynStore, row: &ExecutionRow) -> Result<Settled, StoreError> {
+    store
+        .complete(CompleteParams {
+            lease: row.lease(),
+            outcome: Outcome::success(0),
+            actor: "test".into(),
+        })
+        .await
+}
+
+fn failure(code: i32) -> Outcome {
+    Outcome {
+        reason: Some(Reason::ExitCode),
+        message: Some(format!("exited with code {code}")),
+        exit_code: Some(code),
+        signal: None,
+    }
+}
+
+async fn reap(store: &DynStore) -> ReapReport {
+    store
+        .reap(ReapParams {
+            actor: "reaper".into(),
+            batch: 100,
+        })
+        .await
+        .unwrap()
+}
+
+async fn get(store: &DynStore, id: ExecutionId) -> ExecutionRow {
+    store.get_execution(id).await.unwrap().unwrap()
+}
+
+pub async fn trigger_queues_with_a_deadline_and_an_event(store: DynStore) {
+    define(&store, vec![spec("a")], &[]).await;
+    let e = trigger(&store, "a").await;
+    assert_eq!(e.state, State::Queued);
+    assert_eq!((e.number, e.attempt), (1, 1));
+    assert!(e.start_deadline.is_some());
+    assert_eq!(e.trigger, Trigger::Manual);
+    let e2 = trigger(&store, "a").await;
+    assert_eq!(e2.number, 2, "numbers are per job");
+    let events = store.events(e.id).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].from, events[0].to), (None, Some(State::Queued)));
+    assert!(matches!(
+        store
+            .trigger(TriggerParams {
+                job: "nope".into(),
+                actor: "t".into(),
+                payload: None
+            })
+            .await,
+        Err(StoreError::JobNotFound(_))
+    ));
+}
+
+pub async fn claim_takes_a_lease_once(store: DynStore) {
+    define(&store, vec![spec("a")], &[]).await;
+    let e = trigger(&store, "a").await;
+    let got = claim(&store, "node-1", 10).await;
+    assert_eq!(got.len(), 1);
+    let c = &got[0];
+    assert_eq!(c.id, e.id);
+    assert_eq!(c.state, State::Running);
+    assert_eq!(c.lease_owner.as_deref(), Some("node-1"));
+    assert!(c.lease_token.is_some() && c.lease_expires_at.is_some() && c.run_deadline.is_some());
+    assert!(
+        claim(&store, "node-2", 10).await.is_empty(),
+        "a running execution is not claimed twice"
+    );
+}
+
+pub async fn completion_is_compare_and_set_and_idempotent(store: DynStore) {
+    define(&store, vec![spec("a")], &[]).await;
+    trigger(&store, "a").await;
+    let c = claim(&store, "n", 1).await.remove(0);
+    let done = complete_ok(&store, &c).await.unwrap();
+    assert_eq!(done.execution.state, State::Completed);
+    assert!(done.execution.finished_at.is_some());
+    assert!(!done.repeated);
+    let again = complete_ok(&store, &c).await.unwrap();
+    assert!(
+        again.repeated,
+        "the same completion twice is accepted once and answered the same way"
+    );
+    assert_eq!(again.execution, done.execution);
+    // The same token with another outcome is a forged report.
+    let forged = store
+        .complete(CompleteParams {
+            lease: c.lease(),
+            outcome: failure(1),
+            actor: "w".into(),
+        })
+        .await;
+    assert!(
+        matches!(
+            forged,
+            Err(StoreError::LeaseLost {
+                state: State::Completed,
+                ..
+            })
+        ),
+        "{forged:?}"
+    );
+    assert_eq!(get(&store, c.id).await, done.execution);
+    // A wrong token never completes anything.
+    let mut wrong = c.lease();
+    wrong.token = "not-the-token".into();
+    let r = store
+        .complete(CompleteParams {
+            lease: wrong,
+            outcome: Outcome::success(0),
+            actor: "w".into(),
+        })
+        .await;
+    assert!(matches!(r, Err(StoreError::LeaseLost { .. })));
+}
+
+pub async fn an_expired_lease_times_out_and_late_reports_are_refused(store: DynStore) {
+    define(&store, vec![spec("a")], &[]).await;
+    trigger(&store, "a").await;
+    let c = claim(&store, "n", 1).await.remove(0);
+    assert!(
+        reap(&store).await.recovered.is_empty(),
+        "nothing is due yet"
+    );
+    store.clock().advance(Duration::from_secs(31));
+    let report = reap(&store).await;
+    assert_eq!(report.recovered.len(), 1);
+    assert_eq!(report.count(Reason::HeartbeatTimeout), 1);
+    let r = &report.recovered[0];
+    assert_eq!(
+        (r.id, r.from, r.to),
+        (c.id, State::Running, State::TimedOut)
+    );
+    let settled = get(&store, c.id).await;
+    assert_eq!(settled.state, State::TimedOut);
+    assert_eq!(settled.reason, Some(Reason::HeartbeatTimeout));
+    assert!(
+        settled
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("no heartbeat from n")
+    );
+
+    let hb = store
+        .heartbeat(HeartbeatParams {
+            owner: "n".into(),
+            leases: vec![c.lease()],
+            node: None,
+        })
+        .await
+        .unwrap();
+    assert!(hb.renewed.is_empty());
+    assert_eq!(hb.lost.len(), 1);
+    assert_eq!(hb.lost[0].state, Some(State::TimedOut));
+    let late = complete_ok(&store, &c).await;
+    assert!(matches!(
+        late,
+        Err(StoreError::LeaseLost {
+            state: State::TimedOut,
+            reason: Some(Reason::HeartbeatTimeout),
+            ..
+        })
+    ));
+    assert_eq!(
+        get(&store, c.id).await,
+        settled,
+        "the late reports changed nothing"
+    );
+    let refused: Vec<_> = store
+        .events(c.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Refused)
+        .collect();
+    assert_eq!(
+        refused.len(),
+        2,
+        "the late heartbeat and the late completion are both in the event log"
+    );
+    assert!(
+        reap(&store).await.recovered.is_empty(),
+        "a terminal row is never touched again"
+    );
+}
+
+pub async fn heartbeats_renew_in_one_batch(store: DynStore) {
+    define(&store, vec![spec("a")], &[]).await;
+    for _ in 0..5 {
+        trigger(&store, "a").await;
+    }
+    let claimed = claim(&store, "n", 5).await;
+    assert_eq!(claimed.len(), 5);
+    store.clock().advance(Duration::from_secs(20));
+    let hb = store
+        .heartbeat(HeartbeatParams {
+            owner: "n".into(),
+            leases: claimed.iter().map(|c| c.lease()).collect(),
+            node: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(hb.renewed.len(), 5);
+    assert!(hb.lost.is_empty());
+    store.clock().advance(Duration::from_secs(20));
+    assert!(
+        reap(&store).await.recovered.is_empty(),
+        "renewed leases are not expired"
+    );
+    // Another owner cannot renew them.
+    let hb = store
+        .heartbeat(HeartbeatParams {
+            owner: "intruder".into(),
+            leases: claimed.iter().map(|c| c.lease()).collect(),
+            node: None,
+        })
+        .await
+        .unwrap();
+    assert!(hb.renewed.is_empty());
+    assert_eq!(hb.lost.len(), 5);
+}
+
+pub async fn run_and_queue_deadlines_are_enforced(store: DynStore) {
+    let mut s = spec("a");
+    s.timeouts.heartbeat = Duration::from_secs(3600);
+    s.timeouts.run = Duration::from_secs(10);
+    s.timeouts.queue = Duration::from_secs(100);
+    define(&store, vec![s], &[]).await;
+    trigger(&store, "a").await;
+    let c = claim(&store, "n", 1).await.remove(0);
+    let waiting = trigger(&store, "a").await;
+    store.clock().advance(Duration::from_secs(10 + 5 + 3));
+    let report = reap(&store).await;
+    assert_eq!(report.count(Reason::RunTimeout), 1);
+    assert_eq!(get(&store, c.id).await.reason, Some(Reason::RunTimeout));
+    assert_eq!(get(&store, waiting.id).await.state, State::Queued);
+    store.clock().advance(Duration::from_secs(100));
+    let report = reap(&store).await;
+    assert_eq!(report.count(Reason::QueueTimeout), 1);
+    let w = get(&store, waiting.id).await;
+    assert_eq!(
+        (w.state, w.reason),
+        (State::TimedOut, Some(Reason::QueueTimeout))
+    );
+    assert!(w.started_at.is_none());
+}
+
+pub async fn retries_are_new_linked_attempts_with_backoff(store: DynStore) {
+    let mut s = spec("a");
+    s.retry = RetryPolicy {
+        max_attempts: 3,
+        backoff: Duration::from_secs(10),
+        max_backoff: Duration::from_secs(15),
+    };
+    define(&store, vec![s], &[]).await;
+    let first = trigger(&store, "a").await;
+    let c = claim(&store, "n", 1).await.remove(0);
+    let settled = store
+        .complete(CompleteParams {
+            lease: c.lease(),
+            outcome: failure(2),
+            actor: "n".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(settled.execution.state, State::Failed);
+    assert_eq!(settled.execution.exit_code, Some(2));
+    let retry = settled
+        .retry
+        .expect("attempt 1 of 3 failed: a retry is owed");
+    assert_eq!(
+        (retry.number, retry.attempt, retry.retry_of),
+        (first.number, 2, Some(first.id))
+    );
+    assert_eq!(retry.trigger, Trigger::Retry);
+    assert_eq!(retry.state, State::Queued);
+    assert!(
+        claim(&store, "n", 1).await.is_empty(),
+        "the retry waits for its backoff"
+    );
+    store.clock().advance(Duration::from_secs(11));
+    let c2 = claim(&store, "n", 1).await.remove(0);
+    assert_eq!(c2.id, retry.id);
+    // A heartbeat timeout is retried too; the delay doubles, capped at 15s.
+    store.clock().advance(Duration::from_secs(31));
+    let report = reap(&store).await;
+    let third = get(
+        &store,
+        report.recovered[0]
+            .retry
+            .expect("retry after a heartbeat timeout"),
+    )
+    .await;
+    assert_eq!(third.attempt, 3);
+    assert_eq!((third.run_after - third.queued_at).num_seconds(), 15);
+    store.clock().advance(Duration::from_secs(16));
+    let c3 = claim(&store, "n", 1).await.remove(0);
+    let last = store
+        .complete(CompleteParams {
+            lease: c3.lease(),
+            outcome: failure(1),
+            actor: "n".into(),
+        })
+        .await
+        .unwrap();
+    assert!(last.retry.is_none(), "no retry after the last attempt");
+}
+
+pub async fn cancel_of_queued_is_immediate_and_of_running_is_a_request(store: DynStore) {
+    define(&store, vec![spec("a")], &[]).await;
+    let running = trigger(&store, "a").await;
+    let c = claim(&store, "n", 1).await.remove(0);
+    assert_eq!(c.id, running.id);
+    let queued = trigger(&store, "a").await;
+    let cp = |id| CancelParams {
+        id,
+        reason: Reason::CancelRequested,
+        message: "stop".into(),
+        actor: "op".into(),
+    };
+    match store.cancel(cp(queued.id)).await.unwrap() {
+        CancelOutcome::Cancelled { execution } => {
+            assert_eq!(
+                (execution.state, execution.reason),
+                (State::Cancelled, Some(Reason::CancelRequested))
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    match store.cancel(cp(c.id)).await.unwrap() {
+        CancelOutcome::Requested { execution } => {
+            assert_eq!(execution.state, State::Running);
+            assert!(execution.cancel_deadline.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    let hb = store
+        .heartbeat(HeartbeatParams {
+            owner: "n".into(),
+            leases: vec![c.lease()],
+            node: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(hb.cancel_requested, vec![(c.id, Reason::CancelRequested)]);
+    // The owner confirms by finishing with the cancel reason.
+    let done = store
+        .complete(CompleteParams {
+            lease: c.lease(),
+            outcome: Outcome {
+                reason: Some(Reason::CancelRequested),
+                message: Some("stopped".into()),
+                exit_code: None,
+                signal: Some(15),
+            },
+            actor: "n".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.execution.state, State::Cancelled);
+    assert!(matches!(
+        store.cancel(cp(c.id)).await.unwrap(),
+        CancelOutcome::AlreadyTerminal { .. }
+    ));
+    assert!(matches!(
+        store.cancel(cp(999_999)).await,
+        Err(StoreError::ExecutionNotFound(_))
+    ));
+}
+
+pub async fn an_unconfirmed_cancel_is_settled_at_its_deadline(store: DynStore) {
+    let mut s = spec("a");
+    s.timeouts.heartbeat = Duration::from_secs(1000);
+    define(&store, vec![s], &[]).await;
+    trigger(&store, "a").await;
+    let c = claim(&store, "n", 1).await.remove(0);
+    store
+        .cancel(CancelParams {
+            id: c.id,
+            reason: Reason::CancelRequested,
+            message: "stop".into(),
+            actor: "op".into(),
+        })
+        .await
+        .unwrap();
+    store.clock().advance(Duration::from_secs(500));
+    store
+        .heartbeat(HeartbeatParams {
+            owner: "n".into(),
+            leases: vec![c.lease()],
+            node: None,
+        })
+        .await
+        .unwrap();
+    store.clock().advance(Duration::from_secs(510));
+    let report = reap(&store).await;
+    assert_eq!(report.count(Reason::CancelRequested), 1, "{report:?}");
+    assert_eq!(get(&store, c.id).await.state, State::Cancelled);
+}
+
+pub async fn overlap_policies(store: DynStore) {
+    let mut skip = spec("skip");
+    skip.overlap = Overlap::Skip;
+    let mut queue = spec("queue");
+    queue.overlap = Overlap::Queue;
+    let mut replace = spec("replace");
+    replace.overlap = Overlap::Replace;
+    define(&store, vec![skip, queue, replace], &[]).await;
+
+    let first = trigger(&store, "skip").await;
+    let skipped = trigger(&store, "skip").await;
+    assert_eq!(
+        skipped.state,
+        State::Skipped,
+        "a live run blocks the next (overlap = skip)"
+    );
+    assert_eq!(skipped.reason, Some(Reason::Overlap));
+    assert!(
+        skipped.finished_at.is_some(),
+        "skipped is terminal from birth"
+    );
+    let msg = skipped.message.unwrap();
+    assert!(msg.contains(&format!("run #{}", first.number)), "{msg}");
+
+    let q1 = trigger(&store, "queue").await;
+    let q2 = trigger(&store, "queue").await;
+    assert_eq!(q2.state, State::Queued);
+    let got: Vec<i64> = claim(&store, "n", 10).await.iter().map(|c| c.id).collect();
+    assert!(
+        got.contains(&q1.id) && !got.contains(&q2.id),
+        "overlap = queue runs one at a time: {got:?}"
+    );
+    let running_q1 = get(&store, q1.id).await;
+    complete_ok(&store, &running_q1).await.unwrap();
+    let got: Vec<i64> = claim(&store, "n", 10).await.iter().map(|c| c.id).collect();
+    assert_eq!(got, vec![q2.id]);
+
+    let r1 = trigger(&store, "replace").await;
+    let r1 = claim(&store, "n", 10)
+        .await
+        .into_iter()
+        .find(|c| c.id == r1.id)
+        .unwrap();
+    let r2 = store
+        .trigger(TriggerParams {
+            job: "replace".into(),
+            actor: "t".into(),
+            payload: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r2.replaced, vec![r1.id]);
+    let old = get(&store, r1.id).await;
+    assert_eq!(old.cancel_reason, Some(Reason::Replaced));
+    assert_eq!(r2.execution.state, State::Queued);
+}
+
+pub async fn concurrency_limit_counts_live_leases(store: DynStore) {
+    let mut s = spec("a");
+    s.concurrency_key = Some("reports".into());
+    define(&store, vec![s], &[("reports", 2)]).await;
+    for _ in 0..10 {
+        trigger(&store, "a").await;
+    }
+    let first = claim(&store, "n", 10).await;
+    assert_eq!(first.len(), 2, "the limit is 2");
+    assert!(claim(&store, "n", 10).await.is_empty());
+    complete_ok(&store, &first[0]).await.unwrap();
+    assert_eq!(
+        claim(&store, "n", 10).await.len(),
+        1,
+        "a slot is free the moment its execution is terminal"
+    );
+    // A reclaimed (expired) lease frees its slot in the same transaction that ends it.
+    store.clock().advance(Duration::from_secs(31));
+    let report = reap(&store).await;
+    assert_eq!(report.count(Reason::HeartbeatTimeout), 2);
+    assert_eq!(claim(&store, "n", 10).await.len(), 2);
+    let h = store
+        .health(HealthParams {
+            long_running_after: Duration::from_secs(3600),
+            stale_after: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.running_executions, 2);
+}
+
+/// 50 claimers at once, from as many tasks, never exceed the limit.
+pub async fn concurrency_limit_holds_under_concurrent_claims(store: DynStore) {
+    let mut s = spec("a");
+    s.concurrency_key = Some("k".into());
+    define(&store, vec![s], &[("k", 3)]).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let st = store.clone();
+        tasks.push(tokio::spawn(async move {
+            st.trigger(TriggerParams {
+                job: "a".into(),
+                actor: format!("t{i}"),
+                payload: None,
+            })
+            .await
+            .unwrap();
+            st.claim(ClaimParams {
+                owner: format!("w{i}"),
+                runner: "local".into(),
+                node_id: None,
+                limit: 5,
+            })
+            .await
+            .unwrap()
+            .len()
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 3);
+    let running = store
+        .list_executions(ExecutionFilter {
+            states: vec![State::Running],
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 3);
+    assert!(
+        store
+            .audit(AuditParams {
+                tolerance: Duration::from_secs(5)
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn cron_instants_fire_once_and_downtime_is_one_record(store: DynStore) {
+    let mut every = spec("every");
+    every.schedule = Schedule::every(Duration::from_secs(10)).unwrap();
+    every.misfire_grace = Duration::from_secs(5);
+    let mut skipper = every.clone();
+    skipper.name = "skipper".into();
+    skipper.misfire = Misfire::Skip;
+    define(&store, vec![every, skipper], &[]).await;
+    let r = store.fire_due("sched").await.unwrap();
+    assert!(
+        r.fired.is_empty(),
+        "a new schedule never fires past instants"
+    );
+    // Step to just past the first instant, so that it is on time.
+    let first = store
+        .get_job("every")
+        .await
+        .unwrap()
+        .unwrap()
+        .next_fire_at
+        .unwrap();
+    let gap = (first - store.now().await.unwrap())
+        .to_std()
+        .unwrap_or_default();
+    store.clock().advance(gap + Duration::from_millis(100));
+    let r1 = store.fire_due("sched").await.unwrap();
+    assert_eq!(r1.fired.len(), 2, "{r1:?}");
+    let r2 = store.fire_due("sched").await.unwrap();
+    assert!(
+        r2.fired.is_empty() && r2.skipped.is_empty(),
+        "an instant fires at most once"
+    );
+    // Downtime of ~10 instants.
+    store.clock().advance(Duration::from_secs(100));
+    let r3 = store.fire_due("sched").await.unwrap();
+    assert_eq!(
+        r3.caught_up.len(),
+        1,
+        "one catch-up run, not a storm: {r3:?}"
+    );
+    assert_eq!(
+        r3.skipped.len(),
+        1,
+        "one skip record for the skipper: {r3:?}"
+    );
+    let catch_up = get(&store, r3.caught_up[0]).await;
+    assert_eq!(catch_up.trigger, Trigger::CatchUp);
+    let skip = get(&store, r3.skipped[0]).await;
+    assert_eq!(skip.reason, Some(Reason::MissedSchedule));
+    let msg = skip.message.unwrap();
+    // The latest of the 10 instants is 0.1s old, so it is on time: it fires, and the other 9
+    // are the missed ones.
+    assert!(msg.contains("missed 9 instants between"), "{msg}");
+    assert_eq!(r3.fired.len(), 1, "{r3:?}");
+    let all = store
+        .list_executions(ExecutionFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5);
+}
+
+pub async fn cleanup_dry_run_changes_nothing_and_apply_settles(store: DynStore) {
+    let mut s = spec("a");
+    s.timeouts.heartbeat = Duration::from_secs(100_000);
+    define(&store, vec![s], &[]).await;
+    trigger(&store, "a").await;
+    let c = claim(&store, "n", 1).await.remove(0);
+    trigger(&store, "a").await;
+    let fresh = claim(&store, "n", 1).await.remove(0);
+    store.clock().advance(Duration::from_secs(7200));
+    store
+        .heartbeat(HeartbeatParams {
+            owner: "n".into(),
+            leases: vec![fresh.lease()],
+            node: None,
+        })
+        .await
+        .unwrap();
+    let before = get(&store, c.id).await;
+    let dry = store
+        .cleanup(CleanupParams {
+            stale_after: Duration::from_secs(3600),
+            apply: false,
+            actor: "op".into(),
+        })
+        .await
+        .unwrap();
+    assert!(dry.dry_run);
+    assert_eq!(
+        dry.candidates.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![c.id]
+    );
+    assert!(dry.changed.is_empty());
+    assert_eq!(get(&store, c.id).await, before, "a dry run changes nothing");
+    assert_eq!(store.events(c.id).await.unwrap().len(), 2);
+    let applied = store
+        .cleanup(CleanupParams {
+            stale_after: Duration::from_secs(3600),
+            apply: true,
+            actor: "op".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(applied.changed.len(), 1);
+    let after = get(&store, c.id).await;
+    assert_eq!(
+        (after.state, after.reason),
+        (State::TimedOut, Some(Reason::ManualCleanup))
+    );
+    assert_eq!(get(&store, fresh.id).await.state, State::Running);
+    assert!(matches!(
+        complete_ok(&store, &c).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+}
+
+pub async fn prune_keeps_the_newest_terminal_history(store: DynStore) {
+    let mut s = spec("a");
+    s.history = History {
+        keep_last: Some(3),
+        max_age: None,
+    };
+    define(&store, vec![s], &[]).await;
+    for _ in 0..6 {
+        trigger(&store, "a").await;
+        let c = claim(&store, "n", 1).await.remove(0);
+        complete_ok(&store, &c).await.unwrap();
+    }
+    let live = trigger(&store, "a").await;
+    let report = store.prune(PruneParams { batch: 2 }).await.unwrap();
+    assert_eq!(report.deleted.len(), 3);
+    let left = store
+        .list_executions(ExecutionFilter {
+            job: Some("a".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.number).collect::<Vec<_>>(),
+        vec![7, 6, 5, 4]
+    );
+    assert_eq!(left[0].id, live.id, "live executions are never pruned");
+    assert!(
+        store.events(report.deleted[0].1).await.unwrap().is_empty(),
+        "events go with their execution"
+    );
+    let mut aged = spec("a");
+    aged.history = History {
+        keep_last: None,
+        max_age: Some(Duration::from_secs(60)),
+    };
+    define(&store, vec![aged], &[]).await;
+    store.clock().advance(Duration::from_secs(61));
+    assert_eq!(
+        store
+            .prune(PruneParams { batch: 100 })
+            .await
+            .unwrap()
+            .deleted
+            .len(),
+        3
+    );
+}
+
+pub async fn node_restart_settles_the_previous_incarnation(store: DynStore) {
+    let node = |id: &str| NewNode {
+        id: id.into(),
+        name: "host-a".into(),
+        hostname: "host-a".into(),
+        pid: 1,
+        boot_id: None,
+        lease: Duration::from_secs(30),
+    };
+    define(&store, vec![spec("a")], &[]).await;
+    assert_eq!(
+        store.register_node(node("inc-1")).await.unwrap(),
+        RegisterOutcome::Registered
+    );
+    trigger(&store, "a").await;
+    let c = store
+        .claim(ClaimParams {
+            owner: "inc-1".into(),
+            runner: "local".into(),
+            node_id: Some("inc-1".into()),
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(matches!(
+        store.register_node(node("inc-2")).await.unwrap(),
+        RegisterOutcome::NameInUse { .. }
+    ));
+    store.clock().advance(Duration::from_secs(31));
+    assert_eq!(
+        store.register_node(node("inc-2")).await.unwrap(),
+        RegisterOutcome::Registered
+    );
+    let orphans = store.orphans_of("host-a", "inc-2").await.unwrap();
+    assert_eq!(orphans.iter().map(|o| o.id).collect::<Vec<_>>(), vec![c.id]);
+    let report = store
+        .settle_orphans(
+            RecoverParams {
+                name: "host-a".into(),
+                node_id: "inc-2".into(),
+                actor: "inc-2".into(),
+            },
+            orphans
+                .iter()
+                .map(|o| (o.lease(), "node restarted".to_string()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.count(Reason::NodeRestarted), 1);
+    let e = get(&store, c.id).await;
+    assert_eq!(
+        (e.state, e.reason),
+        (State::Failed, Some(Reason::NodeRestarted))
+    );
+    assert!(e.finished_at.is_some());
+    let nodes = store.list_nodes().await.unwrap();
+    assert!(
+        nodes
+            .iter()
+            .find(|n| n.id == "inc-1")
+            .unwrap()
+            .stopped_at
+            .is_some()
+    );
+    let hb = store
+        .heartbeat(HeartbeatParams {
+            owner: "inc-1".into(),
+            leases: vec![c.lease()],
+            node: Some(("inc-1".into(), Duration::from_secs(30))),
+        })
+        .await
+        .unwrap();
+    assert!(!hb.node_ok, "a superseded incarnation learns it must stop");
+}
+
+pub async fn job_status_is_derived_from_executions(store: DynStore) {
+    define(&store, vec![spec("a"), spec("b")], &[]).await;
+    let job = store.get_job("a").await.unwrap().unwrap();
+    assert_eq!(job.status(), "never run");
+    trigger(&store, "a").await;
+    assert_eq!(
+        store.get_job("a").await.unwrap().unwrap().status(),
+        "queued"
+    );
+    let c = claim(&store, "n", 1).await.remove(0);
+    assert_eq!(
+        store.get_job("a").await.unwrap().unwrap().status(),
+        "running"
+    );
+    store
+        .complete(CompleteParams {
+            lease: c.lease(),
+            outcome: failure(3),
+            actor: "n".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_job("a").await.unwrap().unwrap().status(),
+        "failed"
+    );
+    // A job that leaves the configuration keeps its history.
+    let report = store
+        .sync_jobs(SyncJobs {
+            jobs: vec![spec("b")],
+            limits: BTreeMap::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.removed, vec!["a".to_string()]);
+    let a = store.get_job("a").await.unwrap().unwrap();
+    assert!(!a.defined);
+    assert!(matches!(
+        store
+            .trigger(TriggerParams {
+                job: "a".into(),
+                actor: "t".into(),
+                payload: None
+            })
+            .await,
+        Err(StoreError::JobUndefined(_))
+    ));
+}
+
+pub async fn paused_jobs_record_skips_and_are_not_claimed(store: DynStore) {
+    let mut s = spec("a");
+    s.schedule = Schedule::every(Duration::from_secs(10)).unwrap();
+    define(&store, vec![s], &[]).await;
+    let queued = trigger(&store, "a").await;
+    store.set_paused("a", true).await.unwrap();
+    assert!(claim(&store, "n", 5).await.is_empty());
+    store.clock().advance(Duration::from_secs(10));
+    let r = store.fire_due("s").await.unwrap();
+    assert_eq!(r.skipped.len(), 1);
+    assert_eq!(get(&store, r.skipped[0]).await.reason, Some(Reason::Paused));
+    store.set_paused("a", false).await.unwrap();
+    assert_eq!(claim(&store, "n", 5).await[0].id, queued.id);
+}
+
+pub async fn listing_filters_and_pages(store: DynStore) {
+    define(&store, vec![spec("a"), spec("b")], &[]).await;
+    for _ in 0..5 {
+        trigger(&store, "a").await;
+        trigger(&store, "b").await;
+    }
+    claim(&store, "n", 3).await;
+    let page1 = store
+        .list_executions(ExecutionFilter {
+            job: Some("a".into()),
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page1.len(), 3);
+    assert!(page1.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let page2 = store
+        .list_executions(ExecutionFilter {
+            job: Some("a".into()),
+            limit: 3,
+            before_id: Some(page1[2].id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page2.len(), 2);
+    let running = store
+        .list_executions(ExecutionFilter {
+            states: vec![State::Running],
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 3);
+    store.clock().advance(Duration::from_secs(600));
+    let stale = store
+        .list_executions(ExecutionFilter {
+            stale_after: Some(Duration::from_secs(300)),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stale.len(), 3);
+}
+
+pub async fn health_counts_what_the_ledger_holds(store: DynStore) {
+    define(&store, vec![spec("a")], &[]).await;
+    for _ in 0..4 {
+        trigger(&store, "a").await;
+    }
+    claim(&store, "n", 2).await;
+    store.clock().advance(Duration::from_secs(31));
+    let h = store
+        .health(HealthParams {
+            long_running_after: Duration::from_secs(30),
+            stale_after: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.running_executions, 2);
+    assert_eq!(h.queued_executions, 2);
+    assert_eq!(h.long_running_executions, 2);
+    assert_eq!(h.stale_executions, 2);
+    assert_eq!(h.recent_executions_24h, 4);
+    reap(&store).await;
+    let h = store
+        .health(HealthParams {
+            long_running_after: Duration::from_secs(30),
+            stale_after: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!((h.running_executions, h.stale_executions), (0, 0));
+}
+
+pub async fn audit_of_a_healthy_ledger_is_clean_and_flags_overdue_rows(store: DynStore) {
+    define(&store, vec![spec("a")], &[]).await;
+    trigger(&store, "a").await;
+    claim(&store, "n", 1).await;
+    let audit = |s: DynStore| async move {
+        s.audit(AuditParams {
+            tolerance: Duration::from_secs(5),
+        })
+        .await
+        .unwrap()
+    };
+    assert!(audit(store.clone()).await.is_empty());
+    // With no reaper running, a lease 60s past expiry is a breach of invariant 2.
+    store.clock().advance(Duration::from_secs(90));
+    let v = audit(store.clone()).await;
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].invariant, 2);
+    reap(&store).await;
+    assert!(audit(store.clone()).await.is_empty());
+}
+
+/// Expands to one test per conformance case for a backend; `$open` is an async fn returning
+/// `(guard, DynStore)`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($open:path) => {
+        $crate::conformance_tests!(@each $open;
+            trigger_queues_with_a_deadline_and_an_event,
+            claim_takes_a_lease_once,
+            completion_is_compare_and_set_and_idempotent,
+            an_expired_lease_times_out_and_late_reports_are_refused,
+            heartbeats_renew_in_one_batch,
+            run_and_queue_deadlines_are_enforced,
+            retries_are_new_linked_attempts_with_backoff,
+            cancel_of_queued_is_immediate_and_of_running_is_a_request,
+            an_unconfirmed_cancel_is_settled_at_its_deadline,
+            overlap_policies,
+            concurrency_limit_counts_live_leases,
+            concurrency_limit_holds_under_concurrent_claims,
+            cron_instants_fire_once_and_downtime_is_one_record,
+            cleanup_dry_run_changes_nothing_and_apply_settles,
+            prune_keeps_the_newest_terminal_history,
+            node_restart_settles_the_previous_incarnation,
+            job_status_is_derived_from_executions,
+            paused_jobs_record_skips_and_are_not_claimed,
+            listing_filters_and_pages,
+            health_counts_what_the_ledger_holds,
+            audit_of_a_healthy_ledger_is_clean_and_flags_overdue_rows
+        );
+    };
+    (@each $open:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (_guard, store) = $open().await;
+                conformance::$name(store).await;
+            }
+        )*
+    };
+}

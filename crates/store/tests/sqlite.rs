@@ -1,0 +1,323 @@
+//! The conformance suite on real SQLite files, plus what only SQLite can show: the schema's
+//! CHECK constraints and triggers, hand-corrupted rows, schema versions, and two processes'
+//! worth of connections writing at once.
+
+mod conformance;
+
+use std::time::Duration;
+
+use jobward_core::State;
+use jobward_store::*;
+use sqlx::Connection;
+
+async fn open_sqlite() -> (tempfile::TempDir, DynStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let (store, opened) = open(&url, OpenMode::CreateAndMigrate).await.unwrap();
+    assert!(opened.created);
+    (dir, store)
+}
+
+conformance_tests!(open_sqlite);
+
+/// A raw connection to the same file, as another process (or a careless operator) would have.
+async fn raw(dir: &tempfile::TempDir) -> sqlx::SqliteConnection {
+    sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .unwrap()
+}
+
+async fn one_completed(store: &DynStore) -> ExecutionRow {
+    conformance::define(store, vec![conformance::spec("a")], &[]).await;
+    store
+        .trigger(TriggerParams {
+            job: "a".into(),
+            actor: "t".into(),
+            payload: None,
+        })
+        .await
+        .unwrap();
+    let c = store
+        .claim(ClaimParams {
+            owner: "n".into(),
+            runner: "local".into(),
+            node_id: None,
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .complete(CompleteParams {
+            lease: c.lease(),
+            outcome: Outcome::success(0),
+            actor: "n".into(),
+        })
+        .await
+        .unwrap()
+        .execution
+}
+
+#[tokio::test]
+async fn the_database_refuses_to_change_a_terminal_execution() {
+    let (dir, store) = open_sqlite().await;
+    let done = one_completed(&store).await;
+    let mut conn = raw(&dir).await;
+    let err =
+        sqlx::query("UPDATE executions SET state = 'running', finished_at = NULL WHERE id = ?")
+            .bind(done.id)
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("terminal execution is immutable"),
+        "{err}"
+    );
+    let err = sqlx::query("UPDATE events SET message = 'rewritten'")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+}
+
+#[tokio::test]
+async fn check_constraints_enforce_invariant_1() {
+    let (dir, store) = open_sqlite().await;
+    one_completed(&store).await;
+    let mut conn = raw(&dir).await;
+    let insert = |state: &'static str,
+                  finished: Option<i64>,
+                  reason: Option<&'static str>,
+                  message: Option<&'static str>| {
+        sqlx::query(
+            "INSERT INTO executions (job, number, attempt, max_attempts, trigger, state, command, overlap, \
+             heartbeat_timeout_ms, run_timeout_ms, queue_timeout_ms, kill_grace_ms, backoff_ms, max_backoff_ms, \
+             queued_at, run_after, start_deadline, finished_at, reason, message) \
+             VALUES ('a', 99, 1, 1, 'manual', ?, 'true', 'allow', 1, 1, 1, 0, 0, 0, 0, 0, 0, ?, ?, ?)",
+        )
+        .bind(state)
+        .bind(finished)
+        .bind(reason)
+        .bind(message)
+    };
+    for (what, q) in [
+        (
+            "failed without finished_at",
+            insert("failed", None, Some("exit_code"), Some("x")),
+        ),
+        (
+            "failed without a reason",
+            insert("failed", Some(1), None, Some("x")),
+        ),
+        (
+            "failed with an empty message",
+            insert("failed", Some(1), Some("exit_code"), Some("")),
+        ),
+        (
+            "failed with no message",
+            insert("failed", Some(1), Some("exit_code"), None),
+        ),
+        (
+            "timed_out with a failed reason",
+            insert("timed_out", Some(1), Some("exit_code"), Some("x")),
+        ),
+        (
+            "queued with finished_at",
+            insert("queued", Some(1), None, None),
+        ),
+        ("an unknown state", insert("stuck", None, None, None)),
+    ] {
+        let err = q.execute(&mut conn).await.expect_err(what);
+        assert!(err.to_string().contains("CHECK"), "{what}: {err}");
+    }
+    let ok = insert(
+        "failed",
+        Some(1),
+        Some("exit_code"),
+        Some("exited with code 1"),
+    )
+    .execute(&mut conn)
+    .await;
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[tokio::test]
+async fn audit_finds_hand_corrupted_rows() {
+    let (dir, store) = open_sqlite().await;
+    let done = one_completed(&store).await;
+    let audit = || async {
+        store
+            .audit(AuditParams {
+                tolerance: Duration::from_secs(5),
+            })
+            .await
+            .unwrap()
+    };
+    assert!(audit().await.is_empty());
+    let mut conn = raw(&dir).await;
+    // An operator switches the checks off and writes a row the schema would refuse.
+    sqlx::query("PRAGMA ignore_check_constraints = ON")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("DROP TRIGGER executions_terminal_is_final")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE executions SET finished_at = NULL WHERE id = ?")
+        .bind(done.id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let v = audit().await;
+    assert!(
+        v.iter().any(|v| v.invariant == 1
+            && v.execution_id == Some(done.id)
+            && v.message.contains("finished_at")),
+        "{v:?}"
+    );
+    // Two running executions on a key limited to one.
+    sqlx::query("UPDATE executions SET finished_at = 1 WHERE id = ?")
+        .bind(done.id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut s = conformance::spec("k");
+    s.concurrency_key = Some("k".into());
+    conformance::define(&store, vec![conformance::spec("a"), s], &[("k", 1)]).await;
+    for _ in 0..2 {
+        store
+            .trigger(TriggerParams {
+                job: "k".into(),
+                actor: "t".into(),
+                payload: None,
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .claim(ClaimParams {
+            owner: "n".into(),
+            runner: "local".into(),
+            node_id: None,
+            limit: 5,
+        })
+        .await
+        .unwrap();
+    sqlx::query("UPDATE executions SET state = 'running', started_at = 1, heartbeat_at = 1, lease_owner = 'x', lease_token = 'y', \
+                 lease_expires_at = 9999999999999, run_deadline = 9999999999999 WHERE job = 'k' AND state = 'queued'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let v = audit().await;
+    assert!(
+        v.iter()
+            .any(|v| v.invariant == 3 && v.message.contains("'k'")),
+        "{v:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_left_untouched() {
+    let (dir, store) = open_sqlite().await;
+    drop(store);
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let mut conn = raw(&dir).await;
+    sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', 1, x'00', 0)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    for mode in [OpenMode::CreateAndMigrate, OpenMode::Existing] {
+        let err = open(&url, mode)
+            .await
+            .err()
+            .expect("newer schema must be refused");
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found: 9999, .. }),
+            "{err}"
+        );
+        assert!(!err.to_string().contains('\n'));
+    }
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+}
+
+#[tokio::test]
+async fn opening_a_missing_database_for_reading_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.db");
+    let err = open(&format!("sqlite://{}", path.display()), OpenMode::Existing)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::Missing(_)), "{err}");
+    assert!(!path.exists());
+    let err = open(
+        &format!("sqlite://{}/no/such/dir/x.db", dir.path().display()),
+        OpenMode::CreateAndMigrate,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    assert!(matches!(
+        open("mysql://x", OpenMode::Existing).await.err().unwrap(),
+        StoreError::UnsupportedUrl(_)
+    ));
+}
+
+/// Two stores on one file stand for two processes (a node and a CLI command): 50 triggers and
+/// claims spread over both never exceed the limit, and no caller ever sees SQLITE_BUSY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_file_without_busy_errors_or_overbooking() {
+    let (dir, a) = open_sqlite().await;
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let (b, _) = open(&url, OpenMode::Existing).await.unwrap();
+    let mut s = conformance::spec("a");
+    s.concurrency_key = Some("k".into());
+    conformance::define(&a, vec![s], &[("k", 4)]).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let st = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            st.trigger(TriggerParams {
+                job: "a".into(),
+                actor: format!("t{i}"),
+                payload: None,
+            })
+            .await?;
+            st.claim(ClaimParams {
+                owner: format!("w{i}"),
+                runner: "local".into(),
+                node_id: None,
+                limit: 2,
+            })
+            .await
+            .map(|v| v.len())
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap().expect("no caller sees a busy database");
+    }
+    assert_eq!(total, 4);
+    let running = b
+        .list_executions(ExecutionFilter {
+            states: vec![State::Running],
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 4);
+}
