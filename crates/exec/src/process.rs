@@ -1,0 +1,249 @@
+//! Running one command: `sh -c COMMAND` in its own process group, output to a bounded log,
+//! SIGTERM then SIGKILL to the whole group on a timeout or a stop request, and nothing of the
+//! group left behind once the command has exited.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::log::LogSink;
+use crate::procfs;
+
+/// What to run and where its output goes.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub command: String,
+    /// Added to the inherited environment (the `JOBWARD_*` variables).
+    pub env: Vec<(String, String)>,
+    pub log_path: PathBuf,
+    pub log_max_bytes: u64,
+    pub cwd: Option<PathBuf>,
+}
+
+/// The process as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: i32,
+    pub pgid: i32,
+    pub start_ticks: u64,
+    pub boot_id: Option<String>,
+}
+
+/// How the command's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    fn from_status(s: ExitStatus) -> Exit {
+        match (s.code(), s.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(sig)) => Exit::Signal(sig),
+            (None, None) => Exit::Code(-1),
+        }
+    }
+
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+}
+
+/// A request to stop a running command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM to the group, SIGKILL after the kill grace (cancel, shutdown).
+    Graceful,
+    /// SIGKILL to the group at once: the lease is lost and the ledger already says it is over.
+    Immediate,
+}
+
+/// Why supervision ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The command ended by itself.
+    Exited,
+    /// Its run timeout passed and it was terminated.
+    RunTimeout,
+    /// It was stopped on request.
+    Stopped(Stop),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub exit: Exit,
+    pub ending: Ending,
+    /// SIGKILL was needed because SIGTERM was not honoured within the grace.
+    pub escalated: bool,
+    /// Processes of the group still alive after the main process ended, then killed.
+    pub leftovers_killed: usize,
+}
+
+/// A started command.
+pub struct Running {
+    child: Child,
+    pub identity: Identity,
+    pump: JoinHandle<io::Result<()>>,
+}
+
+/// Starts the command. An error here is a spawn error (the OS error says why).
+pub fn spawn(launch: &Launch) -> io::Result<Running> {
+    let mut sink = LogSink::create(&launch.log_path, launch.log_max_bytes)?;
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&launch.command)
+        .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(dir) = &launch.cwd {
+        cmd.current_dir(dir);
+    }
+    let parent = std::process::id() as i32;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The command dies with jobward instead of running on unrecorded.
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child
+        .id()
+        .map(|p| p as i32)
+        .ok_or_else(|| io::Error::other("the process ended before its pid was read"))?;
+    let start_ticks = procfs::stat(pid).map(|s| s.start_ticks).unwrap_or(0);
+    let identity = Identity {
+        pid,
+        pgid: pid,
+        start_ticks,
+        boot_id: procfs::boot_id(),
+    };
+    let mut out = child.stdout.take().expect("stdout is piped");
+    let mut err = child.stderr.take().expect("stderr is piped");
+    let pump = tokio::spawn(async move {
+        let (mut ob, mut eb) = (vec![0u8; 8192], vec![0u8; 8192]);
+        let (mut out_open, mut err_open) = (true, true);
+        while out_open || err_open {
+            tokio::select! {
+                n = out.read(&mut ob), if out_open => match n? {
+                    0 => out_open = false,
+                    n => sink.write(&ob[..n])?,
+                },
+                n = err.read(&mut eb), if err_open => match n? {
+                    0 => err_open = false,
+                    n => sink.write(&eb[..n])?,
+                },
+            }
+        }
+        Ok(())
+    });
+    Ok(Running {
+        child,
+        identity,
+        pump,
+    })
+}
+
+/// Sends `sig` to the whole group; a group that is already gone is not an error.
+pub fn signal_group(pgid: i32, sig: Signal) -> bool {
+    killpg(Pid::from_raw(pgid), sig).is_ok()
+}
+
+impl Running {
+    /// Waits for the command to end, terminating it at `terminate_at` (its run timeout) or
+    /// when a stop request arrives; then kills whatever it left in its group.
+    pub async fn supervise(
+        mut self,
+        terminate_at: Option<Instant>,
+        grace: Duration,
+        mut stop: mpsc::UnboundedReceiver<Stop>,
+    ) -> Finished {
+        let pgid = self.identity.pgid;
+        let deadline = terminate_at
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400));
+        let (status, ending, escalated) = tokio::select! {
+            s = self.child.wait() => (s, Ending::Exited, false),
+            _ = tokio::time::sleep_until(deadline) => {
+                let (s, esc) = terminate(&mut self.child, pgid, grace, &mut stop).await;
+                (s, Ending::RunTimeout, esc)
+            }
+            Some(req) = stop.recv() => {
+                let (s, esc) = match req {
+                    Stop::Immediate => {
+                        signal_group(pgid, Signal::SIGKILL);
+                        (self.child.wait().await, true)
+                    }
+                    Stop::Graceful => terminate(&mut self.child, pgid, grace, &mut stop).await,
+                };
+                (s, Ending::Stopped(req), esc)
+            }
+        };
+        let exit = status.map(Exit::from_status).unwrap_or(Exit::Code(-1));
+        let leftovers = procfs::group_members(pgid).len();
+        if leftovers > 0 {
+            signal_group(pgid, Signal::SIGKILL);
+        }
+        // Output still buffered in the pipes is written; a process that escaped the group may
+        // hold a pipe open forever, so the wait is bounded.
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.pump)
+            .await
+            .is_err()
+        {
+            self.pump.abort();
+        }
+        Finished {
+            exit,
+            ending,
+            escalated,
+            leftovers_killed: leftovers,
+        }
+    }
+}
+
+async fn terminate(
+    child: &mut Child,
+    pgid: i32,
+    grace: Duration,
+    stop: &mut mpsc::UnboundedReceiver<Stop>,
+) -> (io::Result<ExitStatus>, bool) {
+    signal_group(pgid, Signal::SIGTERM);
+    let graceful = tokio::select! {
+        s = child.wait() => Some(s),
+        _ = tokio::time::sleep(grace) => None,
+        Some(Stop::Immediate) = stop.recv() => None,
+    };
+    match graceful {
+        Some(s) => (s, false),
+        None => {
+            signal_group(pgid, Signal::SIGKILL);
+            (child.wait().await, true)
+        }
+    }
+}
