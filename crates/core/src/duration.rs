@@ -56,6 +56,9 @@ pub fn format_duration(d: Duration) -> String {
         return format!("{ms}ms");
     }
     if ms < 60_000 {
+        if ms % 1_000 == 0 {
+            return format!("{}s", ms / 1_000);
+        }
         let tenths = ms / 100;
         return format!("{}.{}s", tenths / 10, tenths % 10);
     }
@@ -144,6 +147,7 @@ mod tests {
     fn formats_compactly() {
         assert_eq!(format_duration(Duration::from_millis(450)), "450ms");
         assert_eq!(format_duration(Duration::from_millis(3_250)), "3.2s");
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
         assert_eq!(format_duration(Duration::from_secs(125)), "2m 5s");
         assert_eq!(format_duration(Duration::from_secs(7_260)), "2h 1m");
         assert_eq!(format_duration(Duration::from_secs(3_600)), "1h");

@@ -232,8 +232,12 @@ pub struct NewNode {
     pub name: String,
     pub hostname: String,
     pub pid: i32,
+    pub start_ticks: Option<u64>,
     pub boot_id: Option<String>,
     pub lease: Duration,
+    /// Incarnations with this name that the caller proved dead (same host and boot, process
+    /// gone): they are marked stopped even though their node lease has not run out.
+    pub supersede: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,7 +248,10 @@ pub enum RegisterOutcome {
         node_id: String,
         hostname: String,
         pid: i32,
+        start_ticks: Option<u64>,
+        boot_id: Option<String>,
         heartbeat_at: Timestamp,
+        lease_expires_at: Timestamp,
     },
 }
 
@@ -254,6 +261,7 @@ pub struct NodeRow {
     pub name: String,
     pub hostname: String,
     pub pid: i32,
+    pub start_ticks: Option<u64>,
     pub boot_id: Option<String>,
     pub started_at: Timestamp,
     pub heartbeat_at: Timestamp,

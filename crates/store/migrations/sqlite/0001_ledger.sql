@@ -5,6 +5,7 @@ CREATE TABLE nodes (
     name             TEXT NOT NULL,             -- stable node name (default: host name)
     hostname         TEXT NOT NULL,
     pid              INTEGER NOT NULL,
+    proc_start_ticks INTEGER,                   -- with pid and boot_id: proves the process is gone
     boot_id          TEXT,
     started_at       INTEGER NOT NULL,
     heartbeat_at     INTEGER NOT NULL,

@@ -341,8 +341,19 @@ impl Store for SqliteStore {
 
     async fn register_node(&self, node: NewNode) -> Result<RegisterOutcome> {
         write_tx!(self, |conn, now| {
-            let live: Option<(String, String, i64, i64)> = sqlx::query_as(
-                "SELECT id, hostname, pid, heartbeat_at FROM nodes \
+            for old in &node.supersede {
+                sqlx::query("UPDATE nodes SET stopped_at = ?, stop_reason = ? WHERE id = ? AND name = ? AND stopped_at IS NULL")
+                    .bind(ms(now))
+                    .bind(format!("found dead by its successor {}", node.id))
+                    .bind(old)
+                    .bind(&node.name)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_err)?;
+            }
+            let live: Option<NodeRecord> = sqlx::query_as(
+                "SELECT id, name, hostname, pid, proc_start_ticks, boot_id, started_at, heartbeat_at, lease_expires_at, \
+                 stopped_at, stop_reason FROM nodes \
                  WHERE name = ? AND stopped_at IS NULL AND lease_expires_at > ? AND id <> ? LIMIT 1",
             )
             .bind(&node.name)
@@ -351,22 +362,27 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *conn)
             .await
             .map_err(store_err)?;
-            if let Some((node_id, hostname, pid, hb)) = live {
+            if let Some(rec) = live {
+                let n = rec.into_row()?;
                 return Ok(RegisterOutcome::NameInUse {
-                    node_id,
-                    hostname,
-                    pid: pid as i32,
-                    heartbeat_at: from_ms(hb)?,
+                    node_id: n.id,
+                    hostname: n.hostname,
+                    pid: n.pid,
+                    start_ticks: n.start_ticks,
+                    boot_id: n.boot_id,
+                    heartbeat_at: n.heartbeat_at,
+                    lease_expires_at: n.lease_expires_at,
                 });
             }
             sqlx::query(
-                "INSERT INTO nodes (id, name, hostname, pid, boot_id, started_at, heartbeat_at, lease_expires_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO nodes (id, name, hostname, pid, proc_start_ticks, boot_id, started_at, heartbeat_at, lease_expires_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&node.id)
             .bind(&node.name)
             .bind(&node.hostname)
             .bind(node.pid as i64)
+            .bind(node.start_ticks.map(|t| t as i64))
             .bind(node.boot_id.as_deref())
             .bind(ms(now))
             .bind(ms(now))
@@ -393,8 +409,8 @@ impl Store for SqliteStore {
 
     async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         let recs: Vec<NodeRecord> = sqlx::query_as(
-            "SELECT id, name, hostname, pid, boot_id, started_at, heartbeat_at, lease_expires_at, stopped_at, stop_reason \
-             FROM nodes ORDER BY started_at DESC",
+            "SELECT id, name, hostname, pid, proc_start_ticks, boot_id, started_at, heartbeat_at, lease_expires_at, stopped_at, \
+             stop_reason FROM nodes ORDER BY started_at DESC",
         )
         .fetch_all(&self.reader)
         .await
@@ -903,6 +919,17 @@ impl Store for SqliteStore {
             }
             Ok(report)
         })
+    }
+
+    async fn cancel_requests(&self, owner: &str) -> Result<Vec<(ExecutionId, Reason)>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, cancel_reason FROM executions WHERE state = 'running' AND cancel_deadline IS NOT NULL AND lease_owner = ?",
+        )
+        .bind(owner)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_err)?;
+        Ok(rows.into_iter().filter_map(|(id, r)| r.parse().ok().map(|r| (id, r))).collect())
     }
 
     async fn complete(&self, p: CompleteParams) -> Result<Settled> {

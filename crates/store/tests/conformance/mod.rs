@@ -784,8 +784,10 @@ pub async fn node_restart_settles_the_previous_incarnation(store: DynStore) {
         name: "host-a".into(),
         hostname: "host-a".into(),
         pid: 1,
+        start_ticks: None,
         boot_id: None,
         lease: Duration::from_secs(30),
+        supersede: vec![],
     };
     define(&store, vec![spec("a")], &[]).await;
     assert_eq!(

@@ -1,0 +1,13 @@
+//! A jobward node: the local executor, the scheduler, the reaper, retention, and the node
+//! lifecycle (registration, startup recovery before scheduling, graceful shutdown).
+//!
+//! The node talks to the ledger only through `jobward_store::Store` and to processes only
+//! through `jobward_exec`; it never names a concrete database backend.
+
+pub mod executor;
+pub mod node;
+pub mod services;
+
+pub use executor::{Executor, ExecutorConfig, log_path, outcome_of};
+pub use node::{Node, NodeConfig, NodeError, Recovery, ShutdownReport, default_node_name, recover_previous};
+pub use services::{Reaper, Retention, Scheduler};

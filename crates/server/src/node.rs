@@ -1,0 +1,408 @@
+//! One jobward node: a fresh incarnation per start, startup recovery before any scheduling
+//! (invariant 8), the loops that drive the executor, scheduler, reaper and retention, and a
+//! graceful shutdown that leaves nothing of this node live (invariant 10).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobward_core::Reason;
+use jobward_core::duration::format_duration;
+use jobward_exec::{Recorded, Stop};
+use jobward_store::{
+    CancelParams, DynStore, ExecutionId, NewNode, ReapReport, RecoverParams, RegisterOutcome, StoreError, SyncJobs, SyncReport,
+};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::executor::{Executor, ExecutorConfig};
+use crate::services::{Reaper, Retention, Scheduler};
+
+/// Settings of a node, validated by the caller.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Stable name; a restart with the same name recovers what the previous incarnation ran.
+    pub name: String,
+    pub log_dir: PathBuf,
+    pub log_max_bytes: u64,
+    pub max_running: u32,
+    /// How long the node's own lease lasts without a heartbeat.
+    pub node_lease: Duration,
+    /// How often leases (the node's and its executions') are renewed.
+    pub heartbeat_interval: Duration,
+    pub reaper_interval: Duration,
+    /// Longest sleep of the scheduler between ticks.
+    pub scheduler_interval: Duration,
+    /// How often the executor looks for work and cancel requests written by other processes.
+    pub poll_interval: Duration,
+    pub retention_interval: Duration,
+    /// How long a graceful shutdown lets running executions finish before cancelling them.
+    pub shutdown_grace: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a node named `name` that keeps logs in `log_dir`.
+    pub fn new(name: impl Into<String>, log_dir: impl Into<PathBuf>) -> NodeConfig {
+        NodeConfig {
+            name: name.into(),
+            log_dir: log_dir.into(),
+            log_max_bytes: 1 << 20,
+            max_running: 64,
+            node_lease: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            reaper_interval: Duration::from_secs(1),
+            scheduler_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(500),
+            retention_interval: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(
+        "another jobward node named '{name}' is running on this database (pid {pid} on {hostname}, last heartbeat {heartbeat_at}); \
+         stop it first, or start this one with another --node-name"
+    )]
+    NameInUse { name: String, pid: i32, hostname: String, heartbeat_at: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What startup recovery did.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    pub report: ReapReport,
+    pub processes_killed: usize,
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownReport {
+    /// Executions that finished on their own during the grace period.
+    pub drained: usize,
+    /// Executions cancelled with reason `shutdown`.
+    pub cancelled: Vec<ExecutionId>,
+}
+
+pub struct Node {
+    id: String,
+    store: DynStore,
+    cfg: NodeConfig,
+    executor: Arc<Executor>,
+    intake: watch::Sender<bool>,
+    maintenance: watch::Sender<bool>,
+    intake_tasks: JoinSet<()>,
+    maintenance_tasks: JoinSet<()>,
+    superseded: Arc<Notify>,
+    pub sync: SyncReport,
+    pub recovery: Recovery,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+}
+
+/// The default node name: the host name.
+pub fn default_node_name() -> String {
+    hostname()
+}
+
+impl Node {
+    /// Registers a new incarnation, syncs job definitions, settles what the previous
+    /// incarnation left, runs the reaper once, and only then starts scheduling.
+    pub async fn start(store: DynStore, cfg: NodeConfig, jobs: SyncJobs) -> Result<Node, NodeError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let me = std::process::id() as i32;
+        let mut new = NewNode {
+            id: id.clone(),
+            name: cfg.name.clone(),
+            hostname: hostname(),
+            pid: me,
+            start_ticks: jobward_exec::procfs::stat(me).map(|s| s.start_ticks),
+            boot_id: jobward_exec::procfs::boot_id(),
+            lease: cfg.node_lease,
+            supersede: vec![],
+        };
+        loop {
+            match store.register_node(new.clone()).await? {
+                RegisterOutcome::Registered => break,
+                RegisterOutcome::NameInUse { node_id, hostname: host, pid, start_ticks, boot_id, heartbeat_at, .. } => {
+                    if new.supersede.contains(&node_id) || !provably_dead(&new, &host, pid, start_ticks, boot_id.as_deref()) {
+                        return Err(NodeError::NameInUse { name: cfg.name.clone(), pid, hostname: host, heartbeat_at: heartbeat_at.to_rfc3339() });
+                    }
+                    info!(previous = %node_id, pid, "the previous incarnation of this node is dead; taking over");
+                    new.supersede.push(node_id);
+                }
+            }
+        }
+        info!(node = %id, name = %cfg.name, "node registered");
+        let sync = store.sync_jobs(jobs).await?;
+        let recovery = recover_previous(&store, &cfg.name, &id).await?;
+        let executor = Executor::new(
+            store.clone(),
+            ExecutorConfig { node_id: id.clone(), log_dir: cfg.log_dir.clone(), log_max_bytes: cfg.log_max_bytes, max_running: cfg.max_running },
+        );
+        let reaper = Reaper { store: store.clone(), actor: format!("reaper@{id}"), batch: 500 };
+        reaper.run_once().await?;
+        let (intake, _) = watch::channel(false);
+        let (maintenance, _) = watch::channel(false);
+        let mut node = Node {
+            id,
+            store,
+            cfg,
+            executor,
+            intake,
+            maintenance,
+            intake_tasks: JoinSet::new(),
+            maintenance_tasks: JoinSet::new(),
+            superseded: Arc::new(Notify::new()),
+            sync,
+            recovery,
+        };
+        node.spawn_loops(reaper);
+        Ok(node)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn executor(&self) -> &Arc<Executor> {
+        &self.executor
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    /// Resolves when another incarnation took this node's place: it must stop at once.
+    pub async fn superseded(&self) {
+        self.superseded.notified().await
+    }
+
+    fn spawn_loops(&mut self, reaper: Reaper) {
+        let cfg = self.cfg.clone();
+        // Claiming and cancel polling.
+        {
+            let ex = self.executor.clone();
+            let mut stop = self.intake.subscribe();
+            self.intake_tasks.spawn(async move {
+                loop {
+                    if let Err(e) = ex.claim_once().await {
+                        warn!(error = %e, "claim failed");
+                    }
+                    if let Err(e) = ex.poll_cancels().await {
+                        warn!(error = %e, "cancel poll failed");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(cfg.poll_interval) => {}
+                        _ = ex.wake.notified() => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
+        // Scheduler.
+        {
+            let sched = Scheduler { store: self.store.clone(), actor: format!("scheduler@{}", self.id) };
+            let ex = self.executor.clone();
+            let store = self.store.clone();
+            let mut stop = self.intake.subscribe();
+            self.intake_tasks.spawn(async move {
+                loop {
+                    let mut sleep = cfg.scheduler_interval;
+                    match sched.run_once().await {
+                        Ok(r) => {
+                            if !r.fired.is_empty() || !r.caught_up.is_empty() {
+                                ex.wake.notify_one();
+                            }
+                            for id in &r.replaced {
+                                ex.stop(*id, Stop::Graceful, Some(Reason::Replaced));
+                            }
+                            if let (Some(next), Ok(now)) = (r.next_fire_at, store.now().await) {
+                                sleep = sleep.min(jobward_core::deadline::between(now, next).max(Duration::from_millis(5)));
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "scheduler tick failed"),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(sleep) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
+        // Heartbeats: one batched statement per interval for every run and the node itself.
+        {
+            let ex = self.executor.clone();
+            let superseded = self.superseded.clone();
+            let mut stop = self.maintenance.subscribe();
+            self.maintenance_tasks.spawn(async move {
+                loop {
+                    match ex.heartbeat(cfg.node_lease).await {
+                        Ok(r) if !r.node_ok => {
+                            error!("this node was taken over by another incarnation; stopping every process at once");
+                            for id in ex.running_ids() {
+                                ex.stop(id, Stop::Immediate, None);
+                            }
+                            superseded.notify_waiters();
+                            superseded.notify_one();
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "heartbeat failed"),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(cfg.heartbeat_interval) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
+        // Reaper.
+        {
+            let ex = self.executor.clone();
+            let mut stop = self.maintenance.subscribe();
+            self.maintenance_tasks.spawn(async move {
+                loop {
+                    match reaper.run_once().await {
+                        Ok(r) => {
+                            for rec in &r.recovered {
+                                ex.stop(rec.id, Stop::Immediate, None);
+                            }
+                            if !r.recovered.is_empty() {
+                                ex.wake.notify_one();
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "reaper tick failed"),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(cfg.reaper_interval) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
+        // Retention.
+        {
+            let retention = Retention { store: self.store.clone(), log_dir: cfg.log_dir.clone(), batch: 1000 };
+            let mut stop = self.maintenance.subscribe();
+            self.maintenance_tasks.spawn(async move {
+                loop {
+                    if let Err(e) = retention.run_once().await {
+                        warn!(error = %e, "retention failed");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(cfg.retention_interval) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
+    }
+
+    /// Graceful shutdown: stop scheduling and claiming, let running executions finish within
+    /// the grace period, cancel the rest with reason `shutdown`, and mark the node stopped.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        let _ = self.intake.send(true);
+        while self.intake_tasks.join_next().await.is_some() {}
+        let before = self.executor.running_count();
+        if before > 0 {
+            info!(running = before, grace = %format_duration(self.cfg.shutdown_grace), "shutting down: waiting for running executions");
+        }
+        let remaining = self.executor.wait_idle(self.cfg.shutdown_grace).await;
+        let mut report = ShutdownReport { drained: before - remaining.len(), cancelled: vec![] };
+        for id in remaining {
+            let message = format!(
+                "node {} shut down and it did not finish within the shutdown grace of {}",
+                self.cfg.name,
+                format_duration(self.cfg.shutdown_grace)
+            );
+            if let Err(e) = self
+                .store
+                .cancel(CancelParams { id, reason: Reason::Shutdown, message, actor: self.id.clone() })
+                .await
+            {
+                warn!(execution = id, error = %e, "could not record the shutdown cancel request");
+            }
+            self.executor.stop(id, Stop::Graceful, Some(Reason::Shutdown));
+            report.cancelled.push(id);
+        }
+        self.executor.join_all().await;
+        let _ = self.maintenance.send(true);
+        while self.maintenance_tasks.join_next().await.is_some() {}
+        if let Err(e) = self.store.stop_node(&self.id, "graceful shutdown").await {
+            warn!(error = %e, "could not mark the node stopped");
+        }
+        info!(drained = report.drained, cancelled = report.cancelled.len(), "node stopped");
+        report
+    }
+}
+
+/// True when the node recorded as (host, pid, start time, boot) cannot be alive: it ran on
+/// this host, in this boot, and its pid is gone or belongs to a later process.
+fn provably_dead(me: &NewNode, host: &str, pid: i32, start_ticks: Option<u64>, boot_id: Option<&str>) -> bool {
+    if host != me.hostname {
+        return false;
+    }
+    match (boot_id, me.boot_id.as_deref()) {
+        (Some(then), Some(now)) if then != now => return true,
+        (Some(_), Some(_)) => {}
+        _ => return false,
+    }
+    if pid == me.pid {
+        return start_ticks != me.start_ticks;
+    }
+    match jobward_exec::procfs::stat(pid) {
+        None => true,
+        Some(s) => s.state == 'Z' || Some(s.start_ticks) != start_ticks,
+    }
+}
+
+/// Startup recovery: kill what previous incarnations of this node left running (only what is
+/// provably theirs) and mark their executions `failed` with reason `node_restarted`.
+pub async fn recover_previous(store: &DynStore, name: &str, node_id: &str) -> Result<Recovery, StoreError> {
+    let orphans = store.orphans_of(name, node_id).await?;
+    let mut settled = Vec::with_capacity(orphans.len());
+    let mut killed = 0;
+    for row in &orphans {
+        let old = row.node_id.clone().unwrap_or_default();
+        let recorded = row.process.as_ref().map(|p| Recorded {
+            pid: p.pid,
+            pgid: p.pgid,
+            start_ticks: p.start_ticks,
+            boot_id: p.boot_id.clone(),
+        });
+        let id = row.id.to_string();
+        let sweep = tokio::task::spawn_blocking({
+            let old = old.clone();
+            move || jobward_exec::kill_survivors(recorded.as_ref(), &[("JOBWARD_EXECUTION_ID", &id), ("JOBWARD_NODE_ID", &old)])
+        })
+        .await
+        .unwrap_or_default();
+        killed += sweep.killed.len();
+        settled.push((row.lease(), format!("node '{name}' restarted (previous incarnation {old}); {}", sweep.describe())));
+    }
+    let report = store
+        .settle_orphans(RecoverParams { name: name.into(), node_id: node_id.into(), actor: format!("recovery@{node_id}") }, settled)
+        .await?;
+    for r in &report.recovered {
+        warn!(
+            job = %r.job,
+            number = r.number,
+            attempt = r.attempt,
+            execution = r.id,
+            last_heartbeat = r.last_heartbeat.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
+            reason = %r.reason,
+            retry = r.retry.map(|id| id.to_string()).unwrap_or_else(|| "none".into()),
+            "startup recovery: {}",
+            r.message
+        );
+    }
+    if !report.recovered.is_empty() {
+        info!(recovered = report.recovered.len(), processes_killed = killed, "startup recovery done before scheduling");
+    }
+    Ok(Recovery { report, processes_killed: killed })
+}
