@@ -7,15 +7,18 @@ use jobward_core::duration::{format_duration, parse_duration, parse_positive_dur
 use jobward_core::{Reason, State};
 use jobward_server::{Node, NodeConfig, NodeError, Reaper, default_node_name, log_path};
 use jobward_store::{
-    AuditParams, CancelOutcome, CancelParams, CleanupParams, DynStore, ExecutionFilter, ExecutionRow, HealthMetrics,
-    HealthParams, OpenMode, SyncJobs, TriggerParams,
+    AuditParams, CancelOutcome, CancelParams, CleanupParams, DynStore, ExecutionFilter,
+    ExecutionRow, HealthMetrics, HealthParams, OpenMode, SyncJobs, TriggerParams,
 };
 use serde::Serialize;
 use tracing::info;
 
 use crate::config::{self, Overrides, Settings};
 use crate::output::{self, ago, dur, print_json, run_json, table, time};
-use crate::{AuditArgs, CleanupArgs, Cli, Command, Failure, HealthArgs, JobsCommand, NodesCommand, RunsCommand, RunsListArgs, ServeArgs};
+use crate::{
+    AuditArgs, CleanupArgs, Cli, Command, Failure, HealthArgs, JobsCommand, NodesCommand,
+    RunsCommand, RunsListArgs, ServeArgs,
+};
 
 type R<T = ()> = Result<T, Failure>;
 
@@ -27,7 +30,10 @@ fn config_path(cli: &Cli) -> Option<PathBuf> {
 }
 
 fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> R<Settings> {
-    let mut o = Overrides { db: cli.db.clone(), ..Default::default() };
+    let mut o = Overrides {
+        db: cli.db.clone(),
+        ..Default::default()
+    };
     if let Some(s) = serve {
         o.node_name = s.node_name.clone();
         o.log_dir = s.log_dir.clone();
@@ -50,7 +56,9 @@ fn duration_arg(flag: &str, v: &str) -> R<Duration> {
 }
 
 async fn open_existing(s: &Settings) -> R<DynStore> {
-    Ok(jobward_store::open(&s.server.db, OpenMode::Existing).await?.0)
+    Ok(jobward_store::open(&s.server.db, OpenMode::Existing)
+        .await?
+        .0)
 }
 
 pub async fn run(cli: Cli) -> R {
@@ -58,10 +66,18 @@ pub async fn run(cli: Cli) -> R {
         Command::Serve(args) => serve(&cli, args).await,
         Command::Migrate => migrate(&cli).await,
         Command::Jobs(JobsCommand::List { json }) => jobs_list(&cli, *json).await,
-        Command::Jobs(JobsCommand::Trigger { name, wait, json }) => jobs_trigger(&cli, name, *wait, *json).await,
+        Command::Jobs(JobsCommand::Trigger { name, wait, json }) => {
+            jobs_trigger(&cli, name, *wait, *json).await
+        }
         Command::Runs(RunsCommand::List(args)) => runs_list(&cli, args).await,
-        Command::Runs(RunsCommand::Show { id, log_lines, json }) => runs_show(&cli, *id, *log_lines, *json).await,
-        Command::Runs(RunsCommand::Cancel { id, no_wait }) => runs_cancel(&cli, *id, *no_wait).await,
+        Command::Runs(RunsCommand::Show {
+            id,
+            log_lines,
+            json,
+        }) => runs_show(&cli, *id, *log_lines, *json).await,
+        Command::Runs(RunsCommand::Cancel { id, no_wait }) => {
+            runs_cancel(&cli, *id, *no_wait).await
+        }
         Command::Cleanup(args) => cleanup(&cli, args).await,
         Command::Health(args) => health(&cli, args).await,
         Command::Audit(args) => audit(&cli, args).await,
@@ -75,21 +91,34 @@ async fn migrate(cli: &Cli) -> R {
     match (opened.created, opened.applied_migrations.is_empty()) {
         (true, _) => println!("created database {} with the current schema", s.server.db),
         (false, true) => println!("database {}: schema is up to date", s.server.db),
-        (false, false) => println!("database {}: applied migrations {:?}", s.server.db, opened.applied_migrations),
+        (false, false) => println!(
+            "database {}: applied migrations {:?}",
+            s.server.db, opened.applied_migrations
+        ),
     }
     Ok(())
 }
 
 /// The heartbeat interval: a third of the shortest heartbeat timeout in use.
 fn heartbeat_interval(s: &Settings) -> Duration {
-    let shortest = s.jobs.iter().map(|j| j.timeouts.heartbeat).chain([s.defaults.heartbeat]).min().unwrap_or(s.defaults.heartbeat);
+    let shortest = s
+        .jobs
+        .iter()
+        .map(|j| j.timeouts.heartbeat)
+        .chain([s.defaults.heartbeat])
+        .min()
+        .unwrap_or(s.defaults.heartbeat);
     (shortest / 3).clamp(Duration::from_millis(100), Duration::from_secs(10))
 }
 
 async fn serve(cli: &Cli, args: &ServeArgs) -> R {
     let s = settings(cli, Some(args))?;
-    std::fs::create_dir_all(&s.server.log_dir)
-        .map_err(|e| Failure::Input(format!("cannot create log directory {}: {e}", s.server.log_dir.display())))?;
+    std::fs::create_dir_all(&s.server.log_dir).map_err(|e| {
+        Failure::Input(format!(
+            "cannot create log directory {}: {e}",
+            s.server.log_dir.display()
+        ))
+    })?;
     let (store, opened) = jobward_store::open(&s.server.db, OpenMode::CreateAndMigrate).await?;
     if opened.created {
         info!(db = %s.server.db, "created a new database with the current schema");
@@ -110,7 +139,10 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> R {
         retention_interval: s.server.retention_interval,
         shutdown_grace: s.server.shutdown_grace,
     };
-    let jobs = SyncJobs { jobs: s.jobs.clone(), limits: s.limits.clone() };
+    let jobs = SyncJobs {
+        jobs: s.jobs.clone(),
+        limits: s.limits.clone(),
+    };
     let node = match Node::start(store, cfg.clone(), jobs).await {
         Ok(n) => n,
         Err(e @ NodeError::NameInUse { .. }) => return Err(Failure::Check(e.to_string())),
@@ -138,7 +170,11 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> R {
         std::process::exit(130);
     });
     let report = node.shutdown().await;
-    info!(drained = report.drained, cancelled = report.cancelled.len(), "stopped");
+    info!(
+        drained = report.drained,
+        cancelled = report.cancelled.len(),
+        "stopped"
+    );
     Ok(())
 }
 
@@ -182,7 +218,16 @@ async fn jobs_list(cli: &Cli, json: bool) -> R {
         return Ok(());
     }
     let now = store.now().await?;
-    let mut t = table(&["JOB", "SCHEDULE", "NEXT FIRE", "STATUS", "LAST RUN", "LAST FINISHED", "OVERLAP", "KEY"]);
+    let mut t = table(&[
+        "JOB",
+        "SCHEDULE",
+        "NEXT FIRE",
+        "STATUS",
+        "LAST RUN",
+        "LAST FINISHED",
+        "OVERLAP",
+        "KEY",
+    ]);
     for j in &jobs {
         let mut status = j.status();
         if j.paused {
@@ -195,10 +240,14 @@ async fn jobs_list(cli: &Cli, json: bool) -> R {
         t.add_row(vec![
             j.spec.name.clone(),
             j.spec.schedule.describe(),
-            j.next_fire_at.map(|n| format!("{} ({})", time(Some(n)), ago(now, Some(n)))).unwrap_or_else(|| "-".into()),
+            j.next_fire_at
+                .map(|n| format!("{} ({})", time(Some(n)), ago(now, Some(n))))
+                .unwrap_or_else(|| "-".into()),
             status,
-            last.map(|e| format!("#{} {}", e.number, e.state)).unwrap_or_else(|| "-".into()),
-            last.map(|e| ago(now, e.finished_at)).unwrap_or_else(|| "-".into()),
+            last.map(|e| format!("#{} {}", e.number, e.state))
+                .unwrap_or_else(|| "-".into()),
+            last.map(|e| ago(now, e.finished_at))
+                .unwrap_or_else(|| "-".into()),
             j.spec.overlap.to_string(),
             j.spec.concurrency_key.clone().unwrap_or_else(|| "-".into()),
         ]);
@@ -210,19 +259,41 @@ async fn jobs_list(cli: &Cli, json: bool) -> R {
 async fn jobs_trigger(cli: &Cli, name: &str, wait: bool, json: bool) -> R {
     let s = settings(cli, None)?;
     let store = open_existing(&s).await?;
-    let created = store.trigger(TriggerParams { job: name.into(), actor: actor(), payload: None }).await?;
+    let created = store
+        .trigger(TriggerParams {
+            job: name.into(),
+            actor: actor(),
+            payload: None,
+        })
+        .await?;
     let e = &created.execution;
     let now = store.now().await?;
     if !wait {
         if json {
             print_json(&run_json(e, now));
         } else if e.state == State::Skipped {
-            println!("skipped: job '{name}' run #{} (execution {}): {}", e.number, e.id, e.message.as_deref().unwrap_or(""));
+            println!(
+                "skipped: job '{name}' run #{} (execution {}): {}",
+                e.number,
+                e.id,
+                e.message.as_deref().unwrap_or("")
+            );
         } else {
-            println!("queued: job '{name}' run #{} (execution {})", e.number, e.id);
-            let h = store.health(HealthParams { long_running_after: Duration::from_secs(3600), stale_after: None }).await?;
+            println!(
+                "queued: job '{name}' run #{} (execution {})",
+                e.number, e.id
+            );
+            let h = store
+                .health(HealthParams {
+                    long_running_after: Duration::from_secs(3600),
+                    stale_after: None,
+                })
+                .await?;
             if h.live_nodes == 0 {
-                println!("note: no jobward node is serving {} right now; it starts when one does", s.server.db);
+                println!(
+                    "note: no jobward node is serving {} right now; it starts when one does",
+                    s.server.db
+                );
             }
         }
         return Ok(());
@@ -237,17 +308,27 @@ async fn jobs_trigger(cli: &Cli, name: &str, wait: bool, json: bool) -> R {
             end.number,
             end.id,
             end.state,
-            end.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+            end.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
         );
     }
-    if end.state == State::Completed { Ok(()) } else { Err(Failure::Quiet) }
+    if end.state == State::Completed {
+        Ok(())
+    } else {
+        Err(Failure::Quiet)
+    }
 }
 
 /// Polls until the execution is terminal (or `limit` passes).
 async fn wait_terminal(store: &DynStore, id: i64, limit: Option<Duration>) -> R<ExecutionRow> {
     let until = limit.map(|l| tokio::time::Instant::now() + l);
     loop {
-        let e = store.get_execution(id).await?.ok_or(jobward_store::StoreError::ExecutionNotFound(id))?;
+        let e = store
+            .get_execution(id)
+            .await?
+            .ok_or(jobward_store::StoreError::ExecutionNotFound(id))?;
         if e.state.is_terminal() || until.is_some_and(|u| tokio::time::Instant::now() >= u) {
             return Ok(e);
         }
@@ -258,19 +339,35 @@ async fn wait_terminal(store: &DynStore, id: i64, limit: Option<Duration>) -> R<
 async fn runs_list(cli: &Cli, a: &RunsListArgs) -> R {
     let s = settings(cli, None)?;
     if a.limit < 1 || a.limit > 10_000 {
-        return Err(Failure::Input(format!("--limit must be between 1 and 10000, got {}", a.limit)));
+        return Err(Failure::Input(format!(
+            "--limit must be between 1 and 10000, got {}",
+            a.limit
+        )));
     }
     let mut states = Vec::new();
     for st in &a.status {
-        states.push(st.parse::<State>().map_err(|e| Failure::Input(format!("--status: {e}")))?);
+        states.push(
+            st.parse::<State>()
+                .map_err(|e| Failure::Input(format!("--status: {e}")))?,
+        );
     }
     if a.running && !states.contains(&State::Running) {
         states.push(State::Running);
     }
-    let stale_after = a.stale_after.as_deref().map(|v| duration_arg("stale-after", v)).transpose()?;
+    let stale_after = a
+        .stale_after
+        .as_deref()
+        .map(|v| duration_arg("stale-after", v))
+        .transpose()?;
     let store = open_existing(&s).await?;
     let rows = store
-        .list_executions(ExecutionFilter { job: a.job.clone(), states, stale_after, before_id: a.before, limit: a.limit as u32 })
+        .list_executions(ExecutionFilter {
+            job: a.job.clone(),
+            states,
+            stale_after,
+            before_id: a.before,
+            limit: a.limit as u32,
+        })
         .await?;
     let now = store.now().await?;
     if a.json {
@@ -286,14 +383,20 @@ async fn runs_list(cli: &Cli, a: &RunsListArgs) -> R {
 async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
     let s = settings(cli, None)?;
     let store = open_existing(&s).await?;
-    let e = store.get_execution(id).await?.ok_or(jobward_store::StoreError::ExecutionNotFound(id))?;
+    let e = store
+        .get_execution(id)
+        .await?
+        .ok_or(jobward_store::StoreError::ExecutionNotFound(id))?;
     let events = store.events(id).await?;
     let now = store.now().await?;
     let path = log_path(&s.server.log_dir, &e.job, e.id);
-    let log = jobward_exec::log::read_tail(&path, 64 * 1024).ok().flatten().map(|t| {
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(log_lines)..].join("\n")
-    });
+    let log = jobward_exec::log::read_tail(&path, 64 * 1024)
+        .ok()
+        .flatten()
+        .map(|t| {
+            let lines: Vec<&str> = t.lines().collect();
+            lines[lines.len().saturating_sub(log_lines)..].join("\n")
+        });
     if json {
         #[derive(Serialize)]
         struct Show<'a> {
@@ -302,14 +405,22 @@ async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
             events: &'a [jobward_store::EventRow],
             log_tail: Option<String>,
         }
-        print_json(&Show { execution: run_json(&e, now), command: &e.command, events: &events, log_tail: log });
+        print_json(&Show {
+            execution: run_json(&e, now),
+            command: &e.command,
+            events: &events,
+            log_tail: log,
+        });
         return Ok(());
     }
     let state = match (e.reason, &e.message) {
         (Some(r), Some(m)) => format!("{} ({r}): {m}", output::status(&e)),
         _ => output::status(&e),
     };
-    println!("execution {}: job '{}' run #{}, attempt {} of {}", e.id, e.job, e.number, e.attempt, e.max_attempts);
+    println!(
+        "execution {}: job '{}' run #{}, attempt {} of {}",
+        e.id, e.job, e.number, e.attempt, e.max_attempts
+    );
     let field = |k: &str, v: String| println!("  {k:<13} {v}");
     field("state", state);
     field(
@@ -325,7 +436,14 @@ async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
     field("finished", time(e.finished_at));
     field("runtime", dur(e.runtime(now)));
     if e.state == State::Running {
-        field("heartbeat", format!("{} (lease until {})", ago(now, e.heartbeat_at), time(e.lease_expires_at)));
+        field(
+            "heartbeat",
+            format!(
+                "{} (lease until {})",
+                ago(now, e.heartbeat_at),
+                time(e.lease_expires_at)
+            ),
+        );
         field("run deadline", time(e.run_deadline));
     }
     if e.state == State::Queued {
@@ -335,11 +453,17 @@ async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
         field("owner", owner.clone());
     }
     if let Some(p) = &e.process {
-        field("process", format!("pid {} (process group {})", p.pid, p.pgid));
+        field(
+            "process",
+            format!("pid {} (process group {})", p.pid, p.pgid),
+        );
     }
     match (e.exit_code, e.signal) {
         (Some(c), _) => field("exit", format!("code {c}")),
-        (_, Some(sig)) => field("exit", format!("signal {sig} ({})", jobward_exec::signal_name(sig))),
+        (_, Some(sig)) => field(
+            "exit",
+            format!("signal {sig} ({})", jobward_exec::signal_name(sig)),
+        ),
         _ => {}
     }
     if let Some(prev) = e.retry_of {
@@ -354,8 +478,17 @@ async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
             (_, Some(from), Some(to)) => format!("{from} -> {to}"),
             _ => "-".to_string(),
         };
-        let reason = ev.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-        println!("  {}  {change}{reason}  by {}: {}", time(Some(ev.at)), ev.actor, ev.message);
+        let reason = ev
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        println!(
+            "  {}  {change}{reason}  by {}: {}",
+            time(Some(ev.at)),
+            ev.actor,
+            ev.message
+        );
     }
     match log {
         Some(text) if !text.is_empty() => {
@@ -374,12 +507,22 @@ async fn runs_cancel(cli: &Cli, id: i64, no_wait: bool) -> R {
     let s = settings(cli, None)?;
     let store = open_existing(&s).await?;
     let out = store
-        .cancel(CancelParams { id, reason: Reason::CancelRequested, message: format!("cancelled by {}", actor()), actor: actor() })
+        .cancel(CancelParams {
+            id,
+            reason: Reason::CancelRequested,
+            message: format!("cancelled by {}", actor()),
+            actor: actor(),
+        })
         .await?;
     match out {
-        CancelOutcome::Cancelled { execution } => println!("execution {} cancelled (it was queued)", execution.id),
+        CancelOutcome::Cancelled { execution } => {
+            println!("execution {} cancelled (it was queued)", execution.id)
+        }
         CancelOutcome::AlreadyTerminal { execution } => {
-            println!("execution {} already ended: {}", execution.id, execution.state);
+            println!(
+                "execution {} already ended: {}",
+                execution.id, execution.state
+            );
         }
         CancelOutcome::Requested { execution } => {
             println!(
@@ -392,7 +535,11 @@ async fn runs_cancel(cli: &Cli, id: i64, no_wait: bool) -> R {
                 let limit = execution.timeouts.kill_grace + Duration::from_secs(5);
                 let end = wait_terminal(&store, id, Some(limit)).await?;
                 if end.state.is_terminal() {
-                    println!("execution {id} is {}: {}", end.state, end.message.unwrap_or_default());
+                    println!(
+                        "execution {id} is {}: {}",
+                        end.state,
+                        end.message.unwrap_or_default()
+                    );
                 } else {
                     println!(
                         "execution {id} is still stopping; the ledger settles it by its cancel deadline {}",
@@ -407,9 +554,16 @@ async fn runs_cancel(cli: &Cli, id: i64, no_wait: bool) -> R {
 
 async fn cleanup(cli: &Cli, a: &CleanupArgs) -> R {
     let s = settings(cli, None)?;
-    let stale_after = parse_positive_duration(&a.stale_after).map_err(|e| Failure::Input(format!("--stale-after: {e}")))?;
+    let stale_after = parse_positive_duration(&a.stale_after)
+        .map_err(|e| Failure::Input(format!("--stale-after: {e}")))?;
     let store = open_existing(&s).await?;
-    let report = store.cleanup(CleanupParams { stale_after, apply: a.apply, actor: actor() }).await?;
+    let report = store
+        .cleanup(CleanupParams {
+            stale_after,
+            apply: a.apply,
+            actor: actor(),
+        })
+        .await?;
     let now = store.now().await?;
     if a.json {
         #[derive(Serialize)]
@@ -434,10 +588,26 @@ async fn cleanup(cli: &Cli, a: &CleanupArgs) -> R {
         return Ok(());
     }
     if report.candidates.is_empty() {
-        println!("no running execution has a last heartbeat older than {}", format_duration(stale_after));
+        println!(
+            "no running execution has a last heartbeat older than {}",
+            format_duration(stale_after)
+        );
         return Ok(());
     }
-    let mut t = table(&["ID", "JOB", "RUN", "ATTEMPT", "STARTED", "LAST HEARTBEAT", "OWNER", if report.dry_run { "WOULD BECOME" } else { "BECAME" }]);
+    let mut t = table(&[
+        "ID",
+        "JOB",
+        "RUN",
+        "ATTEMPT",
+        "STARTED",
+        "LAST HEARTBEAT",
+        "OWNER",
+        if report.dry_run {
+            "WOULD BECOME"
+        } else {
+            "BECAME"
+        },
+    ]);
     for e in &report.candidates {
         let became = if report.dry_run || report.changed.iter().any(|c| c.id == e.id) {
             "timed_out (manual_cleanup)".to_string()
@@ -457,7 +627,10 @@ async fn cleanup(cli: &Cli, a: &CleanupArgs) -> R {
     }
     println!("{t}");
     if report.dry_run {
-        println!("dry run: {} execution(s) would change; run again with --apply to change them", report.candidates.len());
+        println!(
+            "dry run: {} execution(s) would change; run again with --apply to change them",
+            report.candidates.len()
+        );
     } else {
         let retries = report.changed.iter().filter(|c| c.retry.is_some()).count();
         println!(
@@ -494,7 +667,10 @@ fn assess(m: &HealthMetrics, long_after: Duration, warn_over: u64) -> Vec<String
         ));
     }
     if m.overdue_queued_executions > 0 {
-        w.push(format!("{} queued execution(s) are past their start deadline (is a node running?)", m.overdue_queued_executions));
+        w.push(format!(
+            "{} queued execution(s) are past their start deadline (is a node running?)",
+            m.overdue_queued_executions
+        ));
     }
     w
 }
@@ -502,14 +678,28 @@ fn assess(m: &HealthMetrics, long_after: Duration, warn_over: u64) -> Vec<String
 async fn health(cli: &Cli, a: &HealthArgs) -> R {
     let s = settings(cli, None)?;
     let long_after = match &a.long_running_after {
-        Some(v) => parse_positive_duration(v).map_err(|e| Failure::Input(format!("--long-running-after: {e}")))?,
+        Some(v) => parse_positive_duration(v)
+            .map_err(|e| Failure::Input(format!("--long-running-after: {e}")))?,
         None => s.health.long_running_after,
     };
     let warn_over = a.warn_long_running.unwrap_or(s.health.warn_long_running);
     let store = open_existing(&s).await?;
-    let metrics = store.health(HealthParams { long_running_after: long_after, stale_after: None }).await?;
+    let metrics = store
+        .health(HealthParams {
+            long_running_after: long_after,
+            stale_after: None,
+        })
+        .await?;
     let warnings = assess(&metrics, long_after, warn_over);
-    let out = HealthOut { status: if warnings.is_empty() { "healthy" } else { "warning" }, metrics, warnings };
+    let out = HealthOut {
+        status: if warnings.is_empty() {
+            "healthy"
+        } else {
+            "warning"
+        },
+        metrics,
+        warnings,
+    };
     if a.json {
         print_json(&out);
     } else {
@@ -531,7 +721,11 @@ async fn health(cli: &Cli, a: &HealthArgs) -> R {
             println!("warning: {w}");
         }
     }
-    if out.warnings.is_empty() { Ok(()) } else { Err(Failure::Quiet) }
+    if out.warnings.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Quiet)
+    }
 }
 
 async fn audit(cli: &Cli, a: &AuditArgs) -> R {
@@ -540,7 +734,11 @@ async fn audit(cli: &Cli, a: &AuditArgs) -> R {
     let store = open_existing(&s).await?;
     let mut repaired = None;
     if a.repair {
-        let reaper = Reaper { store: store.clone(), actor: actor(), batch: 500 };
+        let reaper = Reaper {
+            store: store.clone(),
+            actor: actor(),
+            batch: 500,
+        };
         repaired = Some(reaper.run_once().await?);
     }
     let violations = store.audit(AuditParams { tolerance }).await?;
@@ -551,13 +749,23 @@ async fn audit(cli: &Cli, a: &AuditArgs) -> R {
             repaired: usize,
             violations: &'a [jobward_store::Violation],
         }
-        print_json(&Out { ok: violations.is_empty(), repaired: repaired.as_ref().map(|r| r.recovered.len()).unwrap_or(0), violations: &violations });
+        print_json(&Out {
+            ok: violations.is_empty(),
+            repaired: repaired.as_ref().map(|r| r.recovered.len()).unwrap_or(0),
+            violations: &violations,
+        });
     } else {
         if let Some(r) = &repaired {
             for rec in &r.recovered {
-                println!("repaired: execution {} (job '{}' run #{}) -> {} ({}): {}", rec.id, rec.job, rec.number, rec.to, rec.reason, rec.message);
+                println!(
+                    "repaired: execution {} (job '{}' run #{}) -> {} ({}): {}",
+                    rec.id, rec.job, rec.number, rec.to, rec.reason, rec.message
+                );
             }
-            println!("repair: {} execution(s) settled by the reaper rules", r.recovered.len());
+            println!(
+                "repair: {} execution(s) settled by the reaper rules",
+                r.recovered.len()
+            );
         }
         for v in &violations {
             println!("invariant {}: {}", v.invariant, v.message);
@@ -568,7 +776,11 @@ async fn audit(cli: &Cli, a: &AuditArgs) -> R {
             println!("audit: {} violation(s)", violations.len());
         }
     }
-    if violations.is_empty() { Ok(()) } else { Err(Failure::Quiet) }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Quiet)
+    }
 }
 
 async fn nodes_list(cli: &Cli, json: bool) -> R {
@@ -580,14 +792,30 @@ async fn nodes_list(cli: &Cli, json: bool) -> R {
         return Ok(());
     }
     let now = store.now().await?;
-    let mut t = table(&["INCARNATION", "NAME", "HOST", "PID", "STARTED", "LAST HEARTBEAT", "STATE"]);
+    let mut t = table(&[
+        "INCARNATION",
+        "NAME",
+        "HOST",
+        "PID",
+        "STARTED",
+        "LAST HEARTBEAT",
+        "STATE",
+    ]);
     for n in &nodes {
         let state = match (&n.stopped_at, n.lease_expires_at > now) {
             (Some(_), _) => format!("stopped: {}", n.stop_reason.clone().unwrap_or_default()),
             (None, true) => "live".into(),
             (None, false) => "lease expired".into(),
         };
-        t.add_row(vec![n.id.clone(), n.name.clone(), n.hostname.clone(), n.pid.to_string(), time(Some(n.started_at)), ago(now, Some(n.heartbeat_at)), state]);
+        t.add_row(vec![
+            n.id.clone(),
+            n.name.clone(),
+            n.hostname.clone(),
+            n.pid.to_string(),
+            time(Some(n.started_at)),
+            ago(now, Some(n.heartbeat_at)),
+            state,
+        ]);
     }
     println!("{t}");
     Ok(())

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jobward_core::duration::{parse_duration, parse_positive_duration};
-use jobward_core::{History, JobSpec, Misfire, Overlap, RetryPolicy, Schedule, Timeouts, validate_name};
+use jobward_core::{
+    History, JobSpec, Misfire, Overlap, RetryPolicy, Schedule, Timeouts, validate_name,
+};
 use serde::Deserialize;
 
 /// A configuration error, already phrased for the user.
@@ -156,17 +158,42 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn err(&self, field: &str, problem: impl std::fmt::Display) -> ConfigError {
         match &self.job {
-            Some(j) => ConfigError(format!("{}: job '{j}': field '{field}': {problem}", self.file)),
+            Some(j) => ConfigError(format!(
+                "{}: job '{j}': field '{field}': {problem}",
+                self.file
+            )),
             None => ConfigError(format!("{}: field '{field}': {problem}", self.file)),
         }
     }
-    fn dur(&self, field: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
-        v.as_deref().map(|s| parse_duration(s).map_err(|e| self.err(field, e))).transpose().map(|d| d.unwrap_or(default))
+    fn dur(
+        &self,
+        field: &str,
+        v: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        v.as_deref()
+            .map(|s| parse_duration(s).map_err(|e| self.err(field, e)))
+            .transpose()
+            .map(|d| d.unwrap_or(default))
     }
-    fn pos(&self, field: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
-        v.as_deref().map(|s| parse_positive_duration(s).map_err(|e| self.err(field, e))).transpose().map(|d| d.unwrap_or(default))
+    fn pos(
+        &self,
+        field: &str,
+        v: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        v.as_deref()
+            .map(|s| parse_positive_duration(s).map_err(|e| self.err(field, e)))
+            .transpose()
+            .map(|d| d.unwrap_or(default))
     }
-    fn at_least(&self, field: &str, v: Option<i64>, min: i64, default: i64) -> Result<i64, ConfigError> {
+    fn at_least(
+        &self,
+        field: &str,
+        v: Option<i64>,
+        min: i64,
+        default: i64,
+    ) -> Result<i64, ConfigError> {
         match v {
             Some(n) if n < min => Err(self.err(field, format!("must be at least {min}, got {n}"))),
             Some(n) if n > u32::MAX as i64 => Err(self.err(field, format!("is too large: {n}"))),
@@ -182,7 +209,8 @@ pub fn load(path: Option<&Path>, o: &Overrides) -> Result<Settings, ConfigError>
         None => ("(defaults)".to_string(), RawConfig::default()),
         Some(p) => {
             let shown = p.display().to_string();
-            let text = std::fs::read_to_string(p).map_err(|e| ConfigError(format!("cannot read config {shown}: {e}")))?;
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(format!("cannot read config {shown}: {e}")))?;
             let raw = parse(&shown, &text)?;
             (shown, raw)
         }
@@ -198,8 +226,13 @@ pub fn parse(file: &str, text: &str) -> Result<RawConfig, ConfigError> {
             Some(span) => {
                 let before = &text[..span.start.min(text.len())];
                 let line = before.matches('\n').count() + 1;
-                let col = before.rfind('\n').map(|i| before.len() - i).unwrap_or(before.len() + 1);
-                let job = enclosing_job(text, span.start).map(|j| format!(" (in job '{j}')")).unwrap_or_default();
+                let col = before
+                    .rfind('\n')
+                    .map(|i| before.len() - i)
+                    .unwrap_or(before.len() + 1);
+                let job = enclosing_job(text, span.start)
+                    .map(|j| format!(" (in job '{j}')"))
+                    .unwrap_or_default();
                 ConfigError(format!("{file}:{line}:{col}: {msg}{job}"))
             }
             None => ConfigError(format!("{file}: {msg}")),
@@ -210,72 +243,162 @@ pub fn parse(file: &str, text: &str) -> Result<RawConfig, ConfigError> {
 /// The `name` of the `[[job]]` table around a byte offset, to say which job an error is in.
 fn enclosing_job(text: &str, offset: usize) -> Option<String> {
     let start = text[..offset.min(text.len())].rfind("[[job]]")?;
-    let end = text[start + 7..].find("\n[").map(|i| start + 7 + i).unwrap_or(text.len());
+    let end = text[start + 7..]
+        .find("\n[")
+        .map(|i| start + 7 + i)
+        .unwrap_or(text.len());
     text[start..end].lines().find_map(|l| {
         let l = l.trim();
-        let rest = l.strip_prefix("name")?.trim_start().strip_prefix('=')?.trim();
+        let rest = l
+            .strip_prefix("name")?
+            .trim_start()
+            .strip_prefix('=')?
+            .trim();
         Some(rest.trim_matches('"').to_string())
     })
 }
 
 fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigError> {
     let top = Ctx { file, job: None };
-    let RawConfig { server, defaults, health, concurrency, job } = raw;
+    let RawConfig {
+        server,
+        defaults,
+        health,
+        concurrency,
+        job,
+    } = raw;
 
-    let db = o.db.clone().or(server.db).unwrap_or_else(|| DEFAULT_DB.to_string());
+    let db =
+        o.db.clone()
+            .or(server.db)
+            .unwrap_or_else(|| DEFAULT_DB.to_string());
     if !db.starts_with("sqlite:") {
-        return Err(top.err("server.db", format!("unsupported database URL '{db}' (expected sqlite://PATH)")));
+        return Err(top.err(
+            "server.db",
+            format!("unsupported database URL '{db}' (expected sqlite://PATH)"),
+        ));
     }
     let node_name = o.node_name.clone().or(server.node_name);
     if let Some(n) = &node_name {
         validate_name("node name", n).map_err(|e| top.err("server.node_name", e))?;
     }
-    let log_dir = PathBuf::from(o.log_dir.clone().or(server.log_dir).unwrap_or_else(|| "jobward-logs".into()));
+    let log_dir = PathBuf::from(
+        o.log_dir
+            .clone()
+            .or(server.log_dir)
+            .unwrap_or_else(|| "jobward-logs".into()),
+    );
     let server = ServerSettings {
         db,
         node_name,
         log_dir,
-        log_max_bytes: top.at_least("server.log_max_bytes", server.log_max_bytes, 4096, 1 << 20)? as u64,
+        log_max_bytes: top.at_least("server.log_max_bytes", server.log_max_bytes, 4096, 1 << 20)?
+            as u64,
         max_running: match o.max_running {
             Some(0) => return Err(top.err("--max-running", "must be at least 1")),
             Some(n) => n,
             None => top.at_least("server.max_running", server.max_running, 1, 64)? as u32,
         },
-        shutdown_grace: top.dur("server.shutdown_grace", &o.shutdown_grace.clone().or(server.shutdown_grace), Duration::from_secs(30))?,
-        reaper_interval: top.pos("server.reaper_interval", &server.reaper_interval, Duration::from_secs(1))?,
-        poll_interval: top.pos("server.poll_interval", &server.poll_interval, Duration::from_millis(500))?,
-        retention_interval: top.pos("server.retention_interval", &server.retention_interval, Duration::from_secs(60))?,
+        shutdown_grace: top.dur(
+            "server.shutdown_grace",
+            &o.shutdown_grace.clone().or(server.shutdown_grace),
+            Duration::from_secs(30),
+        )?,
+        reaper_interval: top.pos(
+            "server.reaper_interval",
+            &server.reaper_interval,
+            Duration::from_secs(1),
+        )?,
+        poll_interval: top.pos(
+            "server.poll_interval",
+            &server.poll_interval,
+            Duration::from_millis(500),
+        )?,
+        retention_interval: top.pos(
+            "server.retention_interval",
+            &server.retention_interval,
+            Duration::from_secs(60),
+        )?,
     };
 
     let base = Timeouts::default();
     let defaults_t = Timeouts {
-        heartbeat: min_1s(&top, "defaults.heartbeat_timeout", top.pos("defaults.heartbeat_timeout", &o.heartbeat_timeout.clone().or(defaults.heartbeat_timeout), base.heartbeat)?)?,
-        run: top.pos("defaults.run_timeout", &o.run_timeout.clone().or(defaults.run_timeout), base.run)?,
-        queue: top.pos("defaults.queue_timeout", &o.queue_timeout.clone().or(defaults.queue_timeout), base.queue)?,
+        heartbeat: min_1s(
+            &top,
+            "defaults.heartbeat_timeout",
+            top.pos(
+                "defaults.heartbeat_timeout",
+                &o.heartbeat_timeout.clone().or(defaults.heartbeat_timeout),
+                base.heartbeat,
+            )?,
+        )?,
+        run: top.pos(
+            "defaults.run_timeout",
+            &o.run_timeout.clone().or(defaults.run_timeout),
+            base.run,
+        )?,
+        queue: top.pos(
+            "defaults.queue_timeout",
+            &o.queue_timeout.clone().or(defaults.queue_timeout),
+            base.queue,
+        )?,
         kill_grace: top.dur("defaults.kill_grace", &defaults.kill_grace, base.kill_grace)?,
     };
-    let default_overlap = parse_overlap(&top, "defaults.overlap", &defaults.overlap, Overlap::Skip)?;
-    let default_misfire = parse_misfire(&top, "defaults.misfire", &defaults.misfire, Misfire::RunOnce)?;
-    let default_grace = top.dur("defaults.misfire_grace", &defaults.misfire_grace, Duration::from_secs(60))?;
-    let default_history = history(&top, "defaults.history", defaults.history.as_ref(), History::default())?;
-    let default_retry = retry(&top, "defaults.retry", defaults.retry.as_ref(), RetryPolicy::default())?;
+    let default_overlap =
+        parse_overlap(&top, "defaults.overlap", &defaults.overlap, Overlap::Skip)?;
+    let default_misfire = parse_misfire(
+        &top,
+        "defaults.misfire",
+        &defaults.misfire,
+        Misfire::RunOnce,
+    )?;
+    let default_grace = top.dur(
+        "defaults.misfire_grace",
+        &defaults.misfire_grace,
+        Duration::from_secs(60),
+    )?;
+    let default_history = history(
+        &top,
+        "defaults.history",
+        defaults.history.as_ref(),
+        History::default(),
+    )?;
+    let default_retry = retry(
+        &top,
+        "defaults.retry",
+        defaults.retry.as_ref(),
+        RetryPolicy::default(),
+    )?;
 
     let health = HealthSettings {
-        long_running_after: top.pos("health.long_running_after", &o.long_running_after.clone().or(health.long_running_after), Duration::from_secs(3600))?,
+        long_running_after: top.pos(
+            "health.long_running_after",
+            &o.long_running_after.clone().or(health.long_running_after),
+            Duration::from_secs(3600),
+        )?,
         warn_long_running: match o.warn_long_running {
             Some(n) => n,
-            None => top.at_least("health.warn_long_running", health.warn_long_running, 0, 5)? as u64,
+            None => {
+                top.at_least("health.warn_long_running", health.warn_long_running, 0, 5)? as u64
+            }
         },
     };
 
     let mut limits = BTreeMap::new();
     for (key, limit) in concurrency {
-        validate_name("concurrency key", &key).map_err(|e| top.err(&format!("concurrency.{key}"), e))?;
+        validate_name("concurrency key", &key)
+            .map_err(|e| top.err(&format!("concurrency.{key}"), e))?;
         if limit < 1 {
-            return Err(top.err(&format!("concurrency.{key}"), format!("limit must be at least 1, got {limit}")));
+            return Err(top.err(
+                &format!("concurrency.{key}"),
+                format!("limit must be at least 1, got {limit}"),
+            ));
         }
         if limit > u32::MAX as i64 {
-            return Err(top.err(&format!("concurrency.{key}"), format!("limit is too large: {limit}")));
+            return Err(top.err(
+                &format!("concurrency.{key}"),
+                format!("limit is too large: {limit}"),
+            ));
         }
         limits.insert(key, limit as u32);
     }
@@ -284,26 +407,40 @@ fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, Confi
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, j) in job.into_iter().enumerate() {
         let Some(name) = j.name.clone() else {
-            return Err(ConfigError(format!("{file}: job #{}: field 'name' is missing", i + 1)));
+            return Err(ConfigError(format!(
+                "{file}: job #{}: field 'name' is missing",
+                i + 1
+            )));
         };
-        validate_name("job name", &name).map_err(|e| ConfigError(format!("{file}: job #{}: field 'name': {e}", i + 1)))?;
+        validate_name("job name", &name)
+            .map_err(|e| ConfigError(format!("{file}: job #{}: field 'name': {e}", i + 1)))?;
         if let Some(first) = seen.insert(name.clone(), i + 1) {
-            return Err(ConfigError(format!("{file}: job '{name}' is defined twice (jobs #{first} and #{})", i + 1)));
+            return Err(ConfigError(format!(
+                "{file}: job '{name}' is defined twice (jobs #{first} and #{})",
+                i + 1
+            )));
         }
-        let ctx = Ctx { file, job: Some(name.clone()) };
+        let ctx = Ctx {
+            file,
+            job: Some(name.clone()),
+        };
         let command = match j.command.as_deref().map(str::trim) {
             None => return Err(ctx.err("command", "is missing")),
             Some("") => return Err(ctx.err("command", "is empty")),
             Some(_) => j.command.clone().unwrap_or_default(),
         };
         let schedule = match (&j.schedule, &j.every) {
-            (Some(_), Some(_)) => return Err(ctx.err("every", "a job has either 'schedule' (cron) or 'every', not both")),
-            (Some(cron), None) => {
-                Schedule::cron(cron, j.timezone.as_deref().unwrap_or("UTC")).map_err(|e| match e {
+            (Some(_), Some(_)) => {
+                return Err(ctx.err(
+                    "every",
+                    "a job has either 'schedule' (cron) or 'every', not both",
+                ));
+            }
+            (Some(cron), None) => Schedule::cron(cron, j.timezone.as_deref().unwrap_or("UTC"))
+                .map_err(|e| match e {
                     jobward_core::schedule::ScheduleError::TimeZone(_) => ctx.err("timezone", e),
                     _ => ctx.err("schedule", e),
-                })?
-            }
+                })?,
             (None, Some(every)) => {
                 if j.timezone.is_some() {
                     return Err(ctx.err("timezone", "only applies to a cron 'schedule'"));
@@ -321,10 +458,21 @@ fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, Confi
         if let Some(k) = &j.concurrency_key
             && !limits.contains_key(k)
         {
-            return Err(ctx.err("concurrency_key", format!("'{k}' has no limit in [concurrency] (add: {k} = 1)")));
+            return Err(ctx.err(
+                "concurrency_key",
+                format!("'{k}' has no limit in [concurrency] (add: {k} = 1)"),
+            ));
         }
         let timeouts = Timeouts {
-            heartbeat: min_1s(&ctx, "heartbeat_timeout", ctx.pos("heartbeat_timeout", &j.heartbeat_timeout, defaults_t.heartbeat)?)?,
+            heartbeat: min_1s(
+                &ctx,
+                "heartbeat_timeout",
+                ctx.pos(
+                    "heartbeat_timeout",
+                    &j.heartbeat_timeout,
+                    defaults_t.heartbeat,
+                )?,
+            )?,
             run: ctx.pos("run_timeout", &j.run_timeout, defaults_t.run)?,
             queue: ctx.pos("queue_timeout", &j.queue_timeout, defaults_t.queue)?,
             kill_grace: ctx.dur("kill_grace", &j.kill_grace, defaults_t.kill_grace)?,
@@ -343,58 +491,115 @@ fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, Confi
         });
     }
 
-    Ok(Settings { source: file.to_string(), server, defaults: defaults_t, health, limits, jobs })
+    Ok(Settings {
+        source: file.to_string(),
+        server,
+        defaults: defaults_t,
+        health,
+        limits,
+        jobs,
+    })
 }
 
 fn min_1s(ctx: &Ctx<'_>, field: &str, d: Duration) -> Result<Duration, ConfigError> {
     if d < Duration::from_secs(1) {
-        return Err(ctx.err(field, "must be at least 1s (leases are renewed three times per heartbeat timeout)"));
+        return Err(ctx.err(
+            field,
+            "must be at least 1s (leases are renewed three times per heartbeat timeout)",
+        ));
     }
     Ok(d)
 }
 
-fn parse_overlap(ctx: &Ctx<'_>, field: &str, v: &Option<String>, default: Overlap) -> Result<Overlap, ConfigError> {
-    v.as_deref().map(|s| s.parse::<Overlap>().map_err(|e| ctx.err(field, e))).transpose().map(|o| o.unwrap_or(default))
+fn parse_overlap(
+    ctx: &Ctx<'_>,
+    field: &str,
+    v: &Option<String>,
+    default: Overlap,
+) -> Result<Overlap, ConfigError> {
+    v.as_deref()
+        .map(|s| s.parse::<Overlap>().map_err(|e| ctx.err(field, e)))
+        .transpose()
+        .map(|o| o.unwrap_or(default))
 }
 
-fn parse_misfire(ctx: &Ctx<'_>, field: &str, v: &Option<String>, default: Misfire) -> Result<Misfire, ConfigError> {
+fn parse_misfire(
+    ctx: &Ctx<'_>,
+    field: &str,
+    v: &Option<String>,
+    default: Misfire,
+) -> Result<Misfire, ConfigError> {
     match v.as_deref() {
         None => Ok(default),
         Some("run_once") => Ok(Misfire::RunOnce),
         Some("skip") => Ok(Misfire::Skip),
-        Some(other) => Err(ctx.err(field, format!("unknown misfire policy '{other}' (expected run_once or skip)"))),
+        Some(other) => Err(ctx.err(
+            field,
+            format!("unknown misfire policy '{other}' (expected run_once or skip)"),
+        )),
     }
 }
 
-fn history(ctx: &Ctx<'_>, field: &str, h: Option<&RawHistory>, default: History) -> Result<History, ConfigError> {
+fn history(
+    ctx: &Ctx<'_>,
+    field: &str,
+    h: Option<&RawHistory>,
+    default: History,
+) -> Result<History, ConfigError> {
     let Some(h) = h else { return Ok(default) };
     let keep_last = match h.keep_last {
         None => default.keep_last,
-        Some(n) if n < 1 => return Err(ctx.err(&format!("{field}.keep_last"), format!("must be at least 1, got {n}"))),
+        Some(n) if n < 1 => {
+            return Err(ctx.err(
+                &format!("{field}.keep_last"),
+                format!("must be at least 1, got {n}"),
+            ));
+        }
         Some(n) => Some(n.min(u32::MAX as i64) as u32),
     };
     let max_age = match &h.max_age {
         None => default.max_age,
-        Some(s) => Some(parse_positive_duration(s).map_err(|e| ctx.err(&format!("{field}.max_age"), e))?),
+        Some(s) => {
+            Some(parse_positive_duration(s).map_err(|e| ctx.err(&format!("{field}.max_age"), e))?)
+        }
     };
     Ok(History { keep_last, max_age })
 }
 
-fn retry(ctx: &Ctx<'_>, field: &str, r: Option<&RawRetry>, default: RetryPolicy) -> Result<RetryPolicy, ConfigError> {
+fn retry(
+    ctx: &Ctx<'_>,
+    field: &str,
+    r: Option<&RawRetry>,
+    default: RetryPolicy,
+) -> Result<RetryPolicy, ConfigError> {
     let Some(r) = r else { return Ok(default) };
     let max_attempts = match r.max_attempts {
         None => default.max_attempts,
         Some(n) if !(1..=1000).contains(&n) => {
-            return Err(ctx.err(&format!("{field}.max_attempts"), format!("must be between 1 and 1000, got {n}")));
+            return Err(ctx.err(
+                &format!("{field}.max_attempts"),
+                format!("must be between 1 and 1000, got {n}"),
+            ));
         }
         Some(n) => n as u32,
     };
     let backoff = ctx.dur(&format!("{field}.backoff"), &r.backoff, default.backoff)?;
-    let max_backoff = ctx.dur(&format!("{field}.max_backoff"), &r.max_backoff, default.max_backoff.max(backoff))?;
+    let max_backoff = ctx.dur(
+        &format!("{field}.max_backoff"),
+        &r.max_backoff,
+        default.max_backoff.max(backoff),
+    )?;
     if max_backoff < backoff {
-        return Err(ctx.err(&format!("{field}.max_backoff"), "must not be shorter than backoff"));
+        return Err(ctx.err(
+            &format!("{field}.max_backoff"),
+            "must not be shorter than backoff",
+        ));
     }
-    Ok(RetryPolicy { max_attempts, backoff, max_backoff })
+    Ok(RetryPolicy {
+        max_attempts,
+        backoff,
+        max_backoff,
+    })
 }
 
 #[cfg(test)]
@@ -451,27 +656,75 @@ retry = { max_attempts = 3, backoff = "10s", max_backoff = "10m" }
     fn bad_input_is_one_clear_line() {
         let job = |extra: &str| format!("[[job]]\nname = \"j\"\ncommand = \"true\"\n{extra}\n");
         let cases = [
-            (job("schedule = \"61 * * * * *\""), "job 'j': field 'schedule': invalid cron pattern"),
-            (job("every = \"10x\""), "job 'j': field 'every': invalid duration '10x'"),
+            (
+                job("schedule = \"61 * * * * *\""),
+                "job 'j': field 'schedule': invalid cron pattern",
+            ),
+            (
+                job("every = \"10x\""),
+                "job 'j': field 'every': invalid duration '10x'",
+            ),
             (job("run_timeout = \"0s\""), "job 'j': field 'run_timeout'"),
             (job("run_timeout = \"-5m\""), "negative"),
-            (job("schedule = \"* * * * *\"\ntimezone = \"Mars/Base\""), "field 'timezone': unknown time zone"),
-            (job("schedulee = \"* * * * *\""), "unknown field `schedulee`"),
-            (job("concurrency_key = \"k\""), "'k' has no limit in [concurrency]"),
+            (
+                job("schedule = \"* * * * *\"\ntimezone = \"Mars/Base\""),
+                "field 'timezone': unknown time zone",
+            ),
+            (
+                job("schedulee = \"* * * * *\""),
+                "unknown field `schedulee`",
+            ),
+            (
+                job("concurrency_key = \"k\""),
+                "'k' has no limit in [concurrency]",
+            ),
             (job("overlap = \"sometimes\""), "unknown overlap policy"),
-            (job("retry = { max_attempts = 0 }"), "retry.max_attempts': must be between 1 and 1000"),
-            (job("history = { keep_last = 0 }"), "history.keep_last': must be at least 1"),
+            (
+                job("retry = { max_attempts = 0 }"),
+                "retry.max_attempts': must be between 1 and 1000",
+            ),
+            (
+                job("history = { keep_last = 0 }"),
+                "history.keep_last': must be at least 1",
+            ),
             (job("schedule = \"* * * * *\"\nevery = \"1m\""), "not both"),
-            (format!("{}{}", job(""), job("")), "job 'j' is defined twice (jobs #1 and #2)"),
-            ("[[job]]\nname = \"nocmd\"\n".to_string(), "job 'nocmd': field 'command': is missing"),
-            ("[[job]]\nname = \"x\"\ncommand = \"  \"\n".to_string(), "field 'command': is empty"),
-            ("[[job]]\nname = \"a/b\"\ncommand = \"true\"\n".to_string(), "invalid job name 'a/b'"),
-            ("[concurrency]\nreports = 0\n".to_string(), "concurrency.reports': limit must be at least 1, got 0"),
-            ("[concurrency]\nreports = -2\n".to_string(), "limit must be at least 1, got -2"),
-            ("[server]\nbogus = 1\n".to_string(), "t.toml:2:1: unknown field `bogus`"),
-            ("[server]\ndb = \"mysql://x\"\n".to_string(), "unsupported database URL"),
+            (
+                format!("{}{}", job(""), job("")),
+                "job 'j' is defined twice (jobs #1 and #2)",
+            ),
+            (
+                "[[job]]\nname = \"nocmd\"\n".to_string(),
+                "job 'nocmd': field 'command': is missing",
+            ),
+            (
+                "[[job]]\nname = \"x\"\ncommand = \"  \"\n".to_string(),
+                "field 'command': is empty",
+            ),
+            (
+                "[[job]]\nname = \"a/b\"\ncommand = \"true\"\n".to_string(),
+                "invalid job name 'a/b'",
+            ),
+            (
+                "[concurrency]\nreports = 0\n".to_string(),
+                "concurrency.reports': limit must be at least 1, got 0",
+            ),
+            (
+                "[concurrency]\nreports = -2\n".to_string(),
+                "limit must be at least 1, got -2",
+            ),
+            (
+                "[server]\nbogus = 1\n".to_string(),
+                "t.toml:2:1: unknown field `bogus`",
+            ),
+            (
+                "[server]\ndb = \"mysql://x\"\n".to_string(),
+                "unsupported database URL",
+            ),
             ("[server\n".to_string(), "t.toml:1:"),
-            ("[defaults]\nheartbeat_timeout = \"500ms\"\n".to_string(), "must be at least 1s"),
+            (
+                "[defaults]\nheartbeat_timeout = \"500ms\"\n".to_string(),
+                "must be at least 1s",
+            ),
         ];
         for (text, want) in cases {
             let e = one_line_error(&text);
@@ -481,14 +734,27 @@ retry = { max_attempts = 3, backoff = "10s", max_backoff = "10m" }
 
     #[test]
     fn an_unknown_key_names_its_job() {
-        let e = one_line_error("[[job]]\nname = \"alpha\"\ncommand = \"true\"\n[[job]]\nname = \"beta\"\ncommand = \"true\"\nrun_timout = \"1h\"\n");
-        assert!(e.contains("t.toml:7:1") && e.contains("(in job 'beta')"), "{e}");
+        let e = one_line_error(
+            "[[job]]\nname = \"alpha\"\ncommand = \"true\"\n[[job]]\nname = \"beta\"\ncommand = \"true\"\nrun_timout = \"1h\"\n",
+        );
+        assert!(
+            e.contains("t.toml:7:1") && e.contains("(in job 'beta')"),
+            "{e}"
+        );
     }
 
     #[test]
     fn overrides_beat_the_file() {
-        let raw = parse("t.toml", "[defaults]\nrun_timeout = \"1h\"\n[[job]]\nname = \"a\"\ncommand = \"true\"\n").unwrap();
-        let o = Overrides { run_timeout: Some("5m".into()), db: Some("sqlite:///tmp/x.db".into()), ..Default::default() };
+        let raw = parse(
+            "t.toml",
+            "[defaults]\nrun_timeout = \"1h\"\n[[job]]\nname = \"a\"\ncommand = \"true\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            run_timeout: Some("5m".into()),
+            db: Some("sqlite:///tmp/x.db".into()),
+            ..Default::default()
+        };
         let s = validate("t.toml", raw, &o).unwrap();
         assert_eq!(s.jobs[0].timeouts.run, Duration::from_secs(300));
         assert_eq!(s.server.db, "sqlite:///tmp/x.db");

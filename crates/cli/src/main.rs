@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "jobward", version, about = "A job scheduler and execution ledger: every execution reaches a terminal state with a true record.")]
+#[command(
+    name = "jobward",
+    version,
+    about = "A job scheduler and execution ledger: every execution reaches a terminal state with a true record."
+)]
 pub struct Cli {
     /// Configuration file (TOML). Default: ./jobward.toml if it exists.
     #[arg(long, global = true, env = "JOBWARD_CONFIG", value_name = "PATH")]
@@ -201,8 +205,15 @@ impl From<jobward_store::StoreError> for Failure {
     fn from(e: jobward_store::StoreError) -> Self {
         use jobward_store::StoreError::*;
         match e {
-            ExecutionNotFound(_) | JobNotFound(_) | JobUndefined(_) | Invalid(_) | SchemaTooNew { .. } | SchemaTooOld { .. }
-            | Missing(_) | Open { .. } | UnsupportedUrl(_) => Failure::Input(e.to_string()),
+            ExecutionNotFound(_)
+            | JobNotFound(_)
+            | JobUndefined(_)
+            | Invalid(_)
+            | SchemaTooNew { .. }
+            | SchemaTooOld { .. }
+            | Missing(_)
+            | Open { .. }
+            | UnsupportedUrl(_) => Failure::Input(e.to_string()),
             other => Failure::Check(other.to_string()),
         }
     }
@@ -218,13 +229,24 @@ fn main() -> ExitCode {
         }
     };
     let serving = matches!(cli.command, Command::Serve(_));
-    let filter = std::env::var("JOBWARD_LOG").unwrap_or_else(|_| if serving { "info".into() } else { "warn".into() });
+    let filter = std::env::var("JOBWARD_LOG").unwrap_or_else(|_| {
+        if serving {
+            "info".into()
+        } else {
+            "warn".into()
+        }
+    });
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("jobward: error: cannot start the async runtime: {e}");

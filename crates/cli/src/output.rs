@@ -11,13 +11,16 @@ use serde::Serialize;
 
 pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(NOTHING).set_content_arrangement(ContentArrangement::Disabled).set_header(header.iter().map(|h| Cell::new(*h)));
+    t.load_preset(NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.iter().map(|h| Cell::new(*h)));
     t
 }
 
 /// `2026-11-22 21:03:04Z`.
 pub fn time(t: Option<Timestamp>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string()).unwrap_or_else(|| "-".into())
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 /// `4.1s ago`, `in 3m`.
@@ -42,7 +45,18 @@ pub fn status(e: &ExecutionRow) -> String {
 
 /// The `runs list` table.
 pub fn runs_table(rows: &[ExecutionRow], now: Timestamp) -> String {
-    let mut t = table(&["ID", "JOB", "RUN", "ATTEMPT", "STATUS", "STARTED", "FINISHED", "RUNTIME", "LAST HEARTBEAT", "REASON"]);
+    let mut t = table(&[
+        "ID",
+        "JOB",
+        "RUN",
+        "ATTEMPT",
+        "STATUS",
+        "STARTED",
+        "FINISHED",
+        "RUNTIME",
+        "LAST HEARTBEAT",
+        "REASON",
+    ]);
     for e in rows {
         t.add_row(vec![
             e.id.to_string(),
@@ -53,8 +67,14 @@ pub fn runs_table(rows: &[ExecutionRow], now: Timestamp) -> String {
             time(e.started_at),
             time(e.finished_at),
             dur(e.runtime(now)),
-            if e.state == jobward_core::State::Running { ago(now, e.heartbeat_at) } else { "-".into() },
-            e.reason.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            if e.state == jobward_core::State::Running {
+                ago(now, e.heartbeat_at)
+            } else {
+                "-".into()
+            },
+            e.reason
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
     t.to_string()
@@ -114,7 +134,10 @@ pub fn run_json(e: &ExecutionRow, now: Timestamp) -> RunJson<'_> {
         node_id: e.node_id.as_deref(),
         lease_owner: e.lease_owner.as_deref(),
         pid: e.process.as_ref().map(|p| p.pid),
-        cancel_requested: e.cancel_reason.filter(|_| e.finished_at.is_none()).map(|r| r.to_string()),
+        cancel_requested: e
+            .cancel_reason
+            .filter(|_| e.finished_at.is_none())
+            .map(|r| r.to_string()),
     }
 }
 

@@ -56,7 +56,7 @@ pub fn format_duration(d: Duration) -> String {
         return format!("{ms}ms");
     }
     if ms < 60_000 {
-        if ms % 1_000 == 0 {
+        if ms.is_multiple_of(1_000) {
             return format!("{}s", ms / 1_000);
         }
         let tenths = ms / 100;

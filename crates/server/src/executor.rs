@@ -11,8 +11,8 @@ use jobward_core::duration::format_duration;
 use jobward_core::{Reason, deadline};
 use jobward_exec::{Ending, Exit, Finished, Launch, Stop, signal_name};
 use jobward_store::{
-    ClaimParams, CompleteParams, DynStore, ExecutionId, ExecutionRow, HeartbeatParams, HeartbeatReport, LeaseRef, Outcome,
-    ProcessInfo, StoreError,
+    ClaimParams, CompleteParams, DynStore, ExecutionId, ExecutionRow, HeartbeatParams,
+    HeartbeatReport, LeaseRef, Outcome, ProcessInfo, StoreError,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -68,18 +68,30 @@ impl Executor {
     }
 
     pub fn running_ids(&self) -> Vec<ExecutionId> {
-        self.running.lock().expect("executor lock").keys().copied().collect()
+        self.running
+            .lock()
+            .expect("executor lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     fn leases(&self) -> Vec<LeaseRef> {
-        self.running.lock().expect("executor lock").values().map(|h| h.lease.clone()).collect()
+        self.running
+            .lock()
+            .expect("executor lock")
+            .values()
+            .map(|h| h.lease.clone())
+            .collect()
     }
 
     /// Asks a run to stop. `Immediate` is for a lost lease; `Graceful` carries the reason the
     /// execution will be recorded with.
     pub fn stop(&self, id: ExecutionId, how: Stop, reason: Option<Reason>) -> bool {
         let mut map = self.running.lock().expect("executor lock");
-        let Some(h) = map.get_mut(&id) else { return false };
+        let Some(h) = map.get_mut(&id) else {
+            return false;
+        };
         if how == Stop::Graceful {
             if h.stopping.is_some() {
                 return true;
@@ -113,10 +125,14 @@ impl Executor {
 
     async fn start(self: &Arc<Self>, row: ExecutionRow) {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.running
-            .lock()
-            .expect("executor lock")
-            .insert(row.id, Handle { lease: row.lease(), stop: tx, stopping: None });
+        self.running.lock().expect("executor lock").insert(
+            row.id,
+            Handle {
+                lease: row.lease(),
+                stop: tx,
+                stopping: None,
+            },
+        );
         let me = self.clone();
         self.tasks.lock().await.spawn(async move {
             let id = row.id;
@@ -164,18 +180,34 @@ impl Executor {
             }
         };
         let ident = running.identity.clone();
-        let info = ProcessInfo { pid: ident.pid, pgid: ident.pgid, start_ticks: ident.start_ticks, boot_id: ident.boot_id.clone() };
+        let info = ProcessInfo {
+            pid: ident.pid,
+            pgid: ident.pgid,
+            start_ticks: ident.start_ticks,
+            boot_id: ident.boot_id.clone(),
+        };
         if let Err(e) = self.store.record_process(&lease, &info).await {
             // The lease is already gone (or the ledger is unreachable): do not run unrecorded.
             warn!(execution = row.id, error = %e, "could not record the process; stopping it");
             self.stop(row.id, Stop::Immediate, None);
         }
-        let now = self.store.now().await.unwrap_or_else(|_| chrono::Utc::now());
+        let now = self
+            .store
+            .now()
+            .await
+            .unwrap_or_else(|_| chrono::Utc::now());
         let started = row.started_at.unwrap_or(now);
         let terminate_in = deadline::between(now, row.timeouts.terminate_at(started));
         let terminate_at = tokio::time::Instant::now() + terminate_in;
-        let finished = running.supervise(Some(terminate_at), row.timeouts.kill_grace, stop).await;
-        let stopping = self.running.lock().expect("executor lock").get(&row.id).and_then(|h| h.stopping);
+        let finished = running
+            .supervise(Some(terminate_at), row.timeouts.kill_grace, stop)
+            .await;
+        let stopping = self
+            .running
+            .lock()
+            .expect("executor lock")
+            .get(&row.id)
+            .and_then(|h| h.stopping);
         let outcome = outcome_of(&row, &finished, stopping);
         self.record(&row, outcome).await;
     }
@@ -185,7 +217,11 @@ impl Executor {
     async fn record(&self, row: &ExecutionRow, outcome: Outcome) {
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=12 {
-            let params = CompleteParams { lease: row.lease(), outcome: outcome.clone(), actor: self.cfg.node_id.clone() };
+            let params = CompleteParams {
+                lease: row.lease(),
+                outcome: outcome.clone(),
+                actor: self.cfg.node_id.clone(),
+            };
             match self.store.complete(params).await {
                 Ok(s) => {
                     let e = &s.execution;
@@ -279,27 +315,55 @@ pub fn outcome_of(row: &ExecutionRow, f: &Finished, stopping: Option<Reason>) ->
         Exit::Signal(s) => format!("ended by {}", signal_name(s)),
     };
     let kill = if f.escalated {
-        format!("SIGKILL after {} grace", format_duration(row.timeouts.kill_grace))
+        format!(
+            "SIGKILL after {} grace",
+            format_duration(row.timeouts.kill_grace)
+        )
     } else {
         "SIGTERM".to_string()
     };
-    let fail = |reason, message| Outcome { reason: Some(reason), message: Some(message), exit_code, signal };
+    let fail = |reason, message| Outcome {
+        reason: Some(reason),
+        message: Some(message),
+        exit_code,
+        signal,
+    };
     match (f.ending, f.exit) {
-        (Ending::Exited, Exit::Code(0)) => Outcome { reason: None, message: None, exit_code, signal },
-        (Ending::Exited, Exit::Code(127)) => fail(Reason::ExitCode, "exited with code 127 (command not found)".into()),
+        (Ending::Exited, Exit::Code(0)) => Outcome {
+            reason: None,
+            message: None,
+            exit_code,
+            signal,
+        },
+        (Ending::Exited, Exit::Code(127)) => fail(
+            Reason::ExitCode,
+            "exited with code 127 (command not found)".into(),
+        ),
         (Ending::Exited, Exit::Code(c)) => fail(Reason::ExitCode, format!("exited with code {c}")),
-        (Ending::Exited, Exit::Signal(s)) => fail(Reason::Signal, format!("killed by signal {s} ({})", signal_name(s))),
+        (Ending::Exited, Exit::Signal(s)) => fail(
+            Reason::Signal,
+            format!("killed by signal {s} ({})", signal_name(s)),
+        ),
         (Ending::RunTimeout, _) => fail(
             Reason::RunTimeout,
-            format!("exceeded its run timeout of {}; stopped with {kill} ({how})", format_duration(row.timeouts.run)),
+            format!(
+                "exceeded its run timeout of {}; stopped with {kill} ({how})",
+                format_duration(row.timeouts.run)
+            ),
         ),
         (Ending::Stopped(Stop::Graceful), _) => {
             let reason = stopping.unwrap_or(Reason::CancelRequested);
-            fail(reason, format!("stopped on request ({reason}) with {kill} ({how})"))
+            fail(
+                reason,
+                format!("stopped on request ({reason}) with {kill} ({how})"),
+            )
         }
         (Ending::Stopped(Stop::Immediate), _) => {
             // The lease was lost: this report will be refused, and says what really happened.
-            fail(Reason::Signal, format!("killed with SIGKILL after its lease was lost ({how})"))
+            fail(
+                Reason::Signal,
+                format!("killed with SIGKILL after its lease was lost ({how})"),
+            )
         }
     }
 }

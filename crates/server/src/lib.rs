@@ -9,5 +9,7 @@ pub mod node;
 pub mod services;
 
 pub use executor::{Executor, ExecutorConfig, log_path, outcome_of};
-pub use node::{Node, NodeConfig, NodeError, Recovery, ShutdownReport, default_node_name, recover_previous};
+pub use node::{
+    Node, NodeConfig, NodeError, Recovery, ShutdownReport, default_node_name, recover_previous,
+};
 pub use services::{Reaper, Retention, Scheduler};

@@ -10,7 +10,8 @@ use jobward_core::Reason;
 use jobward_core::duration::format_duration;
 use jobward_exec::{Recorded, Stop};
 use jobward_store::{
-    CancelParams, DynStore, ExecutionId, NewNode, ReapReport, RecoverParams, RegisterOutcome, StoreError, SyncJobs, SyncReport,
+    CancelParams, DynStore, ExecutionId, NewNode, ReapReport, RecoverParams, RegisterOutcome,
+    StoreError, SyncJobs, SyncReport,
 };
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -66,7 +67,12 @@ pub enum NodeError {
         "another jobward node named '{name}' is running on this database (pid {pid} on {hostname}, last heartbeat {heartbeat_at}); \
          stop it first, or start this one with another --node-name"
     )]
-    NameInUse { name: String, pid: i32, hostname: String, heartbeat_at: String },
+    NameInUse {
+        name: String,
+        pid: i32,
+        hostname: String,
+        heartbeat_at: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -102,7 +108,10 @@ pub struct Node {
 }
 
 fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The default node name: the host name.
@@ -113,7 +122,11 @@ pub fn default_node_name() -> String {
 impl Node {
     /// Registers a new incarnation, syncs job definitions, settles what the previous
     /// incarnation left, runs the reaper once, and only then starts scheduling.
-    pub async fn start(store: DynStore, cfg: NodeConfig, jobs: SyncJobs) -> Result<Node, NodeError> {
+    pub async fn start(
+        store: DynStore,
+        cfg: NodeConfig,
+        jobs: SyncJobs,
+    ) -> Result<Node, NodeError> {
         let id = uuid::Uuid::new_v4().to_string();
         let me = std::process::id() as i32;
         let mut new = NewNode {
@@ -129,9 +142,24 @@ impl Node {
         loop {
             match store.register_node(new.clone()).await? {
                 RegisterOutcome::Registered => break,
-                RegisterOutcome::NameInUse { node_id, hostname: host, pid, start_ticks, boot_id, heartbeat_at, .. } => {
-                    if new.supersede.contains(&node_id) || !provably_dead(&new, &host, pid, start_ticks, boot_id.as_deref()) {
-                        return Err(NodeError::NameInUse { name: cfg.name.clone(), pid, hostname: host, heartbeat_at: heartbeat_at.to_rfc3339() });
+                RegisterOutcome::NameInUse {
+                    node_id,
+                    hostname: host,
+                    pid,
+                    start_ticks,
+                    boot_id,
+                    heartbeat_at,
+                    ..
+                } => {
+                    if new.supersede.contains(&node_id)
+                        || !provably_dead(&new, &host, pid, start_ticks, boot_id.as_deref())
+                    {
+                        return Err(NodeError::NameInUse {
+                            name: cfg.name.clone(),
+                            pid,
+                            hostname: host,
+                            heartbeat_at: heartbeat_at.to_rfc3339(),
+                        });
                     }
                     info!(previous = %node_id, pid, "the previous incarnation of this node is dead; taking over");
                     new.supersede.push(node_id);
@@ -143,9 +171,18 @@ impl Node {
         let recovery = recover_previous(&store, &cfg.name, &id).await?;
         let executor = Executor::new(
             store.clone(),
-            ExecutorConfig { node_id: id.clone(), log_dir: cfg.log_dir.clone(), log_max_bytes: cfg.log_max_bytes, max_running: cfg.max_running },
+            ExecutorConfig {
+                node_id: id.clone(),
+                log_dir: cfg.log_dir.clone(),
+                log_max_bytes: cfg.log_max_bytes,
+                max_running: cfg.max_running,
+            },
         );
-        let reaper = Reaper { store: store.clone(), actor: format!("reaper@{id}"), batch: 500 };
+        let reaper = Reaper {
+            store: store.clone(),
+            actor: format!("reaper@{id}"),
+            batch: 500,
+        };
         reaper.run_once().await?;
         let (intake, _) = watch::channel(false);
         let (maintenance, _) = watch::channel(false);
@@ -207,7 +244,10 @@ impl Node {
         }
         // Scheduler.
         {
-            let sched = Scheduler { store: self.store.clone(), actor: format!("scheduler@{}", self.id) };
+            let sched = Scheduler {
+                store: self.store.clone(),
+                actor: format!("scheduler@{}", self.id),
+            };
             let ex = self.executor.clone();
             let store = self.store.clone();
             let mut stop = self.intake.subscribe();
@@ -223,7 +263,10 @@ impl Node {
                                 ex.stop(*id, Stop::Graceful, Some(Reason::Replaced));
                             }
                             if let (Some(next), Ok(now)) = (r.next_fire_at, store.now().await) {
-                                sleep = sleep.min(jobward_core::deadline::between(now, next).max(Duration::from_millis(5)));
+                                sleep = sleep.min(
+                                    jobward_core::deadline::between(now, next)
+                                        .max(Duration::from_millis(5)),
+                                );
                             }
                         }
                         Err(e) => warn!(error = %e, "scheduler tick failed"),
@@ -287,7 +330,11 @@ impl Node {
         }
         // Retention.
         {
-            let retention = Retention { store: self.store.clone(), log_dir: cfg.log_dir.clone(), batch: 1000 };
+            let retention = Retention {
+                store: self.store.clone(),
+                log_dir: cfg.log_dir.clone(),
+                batch: 1000,
+            };
             let mut stop = self.maintenance.subscribe();
             self.maintenance_tasks.spawn(async move {
                 loop {
@@ -313,7 +360,10 @@ impl Node {
             info!(running = before, grace = %format_duration(self.cfg.shutdown_grace), "shutting down: waiting for running executions");
         }
         let remaining = self.executor.wait_idle(self.cfg.shutdown_grace).await;
-        let mut report = ShutdownReport { drained: before - remaining.len(), cancelled: vec![] };
+        let mut report = ShutdownReport {
+            drained: before - remaining.len(),
+            cancelled: vec![],
+        };
         for id in remaining {
             let message = format!(
                 "node {} shut down and it did not finish within the shutdown grace of {}",
@@ -322,12 +372,18 @@ impl Node {
             );
             if let Err(e) = self
                 .store
-                .cancel(CancelParams { id, reason: Reason::Shutdown, message, actor: self.id.clone() })
+                .cancel(CancelParams {
+                    id,
+                    reason: Reason::Shutdown,
+                    message,
+                    actor: self.id.clone(),
+                })
                 .await
             {
                 warn!(execution = id, error = %e, "could not record the shutdown cancel request");
             }
-            self.executor.stop(id, Stop::Graceful, Some(Reason::Shutdown));
+            self.executor
+                .stop(id, Stop::Graceful, Some(Reason::Shutdown));
             report.cancelled.push(id);
         }
         self.executor.join_all().await;
@@ -336,14 +392,24 @@ impl Node {
         if let Err(e) = self.store.stop_node(&self.id, "graceful shutdown").await {
             warn!(error = %e, "could not mark the node stopped");
         }
-        info!(drained = report.drained, cancelled = report.cancelled.len(), "node stopped");
+        info!(
+            drained = report.drained,
+            cancelled = report.cancelled.len(),
+            "node stopped"
+        );
         report
     }
 }
 
 /// True when the node recorded as (host, pid, start time, boot) cannot be alive: it ran on
 /// this host, in this boot, and its pid is gone or belongs to a later process.
-fn provably_dead(me: &NewNode, host: &str, pid: i32, start_ticks: Option<u64>, boot_id: Option<&str>) -> bool {
+fn provably_dead(
+    me: &NewNode,
+    host: &str,
+    pid: i32,
+    start_ticks: Option<u64>,
+    boot_id: Option<&str>,
+) -> bool {
     if host != me.hostname {
         return false;
     }
@@ -363,7 +429,11 @@ fn provably_dead(me: &NewNode, host: &str, pid: i32, start_ticks: Option<u64>, b
 
 /// Startup recovery: kill what previous incarnations of this node left running (only what is
 /// provably theirs) and mark their executions `failed` with reason `node_restarted`.
-pub async fn recover_previous(store: &DynStore, name: &str, node_id: &str) -> Result<Recovery, StoreError> {
+pub async fn recover_previous(
+    store: &DynStore,
+    name: &str,
+    node_id: &str,
+) -> Result<Recovery, StoreError> {
     let orphans = store.orphans_of(name, node_id).await?;
     let mut settled = Vec::with_capacity(orphans.len());
     let mut killed = 0;
@@ -378,15 +448,33 @@ pub async fn recover_previous(store: &DynStore, name: &str, node_id: &str) -> Re
         let id = row.id.to_string();
         let sweep = tokio::task::spawn_blocking({
             let old = old.clone();
-            move || jobward_exec::kill_survivors(recorded.as_ref(), &[("JOBWARD_EXECUTION_ID", &id), ("JOBWARD_NODE_ID", &old)])
+            move || {
+                jobward_exec::kill_survivors(
+                    recorded.as_ref(),
+                    &[("JOBWARD_EXECUTION_ID", &id), ("JOBWARD_NODE_ID", &old)],
+                )
+            }
         })
         .await
         .unwrap_or_default();
         killed += sweep.killed.len();
-        settled.push((row.lease(), format!("node '{name}' restarted (previous incarnation {old}); {}", sweep.describe())));
+        settled.push((
+            row.lease(),
+            format!(
+                "node '{name}' restarted (previous incarnation {old}); {}",
+                sweep.describe()
+            ),
+        ));
     }
     let report = store
-        .settle_orphans(RecoverParams { name: name.into(), node_id: node_id.into(), actor: format!("recovery@{node_id}") }, settled)
+        .settle_orphans(
+            RecoverParams {
+                name: name.into(),
+                node_id: node_id.into(),
+                actor: format!("recovery@{node_id}"),
+            },
+            settled,
+        )
         .await?;
     for r in &report.recovered {
         warn!(
@@ -402,7 +490,14 @@ pub async fn recover_previous(store: &DynStore, name: &str, node_id: &str) -> Re
         );
     }
     if !report.recovered.is_empty() {
-        info!(recovered = report.recovered.len(), processes_killed = killed, "startup recovery done before scheduling");
+        info!(
+            recovered = report.recovered.len(),
+            processes_killed = killed,
+            "startup recovery done before scheduling"
+        );
     }
-    Ok(Recovery { report, processes_killed: killed })
+    Ok(Recovery {
+        report,
+        processes_killed: killed,
+    })
 }

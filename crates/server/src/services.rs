@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use jobward_store::{DynStore, FireReport, PruneParams, PruneReport, ReapParams, ReapReport, StoreError};
+use jobward_store::{
+    DynStore, FireReport, PruneParams, PruneReport, ReapParams, ReapReport, StoreError,
+};
 use tracing::{info, warn};
 
 use crate::executor::log_path;
@@ -17,7 +19,13 @@ pub struct Reaper {
 
 impl Reaper {
     pub async fn run_once(&self) -> Result<ReapReport, StoreError> {
-        let report = self.store.reap(ReapParams { actor: self.actor.clone(), batch: self.batch }).await?;
+        let report = self
+            .store
+            .reap(ReapParams {
+                actor: self.actor.clone(),
+                batch: self.batch,
+            })
+            .await?;
         for r in &report.recovered {
             warn!(
                 job = %r.job,
@@ -69,7 +77,10 @@ impl Retention {
             jobward_exec::log::remove(&log_path(&self.log_dir, job, *id));
         }
         if !report.deleted.is_empty() {
-            info!(count = report.deleted.len(), "pruned terminal executions beyond their job's history limits");
+            info!(
+                count = report.deleted.len(),
+                "pruned terminal executions beyond their job's history limits"
+            );
         }
         Ok(report)
     }

@@ -77,7 +77,10 @@ pub trait Store: Send + Sync + 'static {
     /// Renews many leases at once; names the lost ones and pending cancels.
     async fn heartbeat(&self, p: HeartbeatParams) -> Result<HeartbeatReport>;
     /// Running executions of this owner whose cancel was requested: (id, reason).
-    async fn cancel_requests(&self, owner: &str) -> Result<Vec<(ExecutionId, jobward_core::Reason)>>;
+    async fn cancel_requests(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<(ExecutionId, jobward_core::Reason)>>;
     /// Records how an execution ended; refuses a stale lease with `StoreError::LeaseLost`.
     async fn complete(&self, p: CompleteParams) -> Result<Settled>;
     /// Cancels a queued execution, or asks the owner of a running one to stop it.

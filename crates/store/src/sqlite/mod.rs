@@ -929,7 +929,10 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(store_err)?;
-        Ok(rows.into_iter().filter_map(|(id, r)| r.parse().ok().map(|r| (id, r))).collect())
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, r)| r.parse().ok().map(|r| (id, r)))
+            .collect())
     }
 
     async fn complete(&self, p: CompleteParams) -> Result<Settled> {

@@ -1,0 +1,241 @@
+//! Test harness: a temporary directory with a config, the real `jobward` binary, and a
+//! `serve` process that is killed when the test ends.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_jobward");
+
+impl Env {
+    /// A config whose `[server]` points into a fresh directory, followed by `rest`.
+    pub fn new(server_extra: &str, rest: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("jobward.toml");
+        let text = format!(
+            "[server]\ndb = \"sqlite://{}\"\nlog_dir = \"{}\"\nnode_name = \"test-node\"\npoll_interval = \"100ms\"\nreaper_interval = \"200ms\"\n{server_extra}\n{rest}",
+            dir.path().join("ledger.db").display(),
+            dir.path().join("logs").display()
+        );
+        fs::write(&config, text).unwrap();
+        Env { dir, config }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("JOBWARD_DATABASE_URL");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed and prints JSON.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "jobward {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    pub fn serve(&self) -> Server {
+        let log = self.path(&format!(
+            "serve-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let child = self
+            .cmd(&["serve"])
+            .env("JOBWARD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let s = Server {
+            child: Some(child),
+            log,
+        };
+        s.wait_log("jobward node serving", Duration::from_secs(20));
+        s
+    }
+
+    pub fn trigger(&self, job: &str) -> i64 {
+        let v = self.json(&["jobs", "trigger", job, "--json"]);
+        v["id"].as_i64().unwrap()
+    }
+
+    pub fn show(&self, id: i64) -> Value {
+        self.json(&["runs", "show", &id.to_string(), "--json"])
+    }
+
+    pub fn execution(&self, id: i64) -> Value {
+        self.show(id)["execution"].clone()
+    }
+
+    /// Polls until `f` holds for the execution, or panics after `limit`.
+    pub fn wait_for(
+        &self,
+        id: i64,
+        limit: Duration,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let until = Instant::now() + limit;
+        loop {
+            let e = self.execution(id);
+            if f(&e) {
+                return e;
+            }
+            assert!(
+                Instant::now() < until,
+                "execution {id} never became {what}: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_state(&self, id: i64, state: &str, limit: Duration) -> Value {
+        self.wait_for(id, limit, state, |e| e["status"] == state)
+    }
+
+    pub fn wait_file(&self, name: &str, limit: Duration) -> String {
+        let until = Instant::now() + limit;
+        loop {
+            if let Ok(s) = fs::read_to_string(self.path(name))
+                && !s.trim().is_empty()
+            {
+                return s;
+            }
+            assert!(Instant::now() < until, "file {name} never appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a pid file written by a job and reads it.
+    pub fn pid_file(&self, name: &str) -> i32 {
+        self.wait_file(name, Duration::from_secs(10))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn runs(&self, extra: &[&str]) -> Vec<Value> {
+        let mut args = vec!["runs", "list", "--json", "--limit", "1000"];
+        args.extend_from_slice(extra);
+        self.json(&args).as_array().unwrap().clone()
+    }
+}
+
+pub struct Server {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).unwrap();
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, needle: &str, limit: Duration) {
+        let until = Instant::now() + limit;
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < until,
+                "serve never logged {needle:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < until,
+                "serve did not exit:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next().unwrap_or('?'))
+                .unwrap_or('?');
+            state != 'Z' && state != 'X'
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn read_pid(path: &Path) -> i32 {
+    fs::read_to_string(path).unwrap().trim().parse().unwrap()
+}
+
+pub fn parse_time(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
