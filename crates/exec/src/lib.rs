@@ -12,7 +12,9 @@ pub mod procfs;
 pub mod recovery;
 
 pub use process::{Ending, Exit, Finished, Identity, Launch, Running, Stop, signal_group, spawn};
-pub use recovery::{Recorded, Sweep, kill_survivors};
+pub use recovery::{
+    MARK_EXECUTION, MARK_NODE, ProcessTable, Recorded, Sweep, kill_survivors, wait_gone,
+};
 
 /// Human name of a signal number: `SIGKILL`.
 pub fn signal_name(sig: i32) -> String {

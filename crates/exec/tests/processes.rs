@@ -149,7 +149,6 @@ fn survivors_are_killed_only_when_proven_ours() {
     std::thread::sleep(Duration::from_millis(200));
     let pid = ours.id() as i32;
     let ticks = jobward_exec::procfs::stat(pid).unwrap().start_ticks;
-    let marker = [("JOBWARD_EXECUTION_ID", "7"), ("JOBWARD_NODE_ID", "old")];
 
     // A record whose start time does not match (a reused pid) and a marker that is not
     // present: nothing may be killed.
@@ -159,7 +158,7 @@ fn survivors_are_killed_only_when_proven_ours() {
         start_ticks: 1,
         boot_id: None,
     };
-    let sweep = kill_survivors(Some(&wrong), &[("JOBWARD_EXECUTION_ID", "8")]);
+    let sweep = kill_survivors(Some(&wrong), "8", "old");
     assert!(sweep.killed.is_empty(), "{sweep:?}");
     assert!(sweep.spared.contains(&(stranger.id() as i32)), "{sweep:?}");
 
@@ -169,7 +168,7 @@ fn survivors_are_killed_only_when_proven_ours() {
         start_ticks: ticks,
         boot_id: jobward_exec::procfs::boot_id(),
     };
-    let sweep = kill_survivors(Some(&rec), &marker);
+    let sweep = kill_survivors(Some(&rec), "7", "old");
     assert_eq!(sweep.killed.len(), 3, "{sweep:?}");
     let _ = ours.wait();
     assert!(jobward_exec::procfs::group_members(pid).is_empty());
@@ -186,5 +185,5 @@ fn survivors_are_killed_only_when_proven_ours() {
         start_ticks: ticks,
         boot_id: Some("another-boot".into()),
     };
-    assert!(kill_survivors(Some(&other_boot), &marker).other_boot);
+    assert!(kill_survivors(Some(&other_boot), "7", "old").other_boot);
 }

@@ -145,11 +145,14 @@ impl Executor {
 
     async fn run(self: &Arc<Self>, row: ExecutionRow, stop: mpsc::UnboundedReceiver<Stop>) {
         let mut env = vec![
-            ("JOBWARD_EXECUTION_ID".to_string(), row.id.to_string()),
+            (jobward_exec::MARK_EXECUTION.to_string(), row.id.to_string()),
             ("JOBWARD_JOB".to_string(), row.job.clone()),
             ("JOBWARD_RUN_NUMBER".to_string(), row.number.to_string()),
             ("JOBWARD_ATTEMPT".to_string(), row.attempt.to_string()),
-            ("JOBWARD_NODE_ID".to_string(), self.cfg.node_id.clone()),
+            (
+                jobward_exec::MARK_NODE.to_string(),
+                self.cfg.node_id.clone(),
+            ),
             ("JOBWARD_TRIGGER".to_string(), row.trigger.to_string()),
         ];
         if let Some(at) = row.scheduled_for {

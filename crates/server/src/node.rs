@@ -435,37 +435,52 @@ pub async fn recover_previous(
     node_id: &str,
 ) -> Result<Recovery, StoreError> {
     let orphans = store.orphans_of(name, node_id).await?;
-    let mut settled = Vec::with_capacity(orphans.len());
-    let mut killed = 0;
-    for row in &orphans {
-        let old = row.node_id.clone().unwrap_or_default();
-        let recorded = row.process.as_ref().map(|p| Recorded {
-            pid: p.pid,
-            pgid: p.pgid,
-            start_ticks: p.start_ticks,
-            boot_id: p.boot_id.clone(),
-        });
-        let id = row.id.to_string();
-        let sweep = tokio::task::spawn_blocking({
-            let old = old.clone();
-            move || {
-                jobward_exec::kill_survivors(
-                    recorded.as_ref(),
-                    &[("JOBWARD_EXECUTION_ID", &id), ("JOBWARD_NODE_ID", &old)],
-                )
-            }
+    // One read of the process table for all orphans, then one sweep per orphan.
+    let sweeps = {
+        let orphans = orphans.clone();
+        tokio::task::spawn_blocking(move || {
+            let table = jobward_exec::ProcessTable::snapshot();
+            let sweeps: Vec<_> = orphans
+                .iter()
+                .map(|row| {
+                    let recorded = row.process.as_ref().map(|p| Recorded {
+                        pid: p.pid,
+                        pgid: p.pgid,
+                        start_ticks: p.start_ticks,
+                        boot_id: p.boot_id.clone(),
+                    });
+                    table.sweep(
+                        recorded.as_ref(),
+                        &row.id.to_string(),
+                        row.node_id.as_deref().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let killed: Vec<i32> = sweeps
+                .iter()
+                .flat_map(|s: &jobward_exec::Sweep| s.killed.clone())
+                .collect();
+            jobward_exec::wait_gone(&killed, Duration::from_secs(2));
+            sweeps
         })
         .await
-        .unwrap_or_default();
-        killed += sweep.killed.len();
-        settled.push((
-            row.lease(),
-            format!(
-                "node '{name}' restarted (previous incarnation {old}); {}",
-                sweep.describe()
-            ),
-        ));
-    }
+        .unwrap_or_default()
+    };
+    let killed = sweeps.iter().map(|s| s.killed.len()).sum();
+    let settled = orphans
+        .iter()
+        .zip(sweeps.iter().map(Some).chain(std::iter::repeat(None)))
+        .map(|(row, sweep)| {
+            let old = row.node_id.clone().unwrap_or_default();
+            let what = sweep
+                .map(|s| s.describe())
+                .unwrap_or_else(|| "its processes could not be checked".into());
+            (
+                row.lease(),
+                format!("node '{name}' restarted (previous incarnation {old}); {what}"),
+            )
+        })
+        .collect();
     let report = store
         .settle_orphans(
             RecoverParams {
