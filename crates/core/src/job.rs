@@ -108,6 +108,24 @@ mod schedule_serde {
     }
 }
 
+impl JobSpec {
+    /// A manual-only job with every other setting at its default.
+    pub fn new(name: impl Into<String>, command: impl Into<String>) -> JobSpec {
+        JobSpec {
+            name: name.into(),
+            command: command.into(),
+            schedule: Schedule::Manual,
+            timeouts: Timeouts::default(),
+            overlap: Overlap::default(),
+            misfire: Misfire::default(),
+            misfire_grace: Duration::from_secs(60),
+            concurrency_key: None,
+            history: History::default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
 /// A name that cannot be used for a job or concurrency key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what} '{name}': {problem}")]

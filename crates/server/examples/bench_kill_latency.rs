@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use jobward_core::{History, JobSpec, Misfire, Overlap, RetryPolicy, Schedule, State, Timeouts};
+use jobward_core::{JobSpec, Overlap, State};
 use jobward_server::{Node, NodeConfig};
 use jobward_store::{OpenMode, SyncJobs, TriggerParams};
 
@@ -20,19 +20,14 @@ async fn main() -> anyhow::Result<()> {
     let (store, _) = jobward_store::open(&url, OpenMode::CreateAndMigrate).await?;
     let pidfile = dir.path().join("pid");
     let job = JobSpec {
-        name: "victim".into(),
-        command: format!(
-            "echo $$ > {}.tmp && mv {0}.tmp {0} && exec sleep 600",
-            pidfile.display()
-        ),
-        schedule: Schedule::Manual,
-        timeouts: Timeouts::default(),
         overlap: Overlap::Allow,
-        misfire: Misfire::RunOnce,
-        misfire_grace: Duration::from_secs(60),
-        concurrency_key: None,
-        history: History::default(),
-        retry: RetryPolicy::default(),
+        ..JobSpec::new(
+            "victim",
+            format!(
+                "echo $$ > {}.tmp && mv {0}.tmp {0} && exec sleep 600",
+                pidfile.display()
+            ),
+        )
     };
     let mut cfg = NodeConfig::new("bench", dir.path().join("logs"));
     cfg.poll_interval = Duration::from_millis(50);

@@ -6,26 +6,19 @@
 
 use std::time::{Duration, Instant};
 
-use jobward_core::{History, JobSpec, Misfire, Overlap, RetryPolicy, Schedule, Timeouts};
+use jobward_core::{History, JobSpec, Overlap};
 use jobward_server::Reaper;
 use jobward_store::{OpenMode, SyncJobs};
 use sqlx::Connection;
 
 fn spec() -> JobSpec {
     JobSpec {
-        name: "bench".into(),
-        command: "true".into(),
-        schedule: Schedule::Manual,
-        timeouts: Timeouts::default(),
         overlap: Overlap::Allow,
-        misfire: Misfire::RunOnce,
-        misfire_grace: Duration::from_secs(60),
-        concurrency_key: None,
         history: History {
             keep_last: None,
             max_age: None,
         },
-        retry: RetryPolicy::default(),
+        ..JobSpec::new("bench", "true")
     }
 }
 

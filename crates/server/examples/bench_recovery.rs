@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use jobward_core::{History, JobSpec, Misfire, Overlap, Reason, RetryPolicy, Schedule, Timeouts};
+use jobward_core::{JobSpec, Overlap, Reason};
 use jobward_server::{Node, NodeConfig};
 use jobward_store::{ClaimParams, NewNode, OpenMode, ProcessInfo, SyncJobs, TriggerParams};
 
@@ -19,16 +19,8 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let (store, _) = jobward_store::open(&url, OpenMode::CreateAndMigrate).await?;
     let job = JobSpec {
-        name: "orphan".into(),
-        command: "sleep 600".into(),
-        schedule: Schedule::Manual,
-        timeouts: Timeouts::default(),
         overlap: Overlap::Allow,
-        misfire: Misfire::RunOnce,
-        misfire_grace: Duration::from_secs(60),
-        concurrency_key: None,
-        history: History::default(),
-        retry: RetryPolicy::default(),
+        ..JobSpec::new("orphan", "sleep 600")
     };
     store
         .sync_jobs(SyncJobs {

@@ -492,17 +492,7 @@ pub async fn recover_previous(
         )
         .await?;
     for r in &report.recovered {
-        warn!(
-            job = %r.job,
-            number = r.number,
-            attempt = r.attempt,
-            execution = r.id,
-            last_heartbeat = r.last_heartbeat.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
-            reason = %r.reason,
-            retry = r.retry.map(|id| id.to_string()).unwrap_or_else(|| "none".into()),
-            "startup recovery: {}",
-            r.message
-        );
+        crate::services::log_recovered("startup recovery", r);
     }
     if !report.recovered.is_empty() {
         info!(

@@ -4,11 +4,27 @@
 use std::path::PathBuf;
 
 use jobward_store::{
-    DynStore, FireReport, PruneParams, PruneReport, ReapParams, ReapReport, StoreError,
+    DynStore, FireReport, PruneParams, PruneReport, ReapParams, ReapReport, Recovered, StoreError,
 };
 use tracing::{info, warn};
 
 use crate::executor::log_path;
+
+/// One log line per recovered execution: job, number, attempt, last heartbeat, reason.
+pub fn log_recovered(what: &str, r: &Recovered) {
+    warn!(
+        job = %r.job,
+        number = r.number,
+        attempt = r.attempt,
+        execution = r.id,
+        last_heartbeat = r.last_heartbeat.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
+        reason = %r.reason,
+        owner = r.lease_owner.as_deref().unwrap_or("-"),
+        retry = r.retry.map(|id| id.to_string()).unwrap_or_else(|| "none".into()),
+        "{what}: {}",
+        r.message
+    );
+}
 
 /// The reaper: enforces every deadline (invariant 2).
 pub struct Reaper {
@@ -27,18 +43,7 @@ impl Reaper {
             })
             .await?;
         for r in &report.recovered {
-            warn!(
-                job = %r.job,
-                number = r.number,
-                attempt = r.attempt,
-                execution = r.id,
-                last_heartbeat = r.last_heartbeat.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
-                reason = %r.reason,
-                owner = r.lease_owner.as_deref().unwrap_or("-"),
-                retry = r.retry.map(|id| id.to_string()).unwrap_or_else(|| "none".into()),
-                "reaper recovered execution: {}",
-                r.message
-            );
+            log_recovered("reaper recovered execution", r);
         }
         Ok(report)
     }

@@ -225,31 +225,31 @@ pub(crate) async fn settle(
 ) -> Result<Option<Settled>> {
     let core = to_core(row);
     let step = transition(row.state, core.pending_cancel, a.event)?;
-    if step.to == State::Completed {
-        return settle_completed(conn, now, row, a).await;
-    }
-    let (true, Some(reason)) = (step.to.is_terminal(), step.reason) else {
+    if !step.to.is_terminal() {
         return Err(StoreError::Invalid(format!(
             "'{}' does not end execution {}",
             a.event, row.id
         )));
-    };
-    let message = if a.message.is_empty() {
-        reason.as_str().to_string()
-    } else {
-        a.message.clone()
+    }
+    // A completed execution carries no reason and no message (invariant 1's CHECK).
+    let message = match (step.reason, a.message.is_empty()) {
+        (None, _) => None,
+        (Some(r), true) => Some(r.as_str().to_string()),
+        (Some(_), false) => Some(a.message.clone()),
     };
     let res = sqlx::query(sql(format!(
         "UPDATE executions SET state = ?, reason = ?, message = ?, finished_at = ?, \
-         exit_code = COALESCE(?, exit_code), signal = COALESCE(?, signal) WHERE {}",
+         exit_code = COALESCE(?, exit_code), signal = COALESCE(?, signal), \
+         progress = CASE WHEN ? = 'completed' AND progress IS NOT NULL THEN 1.0 ELSE progress END WHERE {}",
         cas_where()
     )))
     .bind(step.to.as_str())
-    .bind(reason.as_str())
-    .bind(&message)
+    .bind(step.reason.map(Reason::as_str))
+    .bind(message.as_deref())
     .bind(ms(now))
     .bind(a.exit_code)
     .bind(a.signal)
+    .bind(step.to.as_str())
     .bind(row.id)
     .bind(row.state.as_str())
     .bind(row.attempt as i64)
@@ -259,6 +259,10 @@ pub(crate) async fn settle(
     if !check_one(res) {
         return Ok(None);
     }
+    let text = message.unwrap_or_else(|| match a.exit_code {
+        Some(c) => format!("completed (exit code {c})"),
+        None => "completed".to_string(),
+    });
     event(
         conn,
         now,
@@ -266,67 +270,21 @@ pub(crate) async fn settle(
         EventKind::Transition,
         Some(row.state),
         Some(step.to),
-        Some(reason.as_str()),
-        &message,
+        step.reason.map(Reason::as_str),
+        &text,
         a.actor,
     )
     .await?;
-    let retry = schedule_retry(conn, now, row, reason, a.actor).await?;
+    let retry = match step.reason {
+        Some(reason) => schedule_retry(conn, now, row, reason, a.actor).await?,
+        None => None,
+    };
     let execution = load(conn, row.id)
         .await?
         .ok_or(StoreError::ExecutionNotFound(row.id))?;
     Ok(Some(Settled {
         execution,
         retry,
-        repeated: false,
-    }))
-}
-
-async fn settle_completed(
-    conn: &mut SqliteConnection,
-    now: Timestamp,
-    row: &ExecutionRow,
-    a: Apply<'_>,
-) -> Result<Option<Settled>> {
-    let res = sqlx::query(sql(format!(
-        "UPDATE executions SET state = 'completed', finished_at = ?, exit_code = COALESCE(?, exit_code), \
-         progress = CASE WHEN progress IS NULL THEN NULL ELSE 1.0 END WHERE {}",
-        cas_where()
-    )))
-    .bind(ms(now))
-    .bind(a.exit_code)
-    .bind(row.id)
-    .bind(row.state.as_str())
-    .bind(row.attempt as i64)
-    .bind(row.lease_token.as_deref())
-    .execute(&mut *conn)
-    .await?;
-    if !check_one(res) {
-        return Ok(None);
-    }
-    let message = if a.message.is_empty() {
-        "completed".to_string()
-    } else {
-        a.message
-    };
-    event(
-        conn,
-        now,
-        row.id,
-        EventKind::Transition,
-        Some(row.state),
-        Some(State::Completed),
-        None,
-        &message,
-        a.actor,
-    )
-    .await?;
-    let execution = load(conn, row.id)
-        .await?
-        .ok_or(StoreError::ExecutionNotFound(row.id))?;
-    Ok(Some(Settled {
-        execution,
-        retry: None,
         repeated: false,
     }))
 }
