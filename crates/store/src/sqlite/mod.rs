@@ -673,6 +673,18 @@ impl Store for SqliteStore {
     }
 
     async fn fire_due(&self, actor: &str) -> Result<FireReport> {
+        // Most ticks have nothing due: answer them from a reader, without the write lock.
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(next_fire_at) FROM jobs WHERE defined = 1")
+                .fetch_one(&self.reader)
+                .await
+                .map_err(store_err)?;
+        if next.is_none_or(|n| n > ms(self.clock.now())) {
+            return Ok(FireReport {
+                next_fire_at: next.map(from_ms).transpose()?,
+                ..Default::default()
+            });
+        }
         write_tx!(self, |conn, now| {
             let due: Vec<(String, i64)> = sqlx::query_as(
                 "SELECT name, next_fire_at FROM jobs WHERE defined = 1 AND next_fire_at IS NOT NULL AND next_fire_at <= ? ORDER BY next_fire_at",
@@ -741,28 +753,30 @@ impl Store for SqliteStore {
             .map_err(store_err)?;
             let candidates = decode_all(candidates)?;
             let mut queue_jobs_taken: HashSet<String> = HashSet::new();
+            // (limit, running) per concurrency key, read once per batch and counted up as
+            // this batch claims; the transaction holds the write lock, so nothing else moves.
+            let mut slots: HashMap<String, Option<(i64, i64)>> = HashMap::new();
             let mut claimed = Vec::new();
             for row in candidates {
                 if claimed.len() as u32 >= p.limit {
                     break;
                 }
                 if let Some(key) = &row.concurrency_key {
-                    let limit: Option<i64> = sqlx::query_scalar(
-                        "SELECT max_running FROM concurrency_limits WHERE key = ?",
-                    )
-                    .bind(key)
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(store_err)?;
-                    if let Some(limit) = limit {
-                        let running: i64 = sqlx::query_scalar("SELECT count(*) FROM executions WHERE state = 'running' AND concurrency_key = ?")
-                            .bind(key)
-                            .fetch_one(&mut *conn)
-                            .await
-                            .map_err(store_err)?;
-                        if running >= limit {
-                            continue;
-                        }
+                    if !slots.contains_key(key) {
+                        let occupancy: Option<(i64, i64)> = sqlx::query_as(
+                            "SELECT max_running, (SELECT count(*) FROM executions WHERE state = 'running' \
+                             AND concurrency_key = ?1) FROM concurrency_limits WHERE key = ?1",
+                        )
+                        .bind(key)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(store_err)?;
+                        slots.insert(key.clone(), occupancy);
+                    }
+                    if let Some(Some((limit, running))) = slots.get(key)
+                        && running >= limit
+                    {
+                        continue;
                     }
                 }
                 if row.overlap == Overlap::Queue && !queue_jobs_taken.insert(row.job.clone()) {
@@ -788,6 +802,11 @@ impl Store for SqliteStore {
                 .map_err(store_err)?;
                 let Some(rec) = rec else { continue };
                 let claimed_row = rec.into_row()?;
+                if let Some(Some((_, running))) =
+                    row.concurrency_key.as_ref().and_then(|k| slots.get_mut(k))
+                {
+                    *running += 1;
+                }
                 ledger::event(
                     conn,
                     now,
