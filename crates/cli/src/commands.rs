@@ -5,19 +5,22 @@ use std::time::Duration;
 
 use jobward_core::duration::{format_duration, parse_duration, parse_positive_duration};
 use jobward_core::{Reason, State};
+use jobward_server::alerts::Alerts;
+use jobward_server::http::{AppState, Reloader, Tokens};
 use jobward_server::{Node, NodeConfig, NodeError, Reaper, default_node_name, log_path};
 use jobward_store::{
     AuditParams, CancelOutcome, CancelParams, CleanupParams, DynStore, ExecutionFilter,
-    ExecutionRow, HealthMetrics, HealthParams, OpenMode, SyncJobs, TriggerParams,
+    ExecutionRow, HealthParams, OpenMode, SyncJobs, TriggerParams,
 };
 use serde::Serialize;
-use tracing::info;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
 
 use crate::config::{self, Overrides, Settings};
 use crate::output::{self, ago, dur, print_json, run_json, table, time};
 use crate::{
-    AuditArgs, CleanupArgs, Cli, Command, Failure, HealthArgs, JobsCommand, NodesCommand,
-    RunsCommand, RunsListArgs, ServeArgs,
+    AuditArgs, CleanupArgs, Cli, Command, Failure, HealthArgs, HeartbeatArgs, JobsCommand,
+    NodesCommand, RemoteArgs, RunsCommand, RunsListArgs, ServeArgs, WorkerArgs,
 };
 
 type R<T = ()> = Result<T, Failure>;
@@ -29,12 +32,14 @@ fn config_path(cli: &Cli) -> Option<PathBuf> {
     })
 }
 
-fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> R<Settings> {
+fn overrides(cli: &Cli, serve: Option<&ServeArgs>) -> Overrides {
     let mut o = Overrides {
         db: cli.db.clone(),
+        tokens: std::env::var("JOBWARD_TOKENS").ok(),
         ..Default::default()
     };
     if let Some(s) = serve {
+        o.bind = s.bind.clone();
         o.node_name = s.node_name.clone();
         o.log_dir = s.log_dir.clone();
         o.max_running = s.max_running;
@@ -43,7 +48,14 @@ fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> R<Settings> {
         o.queue_timeout = s.queue_timeout.clone();
         o.shutdown_grace = s.shutdown_grace.clone();
     }
-    Ok(config::load(config_path(cli).as_deref(), &o)?)
+    o
+}
+
+fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> R<Settings> {
+    Ok(config::load(
+        config_path(cli).as_deref(),
+        &overrides(cli, serve),
+    )?)
 }
 
 fn actor() -> String {
@@ -82,6 +94,9 @@ pub async fn run(cli: Cli) -> R {
         Command::Health(args) => health(&cli, args).await,
         Command::Audit(args) => audit(&cli, args).await,
         Command::Nodes(NodesCommand::List { json }) => nodes_list(&cli, *json).await,
+        Command::Jobs(JobsCommand::Reload(remote)) => jobs_reload(&cli, remote).await,
+        Command::Worker(args) => worker(args).await,
+        Command::Heartbeat(args) => heartbeat(args).await,
     }
 }
 
@@ -112,19 +127,37 @@ fn heartbeat_interval(s: &Settings) -> Duration {
 }
 
 async fn serve(cli: &Cli, args: &ServeArgs) -> R {
-    let s = settings(cli, Some(args))?;
+    let overrides = overrides(cli, Some(args));
+    let path = config_path(cli);
+    let s = config::load(path.as_deref(), &overrides)?;
     std::fs::create_dir_all(&s.server.log_dir).map_err(|e| {
         Failure::Input(format!(
             "cannot create log directory {}: {e}",
             s.server.log_dir.display()
         ))
     })?;
+    // Listen first: a taken port is refused before anything is written.
+    let listener = tokio::net::TcpListener::bind(s.server.bind)
+        .await
+        .map_err(|e| Failure::Input(format!("cannot listen on {}: {e}", s.server.bind)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::Check(format!("cannot read the listening address: {e}")))?;
+    let api_url = s.server.public_url.clone().unwrap_or_else(|| {
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        format!("http://{host}:{}", addr.port())
+    });
     let (store, opened) = jobward_store::open(&s.server.db, OpenMode::CreateAndMigrate).await?;
     if opened.created {
         info!(db = %s.server.db, "created a new database with the current schema");
     } else if !opened.applied_migrations.is_empty() {
         info!(db = %s.server.db, migrations = ?opened.applied_migrations, "brought the database schema up to date");
     }
+    let alerts = Alerts::start(s.alerts.clone());
     let interval = heartbeat_interval(&s);
     let cfg = NodeConfig {
         name: s.server.node_name.clone().unwrap_or_else(default_node_name),
@@ -138,28 +171,84 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> R {
         poll_interval: s.server.poll_interval,
         retention_interval: s.server.retention_interval,
         shutdown_grace: s.server.shutdown_grace,
+        api_url: Some(api_url.clone()),
+        alerts: alerts.clone(),
+        health: s.health.clone(),
     };
     let jobs = SyncJobs {
         jobs: s.jobs.clone(),
         limits: s.limits.clone(),
     };
-    let node = match Node::start(store, cfg.clone(), jobs).await {
+    let node = match Node::start(store.clone(), cfg.clone(), jobs).await {
         Ok(n) => n,
         Err(e @ NodeError::NameInUse { .. }) => return Err(Failure::Check(e.to_string())),
         Err(NodeError::Store(e)) => return Err(e.into()),
     };
-    info!(
-        node = %cfg.name, incarnation = %node.id(), db = %s.server.db, config = %s.source, jobs = s.jobs.len(),
-        added = node.sync.added.len(), changed = node.sync.changed.len(), removed = node.sync.removed.len(),
-        recovered = node.recovery.report.recovered.len(), "jobward node serving"
+    let reloader: Option<Reloader> = path.clone().map(|path| {
+        let store = store.clone();
+        let overrides = overrides.clone();
+        let r: Reloader = std::sync::Arc::new(move || {
+            let (store, overrides, path) = (store.clone(), overrides.clone(), path.clone());
+            Box::pin(async move {
+                let s = config::load(Some(&path), &overrides).map_err(|e| e.0)?;
+                store
+                    .sync_jobs(SyncJobs {
+                        jobs: s.jobs,
+                        limits: s.limits,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+        r
+    });
+    let state = AppState::new(
+        store.clone(),
+        Tokens(s.tokens.clone()),
+        s.server.log_dir.clone(),
+    )
+    .with(|a| {
+        a.health = s.health.clone();
+        a.work = node.work();
+        a.executor = Some(node.executor().clone());
+        a.reload = reloader.clone();
+        a.alerts = alerts.clone();
+    });
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, jobward_server::http::app(state.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = http_stopped.await;
+            })
+            .into_future(),
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    info!(
+        node = %cfg.name, incarnation = %node.id(), db = %s.server.db, config = %s.source, api = %api_url,
+        auth = if s.tokens.is_empty() { "off (loopback only)" } else { "tokens" },
+        jobs = s.jobs.len(), added = node.sync.added.len(), changed = node.sync.changed.len(),
+        removed = node.sync.removed.len(), recovered = node.recovery.report.recovered.len(), "jobward node serving"
+    );
+    let mut term = signal(SignalKind::terminate())
         .map_err(|e| Failure::Check(format!("cannot listen for SIGTERM: {e}")))?;
-    let why = tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-        _ = node.superseded() => {
-            return Err(Failure::Check("this node was taken over by a newer incarnation with the same name; it stopped its processes".into()));
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| Failure::Check(format!("cannot listen for SIGHUP: {e}")))?;
+    let why = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break "SIGINT",
+            _ = term.recv() => break "SIGTERM",
+            _ = hup.recv() => match &reloader {
+                Some(r) => match r().await {
+                    Ok(rep) => {
+                        state.signal_work();
+                        info!(added = ?rep.added, changed = ?rep.changed, removed = ?rep.removed, "SIGHUP: configuration reloaded");
+                    }
+                    Err(e) => warn!(error = %e, "SIGHUP: the configuration is invalid; nothing changed"),
+                },
+                None => warn!("SIGHUP: there is no configuration file to reload"),
+            },
+            _ = node.superseded() => {
+                return Err(Failure::Check("this node was taken over by a newer incarnation with the same name; it stopped its processes".into()));
+            }
         }
     };
     info!(signal = why, grace = %format_duration(cfg.shutdown_grace), "graceful shutdown: no new work; waiting for running executions");
@@ -169,13 +258,167 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> R {
         eprintln!("jobward: second interrupt: exiting now");
         std::process::exit(130);
     });
+    state.begin_shutdown();
     let report = node.shutdown().await;
+    let _ = http_stop.send(());
+    let _ = server.await;
     info!(
         drained = report.drained,
         cancelled = report.cancelled.len(),
         "stopped"
     );
     Ok(())
+}
+
+async fn jobs_reload(cli: &Cli, remote: &RemoteArgs) -> R {
+    let client = remote_client(cli, remote)?;
+    let r = client
+        .reload()
+        .await
+        .map_err(|e| Failure::Check(format!("reload failed: {e}")))?;
+    println!(
+        "reloaded: {} added {:?}, {} changed {:?}, {} removed {:?}, {} unchanged",
+        r.added.len(),
+        r.added,
+        r.changed.len(),
+        r.changed,
+        r.removed.len(),
+        r.removed,
+        r.unchanged
+    );
+    Ok(())
+}
+
+/// A client for the server named by --server, or by the config's bind address.
+fn remote_client(cli: &Cli, remote: &RemoteArgs) -> R<jobward_worker::Client> {
+    let url = match &remote.server {
+        Some(u) => u.clone(),
+        None => {
+            let s = settings(cli, None)?;
+            let host = if s.server.bind.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                s.server.bind.ip().to_string()
+            };
+            s.server
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{host}:{}", s.server.bind.port()))
+        }
+    };
+    jobward_worker::Client::new(&url, remote.token.clone())
+        .map_err(|e| Failure::Input(e.to_string()))
+}
+
+async fn worker(a: &WorkerArgs) -> R {
+    if a.queue.is_empty() {
+        return Err(Failure::Input(
+            "--queue: name at least one queue to claim from".into(),
+        ));
+    }
+    for q in &a.queue {
+        jobward_core::validate_name("queue name", q)
+            .map_err(|e| Failure::Input(format!("--queue: {e}")))?;
+        if q == jobward_core::LOCAL_RUNNER {
+            return Err(Failure::Input(
+                "--queue: 'local' is reserved for the executions nodes run themselves".into(),
+            ));
+        }
+    }
+    if !(1..=1000).contains(&a.concurrency) {
+        return Err(Failure::Input(format!(
+            "--concurrency must be between 1 and 1000, got {}",
+            a.concurrency
+        )));
+    }
+    let grace = parse_duration(&a.shutdown_grace)
+        .map_err(|e| Failure::Input(format!("--shutdown-grace: {e}")))?;
+    let worker_id = a
+        .worker_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", default_node_name(), std::process::id()));
+    let cfg = jobward_worker::WorkerConfig {
+        server: a.server.clone(),
+        token: a.token.clone(),
+        queues: a.queue.clone(),
+        concurrency: a.concurrency,
+        worker_id,
+        log_dir: PathBuf::from(&a.log_dir),
+        log_max_bytes: 1 << 20,
+        shutdown_grace: grace,
+    };
+    jobward_worker::Client::new(&cfg.server, None)
+        .map_err(|e| Failure::Input(format!("--server: {e}")))?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Failure::Check(format!("cannot listen for SIGTERM: {e}")))?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    match jobward_worker::run(cfg, rx).await {
+        Ok(_) => Ok(()),
+        Err(
+            e @ jobward_worker::ClientError::Api {
+                status: 401 | 403, ..
+            },
+        ) => Err(Failure::Input(format!(
+            "the server refused this worker: {e}"
+        ))),
+        Err(e) => Err(Failure::Check(format!("worker stopped: {e}"))),
+    }
+}
+
+fn env_var(name: &str) -> R<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
+        Failure::Input(format!("{name} is not set: `jobward heartbeat` runs inside a jobward execution, which sets it"))
+    })
+}
+
+async fn heartbeat(a: &HeartbeatArgs) -> R {
+    let checkpoint = a
+        .checkpoint
+        .as_deref()
+        .map(|c| {
+            serde_json::from_str::<serde_json::Value>(c)
+                .map_err(|e| Failure::Input(format!("--checkpoint is not JSON: {e}")))
+        })
+        .transpose()?;
+    if let Some(p) = a.progress
+        && !(0.0..=1.0).contains(&p)
+    {
+        return Err(Failure::Input(format!(
+            "--progress must be between 0 and 1, got {p}"
+        )));
+    }
+    let id: i64 = env_var("JOBWARD_EXECUTION_ID")?
+        .parse()
+        .map_err(|_| Failure::Input("JOBWARD_EXECUTION_ID is not a number".into()))?;
+    let attempt: u32 = env_var("JOBWARD_ATTEMPT")?
+        .parse()
+        .map_err(|_| Failure::Input("JOBWARD_ATTEMPT is not a number".into()))?;
+    let client = jobward_worker::Client::new(&env_var("JOBWARD_SERVER_URL")?, None)
+        .map_err(|e| Failure::Input(e.to_string()))?;
+    let req = jobward_protocol::ProgressRequest {
+        attempt,
+        lease_token: env_var("JOBWARD_LEASE_TOKEN")?,
+        progress: a.progress,
+        phase: a.phase.clone(),
+        checkpoint,
+    };
+    match client.progress(id, &req).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_lease_lost() => Err(Failure::Check(format!("progress refused: {e}"))),
+        Err(
+            e @ jobward_worker::ClientError::Api {
+                status: 400 | 413, ..
+            },
+        ) => Err(Failure::Input(e.to_string())),
+        Err(e) => Err(Failure::Check(format!("could not report progress: {e}"))),
+    }
 }
 
 #[derive(Serialize)]
@@ -264,6 +507,7 @@ async fn jobs_trigger(cli: &Cli, name: &str, wait: bool, json: bool) -> R {
             job: name.into(),
             actor: actor(),
             payload: None,
+            idempotency_key: None,
         })
         .await?;
     let e = &created.execution;
@@ -365,6 +609,8 @@ async fn runs_list(cli: &Cli, a: &RunsListArgs) -> R {
             job: a.job.clone(),
             states,
             stale_after,
+            since: None,
+            until: None,
             before_id: a.before,
             limit: a.limit as u32,
         })
@@ -400,15 +646,18 @@ async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
     if json {
         #[derive(Serialize)]
         struct Show<'a> {
-            execution: output::RunJson<'a>,
+            execution: jobward_protocol::ExecutionView,
             command: &'a str,
-            events: &'a [jobward_store::EventRow],
+            events: Vec<jobward_protocol::EventView>,
             log_tail: Option<String>,
         }
         print_json(&Show {
             execution: run_json(&e, now),
             command: &e.command,
-            events: &events,
+            events: events
+                .iter()
+                .map(jobward_server::http::views::event)
+                .collect(),
             log_tail: log,
         });
         return Ok(());
@@ -566,25 +815,11 @@ async fn cleanup(cli: &Cli, a: &CleanupArgs) -> R {
         .await?;
     let now = store.now().await?;
     if a.json {
-        #[derive(Serialize)]
-        struct Out<'a> {
-            dry_run: bool,
-            stale_after: String,
-            matched: usize,
-            changed: usize,
-            raced: usize,
-            executions: Vec<output::RunJson<'a>>,
-            retries: Vec<i64>,
-        }
-        print_json(&Out {
-            dry_run: report.dry_run,
-            stale_after: format_duration(stale_after),
-            matched: report.candidates.len(),
-            changed: report.changed.len(),
-            raced: report.raced.len(),
-            executions: report.candidates.iter().map(|e| run_json(e, now)).collect(),
-            retries: report.changed.iter().filter_map(|c| c.retry).collect(),
-        });
+        print_json(&jobward_server::http::views::cleanup(
+            &report,
+            stale_after,
+            now,
+        ));
         return Ok(());
     }
     if report.candidates.is_empty() {
@@ -644,62 +879,24 @@ async fn cleanup(cli: &Cli, a: &CleanupArgs) -> R {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct HealthOut {
-    status: &'static str,
-    metrics: HealthMetrics,
-    warnings: Vec<String>,
-}
-
-fn assess(m: &HealthMetrics, long_after: Duration, warn_over: u64) -> Vec<String> {
-    let mut w = Vec::new();
-    if m.long_running_executions > warn_over {
-        w.push(format!(
-            "{} executions have been running for more than {} (warning above {warn_over})",
-            m.long_running_executions,
-            format_duration(long_after)
-        ));
-    }
-    if m.stale_executions > 0 {
-        w.push(format!(
-            "{} running execution(s) have an expired lease: nothing is heartbeating for them (is a node running?)",
-            m.stale_executions
-        ));
-    }
-    if m.overdue_queued_executions > 0 {
-        w.push(format!(
-            "{} queued execution(s) are past their start deadline (is a node running?)",
-            m.overdue_queued_executions
-        ));
-    }
-    w
-}
-
 async fn health(cli: &Cli, a: &HealthArgs) -> R {
     let s = settings(cli, None)?;
-    let long_after = match &a.long_running_after {
-        Some(v) => parse_positive_duration(v)
-            .map_err(|e| Failure::Input(format!("--long-running-after: {e}")))?,
-        None => s.health.long_running_after,
-    };
-    let warn_over = a.warn_long_running.unwrap_or(s.health.warn_long_running);
+    let mut settings = s.health.clone();
+    if let Some(v) = &a.long_running_after {
+        settings.long_running_after = parse_positive_duration(v)
+            .map_err(|e| Failure::Input(format!("--long-running-after: {e}")))?;
+    }
+    if let Some(n) = a.warn_long_running {
+        settings.warn_long_running = n;
+    }
     let store = open_existing(&s).await?;
     let metrics = store
         .health(HealthParams {
-            long_running_after: long_after,
+            long_running_after: settings.long_running_after,
             stale_after: None,
         })
         .await?;
-    let warnings = assess(&metrics, long_after, warn_over);
-    let out = HealthOut {
-        status: if warnings.is_empty() {
-            "healthy"
-        } else {
-            "warning"
-        },
-        metrics,
-        warnings,
-    };
+    let out = jobward_server::http::views::health(metrics, &settings);
     if a.json {
         print_json(&out);
     } else {

@@ -7,8 +7,12 @@ use std::time::Duration;
 
 use jobward_core::duration::{parse_duration, parse_positive_duration};
 use jobward_core::{
-    History, JobSpec, Misfire, Overlap, RetryPolicy, Schedule, Timeouts, validate_name,
+    History, JobSpec, LOCAL_RUNNER, Misfire, Overlap, RetryPolicy, Schedule, Timeouts,
+    validate_name,
 };
+use jobward_server::alerts::{AlertKind, Webhook};
+use jobward_server::health::HealthSettings;
+use jobward_server::http::{Role, Token};
 use serde::Deserialize;
 
 /// A configuration error, already phrased for the user.
@@ -29,12 +33,34 @@ pub struct RawConfig {
     pub concurrency: BTreeMap<String, i64>,
     #[serde(default)]
     pub job: Vec<RawJob>,
+    #[serde(default)]
+    pub token: Vec<RawToken>,
+    #[serde(default)]
+    pub alert: Vec<RawAlert>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub secret: Option<String>,
+    pub secret_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlert {
+    pub url: Option<String>,
+    pub on: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub db: Option<String>,
+    pub bind: Option<String>,
+    pub public_url: Option<String>,
     pub node_name: Option<String>,
     pub log_dir: Option<String>,
     pub log_max_bytes: Option<i64>,
@@ -99,12 +125,16 @@ pub struct RawJob {
     pub concurrency_key: Option<String>,
     pub history: Option<RawHistory>,
     pub retry: Option<RawRetry>,
+    pub queue: Option<String>,
 }
 
 /// Server settings after defaults, file and flags were merged.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub db: String,
+    pub bind: std::net::SocketAddr,
+    /// The URL runs and workers reach this server at (default: from `bind`).
+    pub public_url: Option<String>,
     pub node_name: Option<String>,
     pub log_dir: PathBuf,
     pub log_max_bytes: u64,
@@ -113,12 +143,6 @@ pub struct ServerSettings {
     pub reaper_interval: Duration,
     pub poll_interval: Duration,
     pub retention_interval: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct HealthSettings {
-    pub long_running_after: Duration,
-    pub warn_long_running: u64,
 }
 
 /// A validated configuration.
@@ -130,6 +154,8 @@ pub struct Settings {
     pub health: HealthSettings,
     pub limits: BTreeMap<String, u32>,
     pub jobs: Vec<JobSpec>,
+    pub tokens: Vec<Token>,
+    pub alerts: Vec<Webhook>,
 }
 
 pub const DEFAULT_DB: &str = "sqlite://jobward.db";
@@ -138,6 +164,9 @@ pub const DEFAULT_DB: &str = "sqlite://jobward.db";
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub db: Option<String>,
+    pub bind: Option<String>,
+    /// `ROLE:SECRET` pairs, comma-separated (JOBWARD_TOKENS).
+    pub tokens: Option<String>,
     pub node_name: Option<String>,
     pub log_dir: Option<String>,
     pub max_running: Option<u32>,
@@ -266,6 +295,8 @@ fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, Confi
         health,
         concurrency,
         job,
+        token,
+        alert,
     } = raw;
 
     let db =
@@ -288,8 +319,29 @@ fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, Confi
             .or(server.log_dir)
             .unwrap_or_else(|| "jobward-logs".into()),
     );
+    let bind_text = o
+        .bind
+        .clone()
+        .or(server.bind)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let bind: std::net::SocketAddr = bind_text.parse().map_err(|_| {
+        top.err(
+            "server.bind",
+            format!("'{bind_text}' is not an address such as 127.0.0.1:8080"),
+        )
+    })?;
+    if let Some(u) = &server.public_url
+        && !(u.starts_with("http://") || u.starts_with("https://"))
+    {
+        return Err(top.err(
+            "server.public_url",
+            format!("'{u}' must start with http:// or https://"),
+        ));
+    }
     let server = ServerSettings {
         db,
+        bind,
+        public_url: server.public_url,
         node_name,
         log_dir,
         log_max_bytes: top.at_least("server.log_max_bytes", server.log_max_bytes, 4096, 1 << 20)?
@@ -488,9 +540,52 @@ fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, Confi
             concurrency_key: j.concurrency_key.clone(),
             history: history(&ctx, "history", j.history.as_ref(), default_history)?,
             retry: retry(&ctx, "retry", j.retry.as_ref(), default_retry)?,
+            queue: match j.queue {
+                None => None,
+                Some(q) if q == LOCAL_RUNNER => None,
+                Some(q) => {
+                    validate_name("queue name", &q).map_err(|e| ctx.err("queue", e))?;
+                    Some(q)
+                }
+            },
         });
     }
 
+    let tokens = tokens(&top, token, o.tokens.as_deref())?;
+    if !server.bind.ip().is_loopback() && tokens.is_empty() {
+        return Err(top.err(
+            "server.bind",
+            format!(
+                "refusing to serve on {} without tokens: anyone who can reach it could trigger and cancel jobs; \
+                 add [[token]] entries (or JOBWARD_TOKENS) or bind to 127.0.0.1",
+                server.bind
+            ),
+        ));
+    }
+    let mut alerts = Vec::new();
+    for (i, a) in alert.into_iter().enumerate() {
+        let field = format!("alert #{}", i + 1);
+        let url = a
+            .url
+            .ok_or_else(|| top.err(&format!("{field}.url"), "is missing"))?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(top.err(
+                &format!("{field}.url"),
+                format!("'{url}' must start with http:// or https://"),
+            ));
+        }
+        let on = match a.on {
+            None => AlertKind::ALL.to_vec(),
+            Some(list) => list
+                .iter()
+                .map(|k| {
+                    k.parse::<AlertKind>()
+                        .map_err(|e| top.err(&format!("{field}.on"), e))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        alerts.push(Webhook { url, on });
+    }
     Ok(Settings {
         source: file.to_string(),
         server,
@@ -498,7 +593,89 @@ fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, Confi
         health,
         limits,
         jobs,
+        tokens,
+        alerts,
     })
+}
+
+fn tokens(
+    top: &Ctx<'_>,
+    raw: Vec<RawToken>,
+    from_env: Option<&str>,
+) -> Result<Vec<Token>, ConfigError> {
+    let mut out: Vec<(String, Role, String)> = Vec::new();
+    for (i, t) in raw.into_iter().enumerate() {
+        let field = format!("token #{}", i + 1);
+        let name = t.name.unwrap_or_else(|| format!("token-{}", i + 1));
+        let role_text = t.role.ok_or_else(|| {
+            top.err(
+                &format!("{field}.role"),
+                "is missing (read, operate or worker)",
+            )
+        })?;
+        let role = role_text
+            .parse::<Role>()
+            .map_err(|e| top.err(&format!("{field}.role"), e))?;
+        let secret = match (t.secret, t.secret_env) {
+            (Some(_), Some(_)) => {
+                return Err(top.err(
+                    &format!("{field}.secret"),
+                    "give secret or secret_env, not both",
+                ));
+            }
+            (Some(s), None) => s,
+            (None, Some(var)) => std::env::var(&var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    top.err(
+                        &format!("{field}.secret_env"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?,
+            (None, None) => {
+                return Err(top.err(
+                    &format!("{field}.secret"),
+                    "is missing (secret or secret_env)",
+                ));
+            }
+        };
+        out.push((name, role, secret));
+    }
+    if let Some(list) = from_env {
+        for (i, pair) in list
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .enumerate()
+        {
+            let (role, secret) = pair.split_once(':').ok_or_else(|| {
+                ConfigError("JOBWARD_TOKENS: each entry is ROLE:SECRET, comma-separated".into())
+            })?;
+            let role = role
+                .parse::<Role>()
+                .map_err(|e| ConfigError(format!("JOBWARD_TOKENS: {e}")))?;
+            out.push((format!("env-{}", i + 1), role, secret.to_string()));
+        }
+    }
+    for (i, (name, _, secret)) in out.iter().enumerate() {
+        if secret.len() < 16 {
+            return Err(ConfigError(format!(
+                "{}: token '{name}': its secret must be at least 16 characters",
+                top.file
+            )));
+        }
+        if out[..i].iter().any(|(_, _, s)| s == secret) {
+            return Err(ConfigError(format!(
+                "{}: token '{name}': the same secret is used twice",
+                top.file
+            )));
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|(name, role, secret)| Token::new(name, role, &secret))
+        .collect())
 }
 
 fn min_1s(ctx: &Ctx<'_>, field: &str, d: Duration) -> Result<Duration, ConfigError> {
@@ -725,6 +902,35 @@ retry = { max_attempts = 3, backoff = "10s", max_backoff = "10m" }
                 "[defaults]\nheartbeat_timeout = \"500ms\"\n".to_string(),
                 "must be at least 1s",
             ),
+            (
+                "[server]\nbind = \"0.0.0.0:8080\"\n".to_string(),
+                "refusing to serve on 0.0.0.0:8080 without tokens",
+            ),
+            (
+                "[server]\nbind = \"localhost\"\n".to_string(),
+                "is not an address",
+            ),
+            (
+                "[[token]]\nrole = \"admin\"\nsecret = \"0123456789abcdef\"\n".to_string(),
+                "unknown role 'admin'",
+            ),
+            (
+                "[[token]]\nrole = \"read\"\nsecret = \"short\"\n".to_string(),
+                "at least 16 characters",
+            ),
+            (
+                "[[token]]\nrole = \"read\"\nsecret_env = \"JOBWARD_TEST_UNSET_VAR\"\n".to_string(),
+                "JOBWARD_TEST_UNSET_VAR is not set",
+            ),
+            (
+                "[[alert]]\nurl = \"ftp://x\"\n".to_string(),
+                "must start with http",
+            ),
+            (
+                "[[alert]]\nurl = \"http://x\"\non = [\"sometimes\"]\n".to_string(),
+                "unknown alert event 'sometimes'",
+            ),
+            (job("queue = \"a b\""), "field 'queue': invalid queue name"),
         ];
         for (text, want) in cases {
             let e = one_line_error(&text);

@@ -50,10 +50,67 @@ pub enum Command {
     /// Nodes that have served this database.
     #[command(subcommand)]
     Nodes(NodesCommand),
+    /// Run a remote worker: claim executions of some queues from a jobward server and run them.
+    Worker(WorkerArgs),
+    /// Report progress from inside a running execution (reads the JOBWARD_* variables).
+    Heartbeat(HeartbeatArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The jobward server, e.g. http://10.0.0.5:8080.
+    #[arg(long, env = "JOBWARD_SERVER_URL")]
+    pub server: String,
+    /// Queue to claim from (repeatable, in order of preference).
+    #[arg(long = "queue", value_name = "NAME", required = true)]
+    pub queue: Vec<String>,
+    /// Executions run at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: u32,
+    /// A token with the worker role.
+    #[arg(long, env = "JOBWARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Stable id of this worker (default: HOST-PID).
+    #[arg(long, env = "JOBWARD_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Directory for execution logs on this host.
+    #[arg(long, default_value = "jobward-worker-logs")]
+    pub log_dir: String,
+    /// On SIGTERM: how long running executions may finish before they are handed back.
+    #[arg(long, default_value = "30s")]
+    pub shutdown_grace: String,
+}
+
+#[derive(Args, Debug)]
+pub struct HeartbeatArgs {
+    /// Progress, 0 to 1.
+    #[arg(long)]
+    pub progress: Option<f64>,
+    /// What the run is doing now, e.g. "download".
+    #[arg(long)]
+    pub phase: Option<String>,
+    /// Small JSON handed to a retry of this execution (JOBWARD_CHECKPOINT).
+    #[arg(long)]
+    pub checkpoint: Option<String>,
+}
+
+/// How a command reaches a running server.
+#[derive(Args, Debug)]
+pub struct RemoteArgs {
+    /// The server (default: from the config's [server] bind).
+    #[arg(long, env = "JOBWARD_SERVER_URL")]
+    pub server: Option<String>,
+    /// A token with the operate role, when the server has tokens.
+    #[arg(long, env = "JOBWARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
+    /// Address of the HTTP API (default 127.0.0.1:8080; port 0 picks a free port). Binding
+    /// anything but loopback needs tokens.
+    #[arg(long, env = "JOBWARD_BIND")]
+    pub bind: Option<String>,
     /// Stable node name (default: the host name). A restart with the same name recovers what
     /// the previous run left.
     #[arg(long, env = "JOBWARD_NODE_NAME")]
@@ -94,6 +151,9 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make the running server re-read its configuration (jobs and concurrency limits);
+    /// running executions are not disturbed. SIGHUP does the same.
+    Reload(RemoteArgs),
 }
 
 #[derive(Subcommand, Debug)]

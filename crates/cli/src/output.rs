@@ -80,65 +80,9 @@ pub fn runs_table(rows: &[ExecutionRow], now: Timestamp) -> String {
     t.to_string()
 }
 
-/// One execution in `--json` output.
-#[derive(Debug, Serialize)]
-pub struct RunJson<'a> {
-    pub id: i64,
-    pub job: &'a str,
-    pub number: i64,
-    pub attempt: u32,
-    pub max_attempts: u32,
-    pub status: &'a str,
-    pub trigger: &'a str,
-    pub scheduled_for: Option<Timestamp>,
-    pub queued_at: Timestamp,
-    pub started_at: Option<Timestamp>,
-    pub finished_at: Option<Timestamp>,
-    pub heartbeat_at: Option<Timestamp>,
-    pub lease_expires_at: Option<Timestamp>,
-    pub run_deadline: Option<Timestamp>,
-    pub runtime_ms: Option<u128>,
-    pub reason: Option<String>,
-    pub message: Option<&'a str>,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub retry_of: Option<i64>,
-    pub node_id: Option<&'a str>,
-    pub lease_owner: Option<&'a str>,
-    pub pid: Option<i32>,
-    pub cancel_requested: Option<String>,
-}
-
-pub fn run_json(e: &ExecutionRow, now: Timestamp) -> RunJson<'_> {
-    RunJson {
-        id: e.id,
-        job: &e.job,
-        number: e.number,
-        attempt: e.attempt,
-        max_attempts: e.max_attempts,
-        status: e.state.as_str(),
-        trigger: e.trigger.as_str(),
-        scheduled_for: e.scheduled_for,
-        queued_at: e.queued_at,
-        started_at: e.started_at,
-        finished_at: e.finished_at,
-        heartbeat_at: e.heartbeat_at,
-        lease_expires_at: e.lease_expires_at,
-        run_deadline: e.run_deadline,
-        runtime_ms: e.runtime(now).map(|d| d.as_millis()),
-        reason: e.reason.map(|r| r.to_string()),
-        message: e.message.as_deref(),
-        exit_code: e.exit_code,
-        signal: e.signal,
-        retry_of: e.retry_of,
-        node_id: e.node_id.as_deref(),
-        lease_owner: e.lease_owner.as_deref(),
-        pid: e.process.as_ref().map(|p| p.pid),
-        cancel_requested: e
-            .cancel_reason
-            .filter(|_| e.finished_at.is_none())
-            .map(|r| r.to_string()),
-    }
+/// One execution in `--json` output: the API's view, so the CLI and the API agree.
+pub fn run_json(e: &ExecutionRow, now: Timestamp) -> jobward_protocol::ExecutionView {
+    jobward_server::http::views::execution(e, now)
 }
 
 pub fn print_json<T: Serialize>(v: &T) {

@@ -28,7 +28,9 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            heartbeat: Duration::from_secs(30),
+            // Short on purpose: a dead owner is found within this plus one reaper tick. Owners
+            // renew three times per timeout, one batched statement for all their leases.
+            heartbeat: Duration::from_secs(3),
             run: Duration::from_secs(24 * 3600),
             queue: Duration::from_secs(3600),
             kill_grace: Duration::from_secs(10),

@@ -93,6 +93,9 @@ pub struct JobSpec {
     pub concurrency_key: Option<String>,
     pub history: History,
     pub retry: RetryPolicy,
+    /// `None`: a node runs it (runner "local"). `Some(q)`: remote workers claim it from queue q.
+    #[serde(default)]
+    pub queue: Option<String>,
 }
 
 mod schedule_serde {
@@ -122,9 +125,18 @@ impl JobSpec {
             concurrency_key: None,
             history: History::default(),
             retry: RetryPolicy::default(),
+            queue: None,
         }
     }
+
+    /// The runner that claims its executions: "local" or the queue's name.
+    pub fn runner(&self) -> &str {
+        self.queue.as_deref().unwrap_or(LOCAL_RUNNER)
+    }
 }
+
+/// The runner name of executions that a node's own executor runs.
+pub const LOCAL_RUNNER: &str = "local";
 
 /// A name that cannot be used for a job or concurrency key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -192,6 +204,7 @@ mod tests {
             concurrency_key: Some("reports".into()),
             history: History::default(),
             retry: RetryPolicy::default(),
+            queue: Some("gpu".into()),
         };
         let json = serde_json::to_string(&spec).unwrap();
         let back: JobSpec = serde_json::from_str(&json).unwrap();

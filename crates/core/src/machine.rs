@@ -139,6 +139,7 @@ fn finish_reason_allowed(r: Reason) -> bool {
             | CancelRequested
             | Replaced
             | Shutdown
+            | HandedBack
     )
 }
 

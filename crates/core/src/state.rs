@@ -116,6 +116,9 @@ pub enum Reason {
     Replaced,
     /// The node shut down gracefully and it did not finish within the grace period.
     Shutdown,
+    /// A remote worker shutting down stopped it and handed it back; it was queued again at
+    /// once as a new attempt that does not count against the retry policy.
+    HandedBack,
     // skipped
     /// The job was still running when this instant fired (overlap = "skip").
     Overlap,
@@ -126,7 +129,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::ExitCode,
         Reason::Signal,
         Reason::SpawnError,
@@ -140,6 +143,7 @@ impl Reason {
         Reason::CancelRequested,
         Reason::Replaced,
         Reason::Shutdown,
+        Reason::HandedBack,
         Reason::Overlap,
         Reason::MissedSchedule,
         Reason::Paused,
@@ -153,7 +157,7 @@ impl Reason {
                 State::Failed
             }
             HeartbeatTimeout | RunTimeout | QueueTimeout | ManualCleanup => State::TimedOut,
-            CancelRequested | Replaced | Shutdown => State::Cancelled,
+            CancelRequested | Replaced | Shutdown | HandedBack => State::Cancelled,
             Overlap | MissedSchedule | Paused => State::Skipped,
         }
     }
@@ -181,6 +185,7 @@ impl Reason {
             CancelRequested => "cancel_requested",
             Replaced => "replaced",
             Shutdown => "shutdown",
+            HandedBack => "handed_back",
             Overlap => "overlap",
             MissedSchedule => "missed_schedule",
             Paused => "paused",

@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
                 job: "victim".into(),
                 actor: "bench".into(),
                 payload: None,
+                idempotency_key: None,
             })
             .await?
             .execution;

@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
                 job: "orphan".into(),
                 actor: "bench".into(),
                 payload: None,
+                idempotency_key: None,
             })
             .await?;
     }

@@ -15,6 +15,8 @@ use jobward_store::{
     HeartbeatReport, LeaseRef, Outcome, ProcessInfo, StoreError,
 };
 use tokio::sync::{Notify, mpsc};
+
+use crate::alerts::Alerts;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
@@ -31,12 +33,15 @@ struct Handle {
 }
 
 /// Settings of the executor.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExecutorConfig {
     pub node_id: String,
     pub log_dir: PathBuf,
     pub log_max_bytes: u64,
     pub max_running: u32,
+    /// Given to every run as JOBWARD_SERVER_URL, for `jobward heartbeat`.
+    pub api_url: Option<String>,
+    pub alerts: Option<Alerts>,
 }
 
 /// Shared between the node's loops.
@@ -45,20 +50,20 @@ pub struct Executor {
     cfg: ExecutorConfig,
     running: Mutex<HashMap<ExecutionId, Handle>>,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
-    /// Wakes the claim loop (a trigger or fire happened in this process).
-    pub wake: Notify,
+    /// Wakes the claim loop when work may be claimable (shared with the HTTP server).
+    pub wake: Arc<Notify>,
     /// Wakes `wait_idle` when a run ends.
     finished: Notify,
 }
 
 impl Executor {
-    pub fn new(store: DynStore, cfg: ExecutorConfig) -> Arc<Executor> {
+    pub fn new(store: DynStore, cfg: ExecutorConfig, wake: Arc<Notify>) -> Arc<Executor> {
         Arc::new(Executor {
             store,
             cfg,
             running: Mutex::new(HashMap::new()),
             tasks: tokio::sync::Mutex::new(JoinSet::new()),
-            wake: Notify::new(),
+            wake,
             finished: Notify::new(),
         })
     }
@@ -117,6 +122,7 @@ impl Executor {
             })
             .await?;
         let n = claimed.len();
+        claimed.iter().for_each(crate::metrics::claimed);
         for row in claimed {
             self.start(row).await;
         }
@@ -160,6 +166,13 @@ impl Executor {
         }
         if let Some(p) = &row.payload {
             env.push(("JOBWARD_PAYLOAD".into(), p.to_string()));
+        }
+        if let Some(c) = &row.checkpoint {
+            env.push(("JOBWARD_CHECKPOINT".into(), c.to_string()));
+        }
+        if let (Some(url), Some(token)) = (&self.cfg.api_url, &row.lease_token) {
+            env.push(("JOBWARD_SERVER_URL".into(), url.clone()));
+            env.push(("JOBWARD_LEASE_TOKEN".into(), token.clone()));
         }
         let launch = Launch {
             command: row.command.clone(),
@@ -227,6 +240,22 @@ impl Executor {
             };
             match self.store.complete(params).await {
                 Ok(s) => {
+                    crate::metrics::transition(&s.execution);
+                    if let Some(a) = &self.cfg.alerts
+                        && crate::http::worker::failed_for_good(&s)
+                    {
+                        let view = crate::http::views::execution(
+                            &s.execution,
+                            s.execution.finished_at.unwrap_or_default(),
+                        );
+                        a.send(
+                            crate::alerts::AlertKind::Failed,
+                            serde_json::json!({ "execution": view }),
+                        );
+                    }
+                    if s.retry.is_some() {
+                        self.wake.notify_one();
+                    }
                     let e = &s.execution;
                     info!(
                         job = %e.job, number = e.number, attempt = e.attempt, execution = e.id,
@@ -237,6 +266,7 @@ impl Executor {
                     return;
                 }
                 Err(e @ StoreError::LeaseLost { .. }) => {
+                    crate::metrics::refused("completion");
                     warn!(job = %row.job, number = row.number, execution = row.id, "report refused: {e}");
                     return;
                 }
@@ -259,11 +289,12 @@ impl Executor {
             .store
             .heartbeat(HeartbeatParams {
                 owner: self.cfg.node_id.clone(),
-                leases: self.leases(),
+                leases: self.leases().into_iter().map(Into::into).collect(),
                 node: Some((self.cfg.node_id.clone(), node_lease)),
             })
             .await?;
         for lost in &report.lost {
+            crate::metrics::refused("heartbeat");
             warn!(execution = lost.id, state = ?lost.state, "lease lost: killing the process group at once");
             self.stop(lost.id, Stop::Immediate, None);
         }

@@ -4,7 +4,11 @@
 //! The node talks to the ledger only through `jobward_store::Store` and to processes only
 //! through `jobward_exec`; it never names a concrete database backend.
 
+pub mod alerts;
 pub mod executor;
+pub mod health;
+pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod services;
 

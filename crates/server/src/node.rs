@@ -10,18 +10,20 @@ use jobward_core::Reason;
 use jobward_core::duration::format_duration;
 use jobward_exec::{Recorded, Stop};
 use jobward_store::{
-    CancelParams, DynStore, ExecutionId, NewNode, ReapReport, RecoverParams, RegisterOutcome,
-    StoreError, SyncJobs, SyncReport,
+    CancelParams, DynStore, ExecutionId, HealthParams, NewNode, ReapReport, RecoverParams,
+    RegisterOutcome, StoreError, SyncJobs, SyncReport,
 };
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::alerts::{AlertKind, Alerts};
 use crate::executor::{Executor, ExecutorConfig};
+use crate::health::HealthSettings;
 use crate::services::{Reaper, Retention, Scheduler};
 
 /// Settings of a node, validated by the caller.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeConfig {
     /// Stable name; a restart with the same name recovers what the previous incarnation ran.
     pub name: String,
@@ -40,6 +42,10 @@ pub struct NodeConfig {
     pub retention_interval: Duration,
     /// How long a graceful shutdown lets running executions finish before cancelling them.
     pub shutdown_grace: Duration,
+    /// Given to runs as JOBWARD_SERVER_URL (for `jobward heartbeat`).
+    pub api_url: Option<String>,
+    pub alerts: Option<Alerts>,
+    pub health: HealthSettings,
 }
 
 impl NodeConfig {
@@ -57,6 +63,9 @@ impl NodeConfig {
             poll_interval: Duration::from_millis(500),
             retention_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            api_url: None,
+            alerts: None,
+            health: HealthSettings::default(),
         }
     }
 }
@@ -103,6 +112,7 @@ pub struct Node {
     intake_tasks: JoinSet<()>,
     maintenance_tasks: JoinSet<()>,
     superseded: Arc<Notify>,
+    work: Arc<Notify>,
     pub sync: SyncReport,
     pub recovery: Recovery,
 }
@@ -169,6 +179,7 @@ impl Node {
         info!(node = %id, name = %cfg.name, "node registered");
         let sync = store.sync_jobs(jobs).await?;
         let recovery = recover_previous(&store, &cfg.name, &id).await?;
+        let work = Arc::new(Notify::new());
         let executor = Executor::new(
             store.clone(),
             ExecutorConfig {
@@ -176,7 +187,10 @@ impl Node {
                 log_dir: cfg.log_dir.clone(),
                 log_max_bytes: cfg.log_max_bytes,
                 max_running: cfg.max_running,
+                api_url: cfg.api_url.clone(),
+                alerts: cfg.alerts.clone(),
             },
+            work.clone(),
         );
         let reaper = Reaper {
             store: store.clone(),
@@ -196,6 +210,7 @@ impl Node {
             intake_tasks: JoinSet::new(),
             maintenance_tasks: JoinSet::new(),
             superseded: Arc::new(Notify::new()),
+            work,
             sync,
             recovery,
         };
@@ -213,6 +228,11 @@ impl Node {
 
     pub fn store(&self) -> &DynStore {
         &self.store
+    }
+
+    /// Notified when work may be claimable; shared with the HTTP server's long polls.
+    pub fn work(&self) -> Arc<Notify> {
+        self.work.clone()
     }
 
     /// Resolves when another incarnation took this node's place: it must stop at once.
@@ -278,11 +298,16 @@ impl Node {
                 }
             });
         }
-        // Heartbeats: one batched statement per interval for every run and the node itself.
+        // Leases, then the reaper. This node renews its own leases (one batched statement for
+        // every run and the node itself) right before each reaper pass, so that a node that
+        // was stalled does not reap its own live runs; a lease someone else settled meanwhile
+        // comes back as lost, and its process group is killed at once.
         {
             let ex = self.executor.clone();
             let superseded = self.superseded.clone();
+            let alerts = cfg.alerts.clone();
             let mut stop = self.maintenance.subscribe();
+            let tick = cfg.heartbeat_interval.min(cfg.reaper_interval);
             self.maintenance_tasks.spawn(async move {
                 loop {
                     match ex.heartbeat(cfg.node_lease).await {
@@ -297,23 +322,11 @@ impl Node {
                         Ok(_) => {}
                         Err(e) => warn!(error = %e, "heartbeat failed"),
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(cfg.heartbeat_interval) => {}
-                        _ = stop.changed() => return,
-                    }
-                }
-            });
-        }
-        // Reaper.
-        {
-            let ex = self.executor.clone();
-            let mut stop = self.maintenance.subscribe();
-            self.maintenance_tasks.spawn(async move {
-                loop {
                     match reaper.run_once().await {
                         Ok(r) => {
                             for rec in &r.recovered {
                                 ex.stop(rec.id, Stop::Immediate, None);
+                                alert_recovered(alerts.as_ref(), rec);
                             }
                             if !r.recovered.is_empty() {
                                 ex.wake.notify_one();
@@ -322,7 +335,34 @@ impl Node {
                         Err(e) => warn!(error = %e, "reaper tick failed"),
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(cfg.reaper_interval) => {}
+                        _ = tokio::time::sleep(tick) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
+        // Health alerts: one alert when health turns `warning`.
+        if let Some(alerts) = cfg.alerts.clone() {
+            let store = self.store.clone();
+            let settings = cfg.health.clone();
+            let mut stop = self.maintenance.subscribe();
+            self.maintenance_tasks.spawn(async move {
+                let mut was_warning = false;
+                loop {
+                    let params = HealthParams {
+                        long_running_after: settings.long_running_after,
+                        stale_after: None,
+                    };
+                    if let Ok(m) = store.health(params).await {
+                        let view = crate::http::views::health(m, &settings);
+                        let warning = view.status == "warning";
+                        if warning && !was_warning {
+                            alerts.send(AlertKind::Health, serde_json::json!({ "health": view }));
+                        }
+                        was_warning = warning;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(15)) => {}
                         _ = stop.changed() => return,
                     }
                 }
@@ -398,6 +438,15 @@ impl Node {
             "node stopped"
         );
         report
+    }
+}
+
+fn alert_recovered(alerts: Option<&Alerts>, r: &jobward_store::Recovered) {
+    if let Some(a) = alerts {
+        a.send(
+            AlertKind::Recovered,
+            serde_json::to_value(r).unwrap_or_default(),
+        );
     }
 }
 
@@ -493,6 +542,7 @@ pub async fn recover_previous(
         .await?;
     for r in &report.recovered {
         crate::services::log_recovered("startup recovery", r);
+        crate::metrics::recovered(r);
     }
     if !report.recovered.is_empty() {
         info!(

@@ -44,6 +44,7 @@ impl Reaper {
             .await?;
         for r in &report.recovered {
             log_recovered("reaper recovered execution", r);
+            crate::metrics::recovered(r);
         }
         Ok(report)
     }

@@ -36,6 +36,7 @@ async fn trigger(store: &DynStore, node: &Node, job: &str) -> ExecutionId {
             job: job.into(),
             actor: "test".into(),
             payload: None,
+            idempotency_key: None,
         })
         .await
         .unwrap()

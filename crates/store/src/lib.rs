@@ -83,6 +83,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(ExecutionId, jobward_core::Reason)>>;
     /// Records how an execution ended; refuses a stale lease with `StoreError::LeaseLost`.
     async fn complete(&self, p: CompleteParams) -> Result<Settled>;
+    /// Records progress, phase and checkpoint reported from inside a running execution.
+    async fn report_progress(&self, p: ProgressParams) -> Result<ExecutionRow>;
+    /// Hands back running executions: each becomes `cancelled` (`handed_back`) and its next
+    /// attempt is queued at once.
+    async fn release(&self, p: ReleaseParams) -> Result<ReleaseReport>;
     /// Cancels a queued execution, or asks the owner of a running one to stop it.
     async fn cancel(&self, p: CancelParams) -> Result<CancelOutcome>;
 
@@ -101,6 +106,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_execution(&self, id: ExecutionId) -> Result<Option<ExecutionRow>>;
     async fn events(&self, id: ExecutionId) -> Result<Vec<EventRow>>;
     async fn health(&self, p: HealthParams) -> Result<HealthMetrics>;
+    /// Figures for the Prometheus endpoint.
+    async fn metrics(&self) -> Result<MetricsSnapshot>;
     /// Checks invariants 1-3 (and 6) on the live data.
     async fn audit(&self, p: AuditParams) -> Result<Vec<Violation>>;
 }

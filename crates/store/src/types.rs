@@ -104,8 +104,11 @@ pub struct ExecutionRow {
     pub signal: Option<i32>,
     pub finished_at: Option<Timestamp>,
     pub payload: Option<serde_json::Value>,
+    pub idempotency_key: Option<String>,
     pub progress: Option<f64>,
     pub phase: Option<String>,
+    /// The last checkpoint its owner reported; a retry starts with its predecessor's.
+    pub checkpoint: Option<serde_json::Value>,
 }
 
 impl ExecutionRow {
@@ -127,7 +130,7 @@ impl ExecutionRow {
 }
 
 /// What identifies a lease: the execution, its attempt and the lease (fencing) token.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct LeaseRef {
     pub id: ExecutionId,
     pub attempt: u32,
@@ -285,11 +288,13 @@ pub struct SyncReport {
     pub unchanged: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TriggerParams {
     pub job: String,
     pub actor: String,
     pub payload: Option<serde_json::Value>,
+    /// The same key for the same job returns the execution it created the first time.
+    pub idempotency_key: Option<String>,
 }
 
 /// The result of creating an execution under the job's overlap policy.
@@ -298,6 +303,8 @@ pub struct Created {
     pub execution: ExecutionRow,
     /// Executions whose cancel this one requested (overlap = replace).
     pub replaced: Vec<ExecutionId>,
+    /// True when an idempotency key matched an execution created earlier: nothing was created.
+    pub existing: bool,
 }
 
 /// One scheduler tick.
@@ -326,11 +333,30 @@ pub struct ClaimParams {
     pub limit: u32,
 }
 
+/// One lease in a heartbeat, with what its owner reports about the run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LeaseBeat {
+    pub lease: LeaseRef,
+    /// 0..=1.
+    pub progress: Option<f64>,
+    pub phase: Option<String>,
+    pub checkpoint: Option<serde_json::Value>,
+}
+
+impl From<LeaseRef> for LeaseBeat {
+    fn from(lease: LeaseRef) -> Self {
+        LeaseBeat {
+            lease,
+            ..Default::default()
+        }
+    }
+}
+
 /// Renew leases (and the node's own lease) in one statement per kind.
 #[derive(Debug, Clone)]
 pub struct HeartbeatParams {
     pub owner: String,
-    pub leases: Vec<LeaseRef>,
+    pub leases: Vec<LeaseBeat>,
     /// The node's incarnation and lease length, when a node heartbeats.
     pub node: Option<(String, Duration)>,
 }
@@ -388,6 +414,34 @@ pub struct Settled {
     pub retry: Option<ExecutionRow>,
     /// True when this was a repeat of a completion already recorded (idempotent).
     pub repeated: bool,
+}
+
+/// Progress reported from inside a running execution (`jobward heartbeat`), proven by the
+/// execution's lease token. It changes no state and renews no lease.
+#[derive(Debug, Clone)]
+pub struct ProgressParams {
+    pub lease: LeaseRef,
+    pub progress: Option<f64>,
+    pub phase: Option<String>,
+    pub checkpoint: Option<serde_json::Value>,
+    pub actor: String,
+}
+
+/// A worker hands back executions it will not finish (it is shutting down).
+#[derive(Debug, Clone)]
+pub struct ReleaseParams {
+    pub owner: String,
+    pub leases: Vec<LeaseRef>,
+    pub message: String,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReleaseReport {
+    /// Each handed-back attempt (`cancelled`, `handed_back`) with its immediate next attempt.
+    pub released: Vec<Settled>,
+    /// Leases that were no longer the caller's: nothing was changed for them.
+    pub lost: Vec<LostLease>,
 }
 
 #[derive(Debug, Clone)]
@@ -494,6 +548,10 @@ pub struct ExecutionFilter {
     pub states: Vec<State>,
     /// Only running executions whose last heartbeat is older than this.
     pub stale_after: Option<Duration>,
+    /// Queued at or after this time.
+    pub since: Option<Timestamp>,
+    /// Queued before this time.
+    pub until: Option<Timestamp>,
     /// Keyset pagination: only ids below this one.
     pub before_id: Option<ExecutionId>,
     pub limit: u32,
@@ -518,6 +576,23 @@ pub struct HealthMetrics {
     pub recent_executions_24h: u64,
     pub live_nodes: u64,
     pub timestamp: Timestamp,
+}
+
+/// Figures for `/metrics`, read at scrape time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsSnapshot {
+    pub by_state: Vec<(State, u64)>,
+    /// The oldest last heartbeat among running executions.
+    pub oldest_heartbeat_at: Option<Timestamp>,
+    pub slots: Vec<SlotUse>,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotUse {
+    pub key: String,
+    pub used: u64,
+    pub limit: u64,
 }
 
 /// A breach of an invariant found by `audit`.

@@ -37,6 +37,7 @@ async fn one_completed(store: &DynStore) -> ExecutionRow {
             job: "a".into(),
             actor: "t".into(),
             payload: None,
+            idempotency_key: None,
         })
         .await
         .unwrap();
@@ -194,6 +195,7 @@ async fn audit_finds_hand_corrupted_rows() {
                 job: "k".into(),
                 actor: "t".into(),
                 payload: None,
+                idempotency_key: None,
             })
             .await
             .unwrap();
@@ -294,6 +296,7 @@ async fn two_processes_share_one_file_without_busy_errors_or_overbooking() {
                 job: "a".into(),
                 actor: format!("t{i}"),
                 payload: None,
+                idempotency_key: None,
             })
             .await?;
             st.claim(ClaimParams {

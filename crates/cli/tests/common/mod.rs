@@ -25,7 +25,7 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("jobward.toml");
         let text = format!(
-            "[server]\ndb = \"sqlite://{}\"\nlog_dir = \"{}\"\nnode_name = \"test-node\"\npoll_interval = \"100ms\"\nreaper_interval = \"200ms\"\n{server_extra}\n{rest}",
+            "[server]\ndb = \"sqlite://{}\"\nlog_dir = \"{}\"\nnode_name = \"test-node\"\nbind = \"127.0.0.1:0\"\npoll_interval = \"100ms\"\nreaper_interval = \"200ms\"\n{server_extra}\n{rest}",
             dir.path().join("ledger.db").display(),
             dir.path().join("logs").display()
         );
@@ -165,6 +165,13 @@ impl Server {
 
     pub fn signal(&self, sig: Signal) {
         kill(self.pid(), sig).unwrap();
+    }
+
+    /// The API's base URL, read from the startup log line.
+    pub fn api(&self) -> String {
+        let text = self.log_text();
+        let at = text.find("api=").expect("serving line names its api");
+        text[at + 4..].split_whitespace().next().unwrap().trim_matches('"').to_string()
     }
 
     pub fn log_text(&self) -> String {

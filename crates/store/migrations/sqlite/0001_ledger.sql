@@ -77,6 +77,7 @@ CREATE TABLE executions (
     reason              TEXT,
     message             TEXT,
     payload             TEXT,
+    idempotency_key     TEXT,                   -- a trigger's key: the same key, the same execution
     progress            REAL,
     phase               TEXT,
     checkpoint          TEXT,
@@ -88,7 +89,7 @@ CREATE TABLE executions (
     CHECK (CASE state
         WHEN 'failed'    THEN COALESCE(reason IN ('exit_code', 'signal', 'spawn_error', 'worker_error', 'node_restarted', 'node_lost'), 0)
         WHEN 'timed_out' THEN COALESCE(reason IN ('heartbeat_timeout', 'run_timeout', 'queue_timeout', 'manual_cleanup'), 0)
-        WHEN 'cancelled' THEN COALESCE(reason IN ('cancel_requested', 'replaced', 'shutdown'), 0)
+        WHEN 'cancelled' THEN COALESCE(reason IN ('cancel_requested', 'replaced', 'shutdown', 'handed_back'), 0)
         WHEN 'skipped'   THEN COALESCE(reason IN ('overlap', 'missed_schedule', 'paused'), 0)
         ELSE reason IS NULL END),
     CHECK (state IN ('queued', 'running', 'completed') OR COALESCE(length(message), 0) > 0),
@@ -106,6 +107,9 @@ CREATE TABLE executions (
 CREATE UNIQUE INDEX executions_unique_fire ON executions (job, scheduled_for)
     WHERE scheduled_for IS NOT NULL AND attempt = 1;
 
+CREATE UNIQUE INDEX executions_idempotency ON executions (job, idempotency_key)
+    WHERE idempotency_key IS NOT NULL AND attempt = 1;
+
 -- Every reaper and claim query reads one of these partial indexes: only live rows, never
 -- the history.
 CREATE INDEX executions_queued ON executions (runner, run_after, id) WHERE state = 'queued';
@@ -119,6 +123,7 @@ CREATE INDEX executions_running_node ON executions (node_id) WHERE state = 'runn
 CREATE INDEX executions_live_job ON executions (job) WHERE state IN ('queued', 'running');
 -- History reads: a job's executions, newest first; recent activity; retention by age.
 CREATE INDEX executions_job ON executions (job, id);
+CREATE INDEX executions_retry_of ON executions (retry_of) WHERE retry_of IS NOT NULL;
 CREATE INDEX executions_state ON executions (state, id);
 CREATE INDEX executions_queued_at ON executions (queued_at);
 CREATE INDEX executions_finished ON executions (job, finished_at) WHERE finished_at IS NOT NULL;

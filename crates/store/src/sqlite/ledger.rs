@@ -72,6 +72,44 @@ pub(crate) async fn event(
     Ok(())
 }
 
+/// Writes the `refused` event for a report whose lease is not (or no longer) the reporter's,
+/// and says what the execution is now. Nothing else changes.
+pub(crate) async fn refuse(
+    conn: &mut SqliteConnection,
+    now: Timestamp,
+    id: ExecutionId,
+    reporter: &str,
+    what: &str,
+) -> Result<LostLease> {
+    let row = load(conn, id).await?;
+    let (state, reason) = row
+        .as_ref()
+        .map(|r| (Some(r.state), r.reason))
+        .unwrap_or((None, None));
+    if row.is_some() {
+        let now_desc = match (state, reason) {
+            (Some(s), Some(r)) => format!("{s} ({r})"),
+            (Some(s), None) => s.to_string(),
+            _ => "gone".into(),
+        };
+        let text =
+            format!("{what} from {reporter} refused: lease lost, the execution is {now_desc}");
+        event(
+            conn,
+            now,
+            id,
+            EventKind::Refused,
+            state,
+            None,
+            Some("lease_lost"),
+            &text,
+            reporter,
+        )
+        .await?;
+    }
+    Ok(LostLease { id, state, reason })
+}
+
 /// What a new execution row holds beyond what its job defines.
 pub(crate) struct NewExecution<'a> {
     pub spec: &'a JobSpec,
@@ -86,6 +124,10 @@ pub(crate) struct NewExecution<'a> {
     pub payload: Option<&'a serde_json::Value>,
     /// Overrides the job's command and limits for a retry (which keeps its first attempt's).
     pub from_previous: Option<&'a ExecutionRow>,
+    /// Raises the attempt budget (a handed-back attempt does not consume one).
+    pub max_attempts: Option<u32>,
+    pub idempotency_key: Option<&'a str>,
+    pub checkpoint: Option<&'a serde_json::Value>,
     pub note: String,
     pub actor: &'a str,
 }
@@ -123,9 +165,10 @@ pub(crate) async fn insert_execution(
             n.spec.retry,
             n.spec.command.clone(),
             n.spec.concurrency_key.clone(),
-            "local".to_string(),
+            n.spec.runner().to_string(),
         ),
     };
+    let max_attempts = n.max_attempts.unwrap_or(retry.max_attempts).max(1);
     let (state, reason, message, finished_at, start_deadline) = match &n.skipped {
         Some((r, m)) => (
             State::Skipped,
@@ -146,13 +189,14 @@ pub(crate) async fn insert_execution(
         "INSERT INTO executions (job, number, attempt, max_attempts, retry_of, trigger, scheduled_for, state, \
          command, runner, concurrency_key, overlap, heartbeat_timeout_ms, run_timeout_ms, queue_timeout_ms, \
          kill_grace_ms, backoff_ms, max_backoff_ms, queued_at, run_after, start_deadline, finished_at, reason, \
-         message, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         message, payload, idempotency_key, checkpoint) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          RETURNING {EXEC_COLUMNS}"
     )))
     .bind(&n.spec.name)
     .bind(number)
     .bind(n.attempt as i64)
-    .bind(retry.max_attempts.max(1) as i64)
+    .bind(max_attempts as i64)
     .bind(n.retry_of)
     .bind(n.trigger.as_str())
     .bind(n.scheduled_for.map(ms))
@@ -174,6 +218,8 @@ pub(crate) async fn insert_execution(
     .bind(reason)
     .bind(message)
     .bind(n.payload.map(|p| p.to_string()))
+    .bind(n.idempotency_key)
+    .bind(n.checkpoint.map(|c| c.to_string()))
     .fetch_one(&mut *conn)
     .await?;
     let row = rec.into_row()?;
@@ -299,32 +345,49 @@ async fn schedule_retry(
     let Some(retry) = row.retry.next(row.attempt, reason) else {
         return Ok(None);
     };
+    let run_after = deadline::add(now, retry.delay);
+    let note = format!(
+        "retry {}/{} of execution {} ({reason}), not before {}",
+        retry.attempt,
+        row.retry.max_attempts,
+        row.id,
+        ts(run_after)
+    );
+    queue_next_attempt(conn, now, row, run_after, None, note, actor).await
+}
+
+/// Queues the attempt that follows `row`, not before `run_after`: same number, same command
+/// and limits, its payload and its last checkpoint. `None` when the job no longer exists.
+pub(crate) async fn queue_next_attempt(
+    conn: &mut SqliteConnection,
+    now: Timestamp,
+    row: &ExecutionRow,
+    run_after: Timestamp,
+    max_attempts: Option<u32>,
+    note: String,
+    actor: &str,
+) -> Result<Option<ExecutionRow>> {
     let Some((spec, _, _)) = load_job(conn, &row.job).await? else {
         return Ok(None);
     };
-    let run_after = deadline::add(now, retry.delay);
-    let payload = row.payload.clone();
     let new = insert_execution(
         conn,
         now,
         NewExecution {
             spec: &spec,
             number: Some(row.number),
-            attempt: retry.attempt,
+            attempt: row.attempt + 1,
             retry_of: Some(row.id),
             trigger: Trigger::Retry,
             scheduled_for: row.scheduled_for,
             skipped: None,
             run_after,
-            payload: payload.as_ref(),
+            payload: row.payload.as_ref(),
             from_previous: Some(row),
-            note: format!(
-                "retry {}/{} of execution {} ({reason}), not before {}",
-                retry.attempt,
-                row.retry.max_attempts,
-                row.id,
-                ts(run_after)
-            ),
+            max_attempts,
+            idempotency_key: None,
+            checkpoint: row.checkpoint.as_ref(),
+            note,
             actor,
         },
     )
@@ -402,6 +465,7 @@ pub(crate) struct Origin<'a> {
     pub trigger: Trigger,
     pub scheduled_for: Option<Timestamp>,
     pub payload: Option<&'a serde_json::Value>,
+    pub idempotency_key: Option<&'a str>,
     pub note: String,
 }
 
@@ -426,6 +490,9 @@ pub(crate) async fn create_with_overlap(
         run_after: now,
         payload: origin.payload,
         from_previous: None,
+        max_attempts: None,
+        idempotency_key: origin.idempotency_key,
+        checkpoint: None,
         note: origin.note,
         actor,
     };
@@ -453,6 +520,7 @@ pub(crate) async fn create_with_overlap(
                 return Ok(Created {
                     execution,
                     replaced,
+                    existing: false,
                 });
             }
             Overlap::Replace => {
@@ -487,6 +555,7 @@ pub(crate) async fn create_with_overlap(
                 return Ok(Created {
                     execution,
                     replaced,
+                    existing: false,
                 });
             }
             Overlap::Queue | Overlap::Allow => {}
@@ -494,6 +563,7 @@ pub(crate) async fn create_with_overlap(
     }
     let execution = insert_execution(conn, now, base).await?;
     Ok(Created {
+        existing: false,
         execution,
         replaced,
     })

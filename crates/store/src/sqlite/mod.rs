@@ -636,6 +636,23 @@ impl Store for SqliteStore {
             if !defined {
                 return Err(StoreError::JobUndefined(p.job.clone()));
             }
+            if let Some(key) = &p.idempotency_key {
+                let existing: Option<ExecRecord> = sqlx::query_as(sql(format!(
+                    "SELECT {EXEC_COLUMNS} FROM executions WHERE job = ? AND idempotency_key = ? AND attempt = 1"
+                )))
+                .bind(&p.job)
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(store_err)?;
+                if let Some(rec) = existing {
+                    return Ok(Created {
+                        execution: rec.into_row()?,
+                        replaced: vec![],
+                        existing: true,
+                    });
+                }
+            }
             let note = format!("triggered manually by {}", p.actor);
             if paused {
                 let execution = ledger::insert_execution(
@@ -652,6 +669,9 @@ impl Store for SqliteStore {
                         run_after: now,
                         payload: p.payload.as_ref(),
                         from_previous: None,
+                        max_attempts: None,
+                        idempotency_key: p.idempotency_key.as_deref(),
+                        checkpoint: None,
                         note,
                         actor: &p.actor,
                     },
@@ -660,12 +680,14 @@ impl Store for SqliteStore {
                 return Ok(Created {
                     execution,
                     replaced: vec![],
+                    existing: false,
                 });
             }
             let origin = ledger::Origin {
                 trigger: Trigger::Manual,
                 scheduled_for: None,
                 payload: p.payload.as_ref(),
+                idempotency_key: p.idempotency_key.as_deref(),
                 note,
             };
             ledger::create_with_overlap(conn, now, &spec, origin, &p.actor).await
@@ -890,61 +912,91 @@ impl Store for SqliteStore {
                     .map_err(store_err)?;
                 report.node_ok = res.rows_affected() == 1;
             }
-            for chunk in p.leases.chunks(300) {
-                let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
-                let q = format!(
-                    "UPDATE executions SET heartbeat_at = ?, lease_expires_at = ? + heartbeat_timeout_ms \
-                     WHERE state = 'running' AND lease_owner = ? AND (id, attempt, lease_token) IN (VALUES {values}) \
-                     RETURNING id, cancel_reason"
-                );
-                let mut query = sqlx::query_as::<_, (i64, Option<String>)>(sql(q))
-                    .bind(ms(now))
-                    .bind(ms(now))
-                    .bind(&p.owner);
-                for l in chunk {
-                    query = query.bind(l.id).bind(l.attempt as i64).bind(&l.token);
+            for chunk in p.leases.chunks(200) {
+                if let Some(bad) = chunk
+                    .iter()
+                    .find_map(|b| b.progress.filter(|v| !(0.0..=1.0).contains(v)))
+                {
+                    return Err(StoreError::Invalid(format!(
+                        "progress must be between 0 and 1, got {bad}"
+                    )));
                 }
-                for (id, cancel) in query.fetch_all(&mut *conn).await.map_err(store_err)? {
+                // Phases before the update, so that a change of phase is written as a note.
+                let phased: Vec<i64> = chunk
+                    .iter()
+                    .filter(|b| b.phase.is_some())
+                    .map(|b| b.lease.id)
+                    .collect();
+                let old_phases: HashMap<i64, Option<String>> = if phased.is_empty() {
+                    HashMap::new()
+                } else {
+                    let marks = vec!["?"; phased.len()].join(", ");
+                    let mut q = sqlx::query_as::<_, (i64, Option<String>)>(sql(format!(
+                        "SELECT id, phase FROM executions WHERE id IN ({marks})"
+                    )));
+                    for id in &phased {
+                        q = q.bind(*id);
+                    }
+                    q.fetch_all(&mut *conn)
+                        .await
+                        .map_err(store_err)?
+                        .into_iter()
+                        .collect()
+                };
+                // One statement renews every lease of the chunk (VALUES columns are column1..6).
+                let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+                let q = format!(
+                    "UPDATE executions SET heartbeat_at = ?, lease_expires_at = ? + heartbeat_timeout_ms, \
+                     progress = COALESCE(v.column4, progress), phase = COALESCE(v.column5, phase), \
+                     checkpoint = COALESCE(v.column6, checkpoint) \
+                     FROM (VALUES {values}) AS v \
+                     WHERE executions.id = v.column1 AND executions.attempt = v.column2 AND executions.lease_token = v.column3 \
+                     AND executions.state = 'running' AND executions.lease_owner = ? \
+                     RETURNING executions.id, executions.cancel_reason, executions.phase"
+                );
+                // Positional parameters only: a bare `?` after `?N` would be numbered N+1.
+                let mut query = sqlx::query_as::<_, (i64, Option<String>, Option<String>)>(sql(q))
+                    .bind(ms(now))
+                    .bind(ms(now));
+                for b in chunk {
+                    query = query
+                        .bind(b.lease.id)
+                        .bind(b.lease.attempt as i64)
+                        .bind(&b.lease.token)
+                        .bind(b.progress)
+                        .bind(b.phase.as_deref())
+                        .bind(b.checkpoint.as_ref().map(|c| c.to_string()));
+                }
+                query = query.bind(&p.owner);
+                for (id, cancel, phase) in query.fetch_all(&mut *conn).await.map_err(store_err)? {
                     report.renewed.push(id);
                     if let Some(r) = cancel.and_then(|c| c.parse::<Reason>().ok()) {
                         report.cancel_requested.push((id, r));
                     }
+                    if let (Some(old), Some(new)) = (old_phases.get(&id), phase)
+                        && old.as_deref() != Some(new.as_str())
+                    {
+                        let text = format!("phase: {new}");
+                        ledger::event(
+                            conn,
+                            now,
+                            id,
+                            EventKind::Note,
+                            None,
+                            None,
+                            Some("phase"),
+                            &text,
+                            &p.owner,
+                        )
+                        .await?;
+                    }
                 }
             }
             let renewed: HashSet<i64> = report.renewed.iter().copied().collect();
-            for l in p.leases.iter().filter(|l| !renewed.contains(&l.id)) {
-                let row = ledger::load(conn, l.id).await?;
-                let (state, reason) = row
-                    .as_ref()
-                    .map(|r| (Some(r.state), r.reason))
-                    .unwrap_or((None, None));
-                if row.is_some() {
-                    let now_desc = match (state, reason) {
-                        (Some(s), Some(r)) => format!("{s} ({r})"),
-                        (Some(s), None) => s.to_string(),
-                        _ => "gone".into(),
-                    };
-                    ledger::event(
-                        conn,
-                        now,
-                        l.id,
-                        EventKind::Refused,
-                        state,
-                        None,
-                        Some("lease_lost"),
-                        &format!(
-                            "heartbeat from {} refused: lease lost, the execution is {now_desc}",
-                            p.owner
-                        ),
-                        &p.owner,
-                    )
-                    .await?;
-                }
-                report.lost.push(LostLease {
-                    id: l.id,
-                    state,
-                    reason,
-                });
+            for b in p.leases.iter().filter(|b| !renewed.contains(&b.lease.id)) {
+                report
+                    .lost
+                    .push(ledger::refuse(conn, now, b.lease.id, &p.owner, "heartbeat").await?);
             }
             Ok(report)
         })
@@ -996,32 +1048,23 @@ impl Store for SqliteStore {
                     && row.reason == p.outcome.reason
                     && row.exit_code == p.outcome.exit_code;
                 if repeat {
+                    // Answer as the first time: with the retry it scheduled, if any.
+                    let retry: Option<ExecRecord> = sqlx::query_as(sql(format!(
+                        "SELECT {EXEC_COLUMNS} FROM executions WHERE retry_of = ? AND attempt = ?"
+                    )))
+                    .bind(row.id)
+                    .bind(row.attempt as i64 + 1)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(store_err)?;
                     return Ok(Ok(Settled {
                         execution: row,
-                        retry: None,
+                        retry: retry.map(ExecRecord::into_row).transpose()?,
                         repeated: true,
                     }));
                 }
-                let current = match row.reason {
-                    Some(r) => format!("{} ({r})", row.state),
-                    None => row.state.to_string(),
-                };
-                ledger::event(
-                    conn,
-                    now,
-                    row.id,
-                    EventKind::Refused,
-                    Some(row.state),
-                    None,
-                    Some("lease_lost"),
-                    &format!(
-                        "completion ({}) from {} refused: lease lost, the execution is {current}",
-                        describe_outcome(&p.outcome),
-                        p.actor
-                    ),
-                    &p.actor,
-                )
-                .await?;
+                let what = format!("completion ({})", describe_outcome(&p.outcome));
+                ledger::refuse(conn, now, row.id, &p.actor, &what).await?;
                 Ok(Err(StoreError::LeaseLost {
                     id: row.id,
                     state: row.state,
@@ -1029,6 +1072,116 @@ impl Store for SqliteStore {
                 }))
             });
         result?
+    }
+
+    async fn report_progress(&self, p: ProgressParams) -> Result<ExecutionRow> {
+        if let Some(v) = p.progress.filter(|v| !(0.0..=1.0).contains(v)) {
+            return Err(StoreError::Invalid(format!(
+                "progress must be between 0 and 1, got {v}"
+            )));
+        }
+        let result: Result<std::result::Result<ExecutionRow, StoreError>> = write_tx!(
+            self,
+            |conn, now| {
+                let before = ledger::load(conn, p.lease.id)
+                    .await?
+                    .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
+                let res = sqlx::query(
+                "UPDATE executions SET progress = COALESCE(?, progress), phase = COALESCE(?, phase), \
+                 checkpoint = COALESCE(?, checkpoint) WHERE id = ? AND state = 'running' AND attempt = ? AND lease_token = ?",
+            )
+            .bind(p.progress)
+            .bind(p.phase.as_deref())
+            .bind(p.checkpoint.as_ref().map(|c| c.to_string()))
+            .bind(p.lease.id)
+            .bind(p.lease.attempt as i64)
+            .bind(&p.lease.token)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_err)?;
+                if res.rows_affected() != 1 {
+                    let lost =
+                        ledger::refuse(conn, now, p.lease.id, &p.actor, "progress report").await?;
+                    return Ok(Err(StoreError::LeaseLost {
+                        id: p.lease.id,
+                        state: lost.state.unwrap_or(before.state),
+                        reason: lost.reason,
+                    }));
+                }
+                if let Some(phase) = &p.phase
+                    && before.phase.as_deref() != Some(phase.as_str())
+                {
+                    let text = format!("phase: {phase}");
+                    ledger::event(
+                        conn,
+                        now,
+                        p.lease.id,
+                        EventKind::Note,
+                        None,
+                        None,
+                        Some("phase"),
+                        &text,
+                        &p.actor,
+                    )
+                    .await?;
+                }
+                let row = ledger::load(conn, p.lease.id)
+                    .await?
+                    .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
+                Ok(Ok(row))
+            }
+        );
+        result?
+    }
+
+    async fn release(&self, p: ReleaseParams) -> Result<ReleaseReport> {
+        write_tx!(self, |conn, now| {
+            let mut report = ReleaseReport::default();
+            for lease in &p.leases {
+                let row = ledger::load(conn, lease.id).await?;
+                let current = row.as_ref().filter(|r| {
+                    r.state == State::Running
+                        && r.attempt == lease.attempt
+                        && r.lease_token.as_deref() == Some(lease.token.as_str())
+                        && r.lease_owner.as_deref() == Some(p.owner.as_str())
+                });
+                let Some(row) = current else {
+                    report
+                        .lost
+                        .push(ledger::refuse(conn, now, lease.id, &p.owner, "hand-back").await?);
+                    continue;
+                };
+                let a = Apply {
+                    event: Event::Finish(Reason::HandedBack),
+                    message: p.message.clone(),
+                    actor: &p.actor,
+                    exit_code: None,
+                    signal: None,
+                };
+                let Some(mut settled) = ledger::settle(conn, now, row, a).await? else {
+                    continue;
+                };
+                // The next attempt starts at once and does not consume the retry budget.
+                let note = format!(
+                    "handed back by {}: queued again at once as attempt {}",
+                    p.owner,
+                    row.attempt + 1
+                );
+                let budget = row.max_attempts.max(row.attempt + 1);
+                settled.retry = ledger::queue_next_attempt(
+                    conn,
+                    now,
+                    &settled.execution,
+                    now,
+                    Some(budget),
+                    note,
+                    &p.actor,
+                )
+                .await?;
+                report.released.push(settled);
+            }
+            Ok(report)
+        })
     }
 
     async fn cancel(&self, p: CancelParams) -> Result<CancelOutcome> {
@@ -1238,6 +1391,14 @@ impl Store for SqliteStore {
             q.push_str(" AND state = 'running' AND heartbeat_at <= ?");
             binds.push(Bind::I(ms(sub(self.clock.now(), d))));
         }
+        if let Some(since) = f.since {
+            q.push_str(" AND queued_at >= ?");
+            binds.push(Bind::I(ms(since)));
+        }
+        if let Some(until) = f.until {
+            q.push_str(" AND queued_at < ?");
+            binds.push(Bind::I(ms(until)));
+        }
         if let Some(before) = f.before_id {
             q.push_str(" AND id < ?");
             binds.push(Bind::I(before));
@@ -1295,6 +1456,51 @@ impl Store for SqliteStore {
                 .count("SELECT count(*) FROM nodes WHERE stopped_at IS NULL AND lease_expires_at > ?", &[n])
                 .await?,
             timestamp: now,
+        })
+    }
+
+    async fn metrics(&self) -> Result<MetricsSnapshot> {
+        let by_state: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM executions GROUP BY state")
+                .fetch_all(&self.reader)
+                .await
+                .map_err(store_err)?;
+        let oldest: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(heartbeat_at) FROM executions WHERE state = 'running'")
+                .fetch_one(&self.reader)
+                .await
+                .map_err(store_err)?;
+        let slots: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT l.key, (SELECT count(*) FROM executions e WHERE e.state = 'running' AND e.concurrency_key = l.key), \
+             l.max_running FROM concurrency_limits l ORDER BY l.key",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_err)?;
+        Ok(MetricsSnapshot {
+            by_state: State::ALL
+                .into_iter()
+                .map(|st| {
+                    (
+                        st,
+                        by_state
+                            .iter()
+                            .find(|(s, _)| s == st.as_str())
+                            .map(|(_, n)| *n as u64)
+                            .unwrap_or(0),
+                    )
+                })
+                .collect(),
+            oldest_heartbeat_at: oldest.map(from_ms).transpose()?,
+            slots: slots
+                .into_iter()
+                .map(|(key, used, limit)| SlotUse {
+                    key,
+                    used: used as u64,
+                    limit: limit as u64,
+                })
+                .collect(),
+            now: self.clock.now(),
         })
     }
 
@@ -1476,6 +1682,9 @@ async fn fire_job(
             run_after: now,
             payload: None,
             from_previous: None,
+            max_attempts: None,
+            idempotency_key: None,
+            checkpoint: None,
             note,
             actor,
         };
@@ -1531,6 +1740,7 @@ async fn fire_job(
         trigger,
         scheduled_for: Some(at),
         payload: None,
+        idempotency_key: None,
         note,
     };
     let c = ledger::create_with_overlap(conn, now, spec, origin, actor).await?;

@@ -51,7 +51,7 @@ pub(crate) const EXEC_COLUMNS: &str = "id, job, number, attempt, max_attempts, r
     queued_at, run_after, start_deadline, started_at, heartbeat_at, lease_owner, lease_token, \
     lease_expires_at, run_deadline, node_id, cancel_requested_at, cancel_reason, cancel_message, \
     cancel_deadline, pid, pgid, proc_start_ticks, boot_id, exit_code, signal, finished_at, payload, \
-    progress, phase";
+    idempotency_key, progress, phase, checkpoint";
 
 #[derive(FromRow)]
 pub(crate) struct ExecRecord {
@@ -98,8 +98,10 @@ pub(crate) struct ExecRecord {
     signal: Option<i64>,
     finished_at: Option<i64>,
     payload: Option<String>,
+    idempotency_key: Option<String>,
     progress: Option<f64>,
     phase: Option<String>,
+    checkpoint: Option<String>,
 }
 
 impl ExecRecord {
@@ -162,8 +164,13 @@ impl ExecRecord {
                 .payload
                 .map(|p| serde_json::from_str(&p).map_err(|e| corrupt(format!("payload: {e}"))))
                 .transpose()?,
+            idempotency_key: self.idempotency_key,
             progress: self.progress,
             phase: self.phase,
+            checkpoint: self
+                .checkpoint
+                .map(|p| serde_json::from_str(&p).map_err(|e| corrupt(format!("checkpoint: {e}"))))
+                .transpose()?,
         })
     }
 }

@@ -11,9 +11,6 @@ use jobward_store::*;
 
 pub fn spec(name: &str) -> JobSpec {
     JobSpec {
-        name: name.into(),
-        command: "true".into(),
-        schedule: Schedule::Manual,
         timeouts: Timeouts {
             heartbeat: Duration::from_secs(30),
             run: Duration::from_secs(3600),
@@ -21,9 +18,6 @@ pub fn spec(name: &str) -> JobSpec {
             kill_grace: Duration::from_secs(5),
         },
         overlap: Overlap::Allow,
-        misfire: Misfire::RunOnce,
-        misfire_grace: Duration::from_secs(60),
-        concurrency_key: None,
         history: History {
             keep_last: None,
             max_age: None,
@@ -33,6 +27,7 @@ pub fn spec(name: &str) -> JobSpec {
             backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(60),
         },
+        ..JobSpec::new(name, "true")
     }
 }
 
@@ -47,6 +42,7 @@ async fn trigger(store: &DynStore, job: &str) -> ExecutionRow {
             job: job.into(),
             actor: "test".into(),
             payload: None,
+            idempotency_key: None,
         })
         .await
         .unwrap()
@@ -115,7 +111,8 @@ pub async fn trigger_queues_with_a_deadline_and_an_event(store: DynStore) {
             .trigger(TriggerParams {
                 job: "nope".into(),
                 actor: "t".into(),
-                payload: None
+                payload: None,
+                idempotency_key: None
             })
             .await,
         Err(StoreError::JobNotFound(_))
@@ -215,7 +212,7 @@ pub async fn an_expired_lease_times_out_and_late_reports_are_refused(store: DynS
     let hb = store
         .heartbeat(HeartbeatParams {
             owner: "n".into(),
-            leases: vec![c.lease()],
+            leases: vec![c.lease().into()],
             node: None,
         })
         .await
@@ -266,7 +263,7 @@ pub async fn heartbeats_renew_in_one_batch(store: DynStore) {
     let hb = store
         .heartbeat(HeartbeatParams {
             owner: "n".into(),
-            leases: claimed.iter().map(|c| c.lease()).collect(),
+            leases: claimed.iter().map(|c| c.lease().into()).collect(),
             node: None,
         })
         .await
@@ -282,7 +279,7 @@ pub async fn heartbeats_renew_in_one_batch(store: DynStore) {
     let hb = store
         .heartbeat(HeartbeatParams {
             owner: "intruder".into(),
-            leases: claimed.iter().map(|c| c.lease()).collect(),
+            leases: claimed.iter().map(|c| c.lease().into()).collect(),
             node: None,
         })
         .await
@@ -408,7 +405,7 @@ pub async fn cancel_of_queued_is_immediate_and_of_running_is_a_request(store: Dy
     let hb = store
         .heartbeat(HeartbeatParams {
             owner: "n".into(),
-            leases: vec![c.lease()],
+            leases: vec![c.lease().into()],
             node: None,
         })
         .await
@@ -458,7 +455,7 @@ pub async fn an_unconfirmed_cancel_is_settled_at_its_deadline(store: DynStore) {
     store
         .heartbeat(HeartbeatParams {
             owner: "n".into(),
-            leases: vec![c.lease()],
+            leases: vec![c.lease().into()],
             node: None,
         })
         .await
@@ -517,6 +514,7 @@ pub async fn overlap_policies(store: DynStore) {
             job: "replace".into(),
             actor: "t".into(),
             payload: None,
+            idempotency_key: None,
         })
         .await
         .unwrap();
@@ -570,6 +568,7 @@ pub async fn concurrency_limit_holds_under_concurrent_claims(store: DynStore) {
                 job: "a".into(),
                 actor: format!("t{i}"),
                 payload: None,
+                idempotency_key: None,
             })
             .await
             .unwrap();
@@ -685,7 +684,7 @@ pub async fn cleanup_dry_run_changes_nothing_and_apply_settles(store: DynStore) 
     store
         .heartbeat(HeartbeatParams {
             owner: "n".into(),
-            leases: vec![fresh.lease()],
+            leases: vec![fresh.lease().into()],
             node: None,
         })
         .await
@@ -849,7 +848,7 @@ pub async fn node_restart_settles_the_previous_incarnation(store: DynStore) {
     let hb = store
         .heartbeat(HeartbeatParams {
             owner: "inc-1".into(),
-            leases: vec![c.lease()],
+            leases: vec![c.lease().into()],
             node: Some(("inc-1".into(), Duration::from_secs(30))),
         })
         .await
@@ -899,7 +898,8 @@ pub async fn job_status_is_derived_from_executions(store: DynStore) {
             .trigger(TriggerParams {
                 job: "a".into(),
                 actor: "t".into(),
-                payload: None
+                payload: None,
+                idempotency_key: None
             })
             .await,
         Err(StoreError::JobUndefined(_))
@@ -1020,6 +1020,212 @@ pub async fn audit_of_a_healthy_ledger_is_clean_and_flags_overdue_rows(store: Dy
     assert!(audit(store.clone()).await.is_empty());
 }
 
+pub async fn idempotency_keys_return_the_first_execution(store: DynStore) {
+    define(&store, vec![spec("a")], &[]).await;
+    let t = |key: Option<&str>| TriggerParams {
+        job: "a".into(),
+        actor: "api".into(),
+        payload: Some(serde_json::json!({"n": 1})),
+        idempotency_key: key.map(str::to_string),
+    };
+    let first = store.trigger(t(Some("k1"))).await.unwrap();
+    assert!(!first.existing);
+    let again = store.trigger(t(Some("k1"))).await.unwrap();
+    assert!(again.existing, "the same key returns the same execution");
+    assert_eq!(again.execution.id, first.execution.id);
+    let other = store.trigger(t(Some("k2"))).await.unwrap();
+    assert_ne!(other.execution.id, first.execution.id);
+    assert_eq!(other.execution.payload, Some(serde_json::json!({"n": 1})));
+    assert_eq!(
+        store
+            .list_executions(ExecutionFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+pub async fn queued_work_goes_to_its_runner_only(store: DynStore) {
+    let mut remote = spec("remote");
+    remote.queue = Some("gpu".into());
+    define(&store, vec![remote, spec("local")], &[]).await;
+    let r = trigger(&store, "remote").await;
+    let l = trigger(&store, "local").await;
+    let got = claim(&store, "node", 10).await;
+    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), vec![l.id]);
+    let got = store
+        .claim(ClaimParams {
+            owner: "w1".into(),
+            runner: "gpu".into(),
+            node_id: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), vec![r.id]);
+    assert_eq!(got[0].runner, "gpu");
+}
+
+pub async fn heartbeats_carry_progress_phase_and_checkpoint(store: DynStore) {
+    let mut s = spec("a");
+    s.retry.max_attempts = 2;
+    define(&store, vec![s], &[]).await;
+    trigger(&store, "a").await;
+    let c = claim(&store, "w", 1).await.remove(0);
+    let beat = |progress: Option<f64>, phase: Option<&str>| HeartbeatParams {
+        owner: "w".into(),
+        leases: vec![LeaseBeat {
+            lease: c.lease(),
+            progress,
+            phase: phase.map(str::to_string),
+            checkpoint: Some(serde_json::json!({"page": 7})),
+        }],
+        node: None,
+    };
+    assert_eq!(
+        store
+            .heartbeat(beat(Some(0.4), Some("download")))
+            .await
+            .unwrap()
+            .renewed,
+        vec![c.id]
+    );
+    store
+        .heartbeat(beat(Some(0.5), Some("download")))
+        .await
+        .unwrap();
+    store.heartbeat(beat(None, Some("parse"))).await.unwrap();
+    let e = get(&store, c.id).await;
+    assert_eq!((e.progress, e.phase.as_deref()), (Some(0.5), Some("parse")));
+    assert_eq!(e.checkpoint, Some(serde_json::json!({"page": 7})));
+    let phases: Vec<String> = store
+        .events(c.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("phase"))
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(
+        phases,
+        vec!["phase: download", "phase: parse"],
+        "a phase is noted when it changes"
+    );
+    assert!(matches!(
+        store.heartbeat(beat(Some(1.5), None)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    // In-job progress with the lease token; a stale token is refused.
+    let row = store
+        .report_progress(ProgressParams {
+            lease: c.lease(),
+            progress: Some(0.9),
+            phase: None,
+            checkpoint: None,
+            actor: "job".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(row.progress, Some(0.9));
+    let mut stale = c.lease();
+    stale.token = "stale".into();
+    let r = store
+        .report_progress(ProgressParams {
+            lease: stale,
+            progress: Some(1.0),
+            phase: None,
+            checkpoint: None,
+            actor: "job".into(),
+        })
+        .await;
+    assert!(matches!(r, Err(StoreError::LeaseLost { .. })), "{r:?}");
+    // A retry starts from the last checkpoint.
+    let s = store
+        .complete(CompleteParams {
+            lease: c.lease(),
+            outcome: failure(1),
+            actor: "w".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        s.retry.unwrap().checkpoint,
+        Some(serde_json::json!({"page": 7}))
+    );
+}
+
+pub async fn a_handed_back_execution_runs_again_at_once(store: DynStore) {
+    define(&store, vec![spec("a")], &[]).await;
+    trigger(&store, "a").await;
+    let c = claim(&store, "w1", 1).await.remove(0);
+    let mut stale = c.lease();
+    stale.token = "not-mine".into();
+    let report = store
+        .release(ReleaseParams {
+            owner: "w1".into(),
+            leases: vec![c.lease(), stale],
+            message: "worker w1 shutting down".into(),
+            actor: "w1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.released.len(), 1);
+    assert_eq!(
+        report.lost.len(),
+        1,
+        "a lease that is not the caller's is not released"
+    );
+    let old = &report.released[0].execution;
+    assert_eq!(
+        (old.state, old.reason),
+        (State::Cancelled, Some(Reason::HandedBack))
+    );
+    let next = report.released[0].retry.clone().expect("queued again");
+    assert_eq!(
+        (next.attempt, next.max_attempts, next.retry_of),
+        (2, 2, Some(c.id)),
+        "a hand-back does not consume the retry budget"
+    );
+    let again = claim(&store, "w2", 1).await;
+    assert_eq!(
+        again[0].id, next.id,
+        "it can be claimed at once, without waiting for a lease to expire"
+    );
+}
+
+pub async fn metrics_count_states_and_slots(store: DynStore) {
+    let mut s = spec("a");
+    s.concurrency_key = Some("k".into());
+    define(&store, vec![s], &[("k", 3)]).await;
+    for _ in 0..4 {
+        trigger(&store, "a").await;
+    }
+    claim(&store, "n", 2).await;
+    let m = store.metrics().await.unwrap();
+    let count = |st: State| m.by_state.iter().find(|(s, _)| *s == st).unwrap().1;
+    assert_eq!(
+        (
+            count(State::Running),
+            count(State::Queued),
+            count(State::Completed)
+        ),
+        (2, 2, 0)
+    );
+    assert_eq!(
+        m.slots,
+        vec![SlotUse {
+            key: "k".into(),
+            used: 2,
+            limit: 3
+        }]
+    );
+    assert!(m.oldest_heartbeat_at.is_some());
+}
+
 /// Expands to one test per conformance case for a backend; `$open` is an async fn returning
 /// `(guard, DynStore)`.
 #[macro_export]
@@ -1046,7 +1252,12 @@ macro_rules! conformance_tests {
             paused_jobs_record_skips_and_are_not_claimed,
             listing_filters_and_pages,
             health_counts_what_the_ledger_holds,
-            audit_of_a_healthy_ledger_is_clean_and_flags_overdue_rows
+            audit_of_a_healthy_ledger_is_clean_and_flags_overdue_rows,
+            idempotency_keys_return_the_first_execution,
+            queued_work_goes_to_its_runner_only,
+            heartbeats_carry_progress_phase_and_checkpoint,
+            a_handed_back_execution_runs_again_at_once,
+            metrics_count_states_and_slots
         );
     };
     (@each $open:path; $($name:ident),* $(,)?) => {

@@ -1,0 +1,383 @@
+//! The JSON that crosses HTTP: API views, the worker protocol, and the one error shape.
+//! Shared by the server and every client (the `jobward worker`, the CLI); it depends on
+//! nothing of jobward, so a worker never links the store.
+//!
+//! Requests refuse unknown fields, so a typo in a client is an error, not a silent default.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// Every error: `{"error": {"code": "lease_lost", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: bad_request, invalid_json, unauthorized, forbidden,
+    /// not_found, method_not_allowed, conflict, lease_lost, payload_too_large, timeout,
+    /// unavailable, internal.
+    pub code: String,
+    /// For humans; never contains SQL or internals.
+    pub message: String,
+}
+
+/// One execution ("run").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExecutionView {
+    pub id: i64,
+    pub job: String,
+    pub number: i64,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// queued, running, completed, failed, timed_out, cancelled or skipped.
+    pub status: String,
+    /// schedule, catch_up, manual or retry.
+    pub trigger: String,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub run_deadline: Option<DateTime<Utc>>,
+    pub runtime_ms: Option<u64>,
+    /// Why a terminal state other than completed was reached.
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub retry_of: Option<i64>,
+    /// "local" (a node runs it) or the queue remote workers claim it from.
+    pub runner: String,
+    pub node_id: Option<String>,
+    pub lease_owner: Option<String>,
+    pub pid: Option<i32>,
+    /// The reason of a cancel that was requested and is not confirmed yet.
+    pub cancel_requested: Option<String>,
+    pub progress: Option<f64>,
+    pub phase: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+}
+
+/// One entry of an execution's event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    pub id: i64,
+    pub execution_id: i64,
+    pub at: DateTime<Utc>,
+    /// transition, refused or note.
+    pub kind: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub reason: Option<String>,
+    pub message: String,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    pub execution_id: i64,
+    pub events: Vec<EventView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogView {
+    pub execution_id: i64,
+    /// The tail of the log (stdout and stderr), or null when there is none.
+    pub log: Option<String>,
+}
+
+/// A job, with its status derived from its executions.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub name: String,
+    pub command: String,
+    /// cron, every or manual.
+    pub schedule_kind: String,
+    /// "cron 0 0 2 * * * (Europe/Berlin)", "every 30s", "manual".
+    pub schedule: String,
+    pub next_fire_at: Option<DateTime<Utc>>,
+    /// running, queued, the state of its latest terminal execution, or "never run".
+    pub status: String,
+    pub paused: bool,
+    /// False when the job is gone from the configuration (its history remains).
+    pub defined: bool,
+    pub overlap: String,
+    pub misfire: String,
+    pub concurrency_key: Option<String>,
+    pub runner: String,
+    pub heartbeat_timeout_ms: u64,
+    pub run_timeout_ms: u64,
+    pub queue_timeout_ms: u64,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobDetail {
+    pub job: JobView,
+    /// Its most recent executions, newest first.
+    pub recent: Vec<ExecutionView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRequest {
+    /// Handed to the command as `JOBWARD_PAYLOAD` (JSON text, at most 16 KiB).
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+    /// The same key returns the execution it created the first time, instead of a second one.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TriggerResponse {
+    /// False when the idempotency key matched an earlier trigger.
+    pub created: bool,
+    pub execution: ExecutionView,
+    /// Executions whose cancel this trigger requested (overlap = replace).
+    pub replaced: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PauseResponse {
+    pub name: String,
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReloadResponse {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecutionPage {
+    pub executions: Vec<ExecutionView>,
+    /// Pass as `before` to get the next (older) page; null on the last page.
+    pub next_before: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CancelResponse {
+    /// cancelled (it was queued), requested (its owner will stop it) or already_terminal.
+    pub result: String,
+    pub execution: ExecutionView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthMetricsView {
+    pub running_executions: u64,
+    pub queued_executions: u64,
+    pub long_running_executions: u64,
+    pub stale_executions: u64,
+    pub overdue_queued_executions: u64,
+    pub recent_executions_24h: u64,
+    pub live_nodes: u64,
+    pub timestamp: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthView {
+    /// healthy or warning.
+    pub status: String,
+    pub metrics: HealthMetricsView,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunningList {
+    pub count: usize,
+    pub executions: Vec<ExecutionView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupRequest {
+    /// Running executions whose last heartbeat is older than this (default "1h").
+    pub stale_after: Option<String>,
+    /// True unless false is sent: only say what would change.
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CleanupResponse {
+    pub dry_run: bool,
+    pub stale_after: String,
+    pub matched: usize,
+    pub changed: usize,
+    pub raced: usize,
+    /// Every execution it changed or, on a dry run, would change (as it was before).
+    pub executions: Vec<ExecutionView>,
+    pub changed_ids: Vec<i64>,
+    pub retries: Vec<i64>,
+}
+
+// ---- the worker protocol ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// Stable for the worker process; it owns the leases it claims.
+    pub worker_id: String,
+    /// Queues to claim from, in order of preference.
+    pub queues: Vec<String>,
+    /// How many executions at most (1 to 100).
+    pub batch: u32,
+    /// Long poll: wait up to this long for work when there is none (0 to 30000).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// A claimed execution and its lease. Durations are relative: a worker's clock is never
+/// compared with the server's.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClaimedExecution {
+    pub id: i64,
+    pub job: String,
+    pub number: i64,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub command: String,
+    pub trigger: String,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+    /// The last checkpoint of the previous attempt, for a retry.
+    #[schema(value_type = Option<Object>)]
+    pub checkpoint: Option<Value>,
+    /// Proves the lease in every heartbeat and completion.
+    pub lease_token: String,
+    /// Heartbeat at least this often.
+    pub heartbeat_interval_ms: u64,
+    /// The lease lasts this long after each renewal.
+    pub heartbeat_timeout_ms: u64,
+    /// Send SIGTERM after this long (the run timeout).
+    pub terminate_after_ms: u64,
+    /// Then SIGKILL after this long.
+    pub kill_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClaimResponse {
+    pub executions: Vec<ClaimedExecution>,
+}
+
+/// The proof of a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseProof {
+    pub id: i64,
+    pub attempt: u32,
+    pub lease_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseReport {
+    pub id: i64,
+    pub attempt: u32,
+    pub lease_token: String,
+    /// 0 to 1.
+    pub progress: Option<f64>,
+    pub phase: Option<String>,
+    /// Small JSON (at most 16 KiB) handed to a retry of this execution.
+    #[schema(value_type = Option<Object>)]
+    pub checkpoint: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub worker_id: String,
+    /// Every lease the worker holds: one call renews them all.
+    pub leases: Vec<LeaseReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LostLeaseView {
+    pub id: i64,
+    /// What the execution is now (null if it no longer exists).
+    pub status: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CancelRequestView {
+    pub id: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatResponse {
+    pub renewed: Vec<i64>,
+    /// Stop these at once (SIGKILL): the ledger already ended them.
+    pub lost: Vec<LostLeaseView>,
+    /// Stop these gracefully and complete them with outcome "cancelled".
+    pub cancel: Vec<CancelRequestView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    pub worker_id: String,
+    pub id: i64,
+    pub attempt: u32,
+    pub lease_token: String,
+    /// completed, failed, timed_out (the worker enforced the run timeout) or cancelled
+    /// (it stopped the run on a cancel request).
+    pub outcome: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: Option<String>,
+    /// The end of the run's output, kept as its log (at most 64 KiB).
+    pub log_tail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// The same completion sent twice gets this same answer twice.
+pub struct CompleteResponse {
+    pub execution: ExecutionView,
+    pub retry: Option<ExecutionView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub worker_id: String,
+    pub leases: Vec<LeaseProof>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReleaseResponse {
+    /// Handed back (cancelled, handed_back) and queued again at once.
+    pub released: Vec<i64>,
+    /// The new attempts.
+    pub retries: Vec<i64>,
+    /// Not the caller's any more: nothing changed for them.
+    pub lost: Vec<LostLeaseView>,
+}
+
+/// Progress from inside a running execution (`jobward heartbeat`), proven by its lease token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressRequest {
+    pub attempt: u32,
+    pub lease_token: String,
+    pub progress: Option<f64>,
+    pub phase: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub checkpoint: Option<Value>,
+}

@@ -1,0 +1,495 @@
+//! The system, jobs and executions endpoints: the same data as the CLI.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use jobward_core::duration::parse_positive_duration;
+use jobward_core::{Reason, State as ExecState, Timestamp, validate_name};
+use jobward_protocol::*;
+use jobward_store::{
+    CancelOutcome, CancelParams, CleanupParams, ExecutionFilter, HealthParams, ProgressParams,
+    TriggerParams,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, OptionalJson};
+use super::views;
+use crate::executor::log_path;
+use crate::metrics;
+
+/// Largest trigger payload and checkpoint, serialised.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+
+async fn now(state: &AppState) -> Result<Timestamp, ApiError> {
+    Ok(state.store.now().await?)
+}
+
+fn job_name(name: &str) -> Result<(), ApiError> {
+    validate_name("job name", name)
+        .map_err(|e| ApiError::not_found(format!("job '{name}' does not exist ({e})")))
+}
+
+fn execution_id(id: i64) -> Result<i64, ApiError> {
+    if id < 1 {
+        return Err(ApiError::not_found(format!(
+            "execution {id} does not exist"
+        )));
+    }
+    Ok(id)
+}
+
+#[utoipa::path(get, path = "/api/system/health", tag = "system",
+    responses((status = 200, description = "healthy or warning, with the figures", body = HealthView),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn health(State(state): State<AppState>) -> Result<axum::Json<HealthView>, ApiError> {
+    let m = state
+        .store
+        .health(HealthParams {
+            long_running_after: state.health.long_running_after,
+            stale_after: None,
+        })
+        .await?;
+    Ok(axum::Json(views::health(m, &state.health)))
+}
+
+#[utoipa::path(get, path = "/api/system/executions/running", tag = "system",
+    responses((status = 200, description = "every running execution, newest first", body = RunningList),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn running(State(state): State<AppState>) -> Result<axum::Json<RunningList>, ApiError> {
+    let rows = state
+        .store
+        .list_executions(ExecutionFilter {
+            states: vec![ExecState::Running],
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let now = now(&state).await?;
+    let executions: Vec<ExecutionView> = rows.iter().map(|e| views::execution(e, now)).collect();
+    Ok(axum::Json(RunningList {
+        count: executions.len(),
+        executions,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/system/cleanup/stale-executions", tag = "system",
+    request_body(content = Option<CleanupRequest>, description = "defaults: stale_after 1h, dry_run true"),
+    responses((status = 200, description = "what changed, or would change on a dry run", body = CleanupResponse),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn cleanup(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    OptionalJson(req): OptionalJson<CleanupRequest>,
+) -> Result<axum::Json<CleanupResponse>, ApiError> {
+    let stale_after = match &req.stale_after {
+        None => Duration::from_secs(3600),
+        Some(s) => parse_positive_duration(s)
+            .map_err(|e| ApiError::bad_request(format!("stale_after: {e}")))?,
+    };
+    let apply = req.dry_run == Some(false);
+    let report = state
+        .store
+        .cleanup(CleanupParams {
+            stale_after,
+            apply,
+            actor: format!("api:{}", caller.name),
+        })
+        .await?;
+    report.changed.iter().for_each(metrics::recovered);
+    let now = now(&state).await?;
+    Ok(axum::Json(views::cleanup(&report, stale_after, now)))
+}
+
+#[utoipa::path(post, path = "/api/system/reload", tag = "system",
+    responses((status = 200, description = "the configuration was read again and the jobs synced; running executions are untouched", body = ReloadResponse),
+              (status = "default", description = "an error (an invalid configuration changes nothing)", body = ErrorBody)))]
+pub async fn reload(State(state): State<AppState>) -> Result<axum::Json<ReloadResponse>, ApiError> {
+    let Some(reload) = &state.reload else {
+        return Err(ApiError::conflict(
+            "this server has no configuration file to reload",
+        ));
+    };
+    let r = reload().await.map_err(ApiError::bad_request)?;
+    state.signal_work();
+    Ok(axum::Json(ReloadResponse {
+        added: r.added,
+        changed: r.changed,
+        removed: r.removed,
+        unchanged: r.unchanged,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs",
+    responses((status = 200, description = "every job, with its status derived from its executions", body = JobList),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn jobs(State(state): State<AppState>) -> Result<axum::Json<JobList>, ApiError> {
+    let jobs = state.store.list_jobs().await?;
+    Ok(axum::Json(JobList {
+        jobs: jobs.iter().map(views::job).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/jobs/{name}", tag = "jobs",
+    params(("name" = String, Path, description = "job name")),
+    responses((status = 200, description = "the job and its 20 most recent executions", body = JobDetail),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn job(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<axum::Json<JobDetail>, ApiError> {
+    job_name(&name)?;
+    let job = state
+        .store
+        .get_job(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job '{name}' does not exist")))?;
+    let recent = state
+        .store
+        .list_executions(ExecutionFilter {
+            job: Some(name),
+            limit: 20,
+            ..Default::default()
+        })
+        .await?;
+    let now = now(&state).await?;
+    Ok(axum::Json(JobDetail {
+        job: views::job(&job),
+        recent: recent.iter().map(|e| views::execution(e, now)).collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/jobs/{name}/trigger", tag = "jobs",
+    params(("name" = String, Path, description = "job name")),
+    request_body(content = Option<TriggerRequest>, description = "optional payload and idempotency key"),
+    responses((status = 201, description = "an execution was created (queued, or skipped under the overlap policy)", body = TriggerResponse),
+              (status = 200, description = "the idempotency key matched an earlier trigger: that execution", body = TriggerResponse),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn trigger(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(name): ApiPath<String>,
+    OptionalJson(req): OptionalJson<TriggerRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    job_name(&name)?;
+    if let Some(p) = &req.payload
+        && p.to_string().len() > MAX_PAYLOAD_BYTES
+    {
+        return Err(ApiError::too_large(format!(
+            "payload is larger than {MAX_PAYLOAD_BYTES} bytes"
+        )));
+    }
+    if let Some(k) = &req.idempotency_key
+        && (k.is_empty() || k.len() > 200)
+    {
+        return Err(ApiError::bad_request(
+            "idempotency_key must be 1 to 200 characters",
+        ));
+    }
+    let created = state
+        .store
+        .trigger(TriggerParams {
+            job: name,
+            actor: format!("api:{}", caller.name),
+            payload: req.payload,
+            idempotency_key: req.idempotency_key,
+        })
+        .await?;
+    if !created.existing {
+        state.signal_work();
+    }
+    let now = now(&state).await?;
+    let status = if created.existing {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        axum::Json(TriggerResponse {
+            created: !created.existing,
+            execution: views::execution(&created.execution, now),
+            replaced: created.replaced,
+        }),
+    ))
+}
+
+async fn set_paused(
+    state: &AppState,
+    name: String,
+    paused: bool,
+) -> Result<axum::Json<PauseResponse>, ApiError> {
+    job_name(&name)?;
+    state.store.set_paused(&name, paused).await?;
+    if !paused {
+        state.signal_work();
+    }
+    Ok(axum::Json(PauseResponse { name, paused }))
+}
+
+#[utoipa::path(post, path = "/api/jobs/{name}/pause", tag = "jobs",
+    params(("name" = String, Path, description = "job name")),
+    responses((status = 200, description = "paused: its fires are recorded as skipped (paused) and its queued executions wait", body = PauseResponse),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn pause(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<axum::Json<PauseResponse>, ApiError> {
+    set_paused(&state, name, true).await
+}
+
+#[utoipa::path(post, path = "/api/jobs/{name}/resume", tag = "jobs",
+    params(("name" = String, Path, description = "job name")),
+    responses((status = 200, description = "resumed", body = PauseResponse),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn resume(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<axum::Json<PauseResponse>, ApiError> {
+    set_paused(&state, name, false).await
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this job's executions.
+    pub job: Option<String>,
+    /// Only these states, comma-separated (e.g. `running,queued`).
+    pub status: Option<String>,
+    /// Queued at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Queued before this time (RFC 3339).
+    pub until: Option<String>,
+    /// Keyset pagination: only executions with an id below this one (from `next_before`).
+    pub before: Option<i64>,
+    /// Page size, 1 to 1000 (default 50).
+    pub limit: Option<i64>,
+}
+
+fn parse_time(field: &str, v: &str) -> Result<Timestamp, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| ApiError::bad_request(format!("{field}: '{v}' is not an RFC 3339 time ({e})")))
+}
+
+#[utoipa::path(get, path = "/api/executions", tag = "executions",
+    params(ListQuery),
+    responses((status = 200, description = "executions, newest first, one page", body = ExecutionPage),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn executions(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<axum::Json<ExecutionPage>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and 1000, got {limit}"
+        )));
+    }
+    if let Some(b) = q.before
+        && b < 1
+    {
+        return Err(ApiError::bad_request(format!(
+            "before must be a positive execution id, got {b}"
+        )));
+    }
+    let mut states = Vec::new();
+    for s in q
+        .status
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        states.push(
+            s.parse::<ExecState>()
+                .map_err(|e| ApiError::bad_request(format!("status: {e}")))?,
+        );
+    }
+    let filter = ExecutionFilter {
+        job: q.job,
+        states,
+        stale_after: None,
+        since: q
+            .since
+            .as_deref()
+            .map(|v| parse_time("since", v))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|v| parse_time("until", v))
+            .transpose()?,
+        before_id: q.before,
+        limit: limit as u32,
+    };
+    let rows = state.store.list_executions(filter).await?;
+    let now = now(&state).await?;
+    let next_before = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|e| e.id))
+        .flatten();
+    Ok(axum::Json(ExecutionPage {
+        executions: rows.iter().map(|e| views::execution(e, now)).collect(),
+        next_before,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/executions/{id}", tag = "executions",
+    params(("id" = i64, Path, description = "execution id")),
+    responses((status = 200, description = "the execution", body = ExecutionView),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn execution(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<axum::Json<ExecutionView>, ApiError> {
+    let id = execution_id(id)?;
+    let e = state
+        .store
+        .get_execution(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("execution {id} does not exist")))?;
+    Ok(axum::Json(views::execution(&e, now(&state).await?)))
+}
+
+#[utoipa::path(get, path = "/api/executions/{id}/events", tag = "executions",
+    params(("id" = i64, Path, description = "execution id")),
+    responses((status = 200, description = "its event log: every transition, note and refused report", body = EventList),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn events(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<axum::Json<EventList>, ApiError> {
+    let id = execution_id(id)?;
+    if state.store.get_execution(id).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "execution {id} does not exist"
+        )));
+    }
+    let events = state.store.events(id).await?;
+    Ok(axum::Json(EventList {
+        execution_id: id,
+        events: events.iter().map(views::event).collect(),
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// How much of the end of the log, in bytes (1 to 1048576, default 65536).
+    pub tail_bytes: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/executions/{id}/log", tag = "executions",
+    params(("id" = i64, Path, description = "execution id"), LogQuery),
+    responses((status = 200, description = "the tail of its output", body = LogView),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn log(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<axum::Json<LogView>, ApiError> {
+    let id = execution_id(id)?;
+    let tail = q.tail_bytes.unwrap_or(64 * 1024);
+    if !(1..=1024 * 1024).contains(&tail) {
+        return Err(ApiError::bad_request(format!(
+            "tail_bytes must be between 1 and 1048576, got {tail}"
+        )));
+    }
+    let e = state
+        .store
+        .get_execution(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("execution {id} does not exist")))?;
+    let path = log_path(&state.log_dir, &e.job, e.id);
+    let log = tokio::task::spawn_blocking(move || {
+        jobward_exec::log::read_tail(&path, tail as u64)
+            .ok()
+            .flatten()
+    })
+    .await
+    .unwrap_or(None);
+    Ok(axum::Json(LogView {
+        execution_id: id,
+        log,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/executions/{id}/cancel", tag = "executions",
+    params(("id" = i64, Path, description = "execution id")),
+    responses((status = 200, description = "cancelled if it was queued; a running one is stopped by its owner (SIGTERM, then SIGKILL)", body = CancelResponse),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<axum::Json<CancelResponse>, ApiError> {
+    let id = execution_id(id)?;
+    let actor = format!("api:{}", caller.name);
+    let out = state
+        .store
+        .cancel(CancelParams {
+            id,
+            reason: Reason::CancelRequested,
+            message: format!("cancelled by {actor}"),
+            actor,
+        })
+        .await?;
+    let now = now(&state).await?;
+    let (result, e) = match &out {
+        CancelOutcome::Cancelled { execution } => {
+            metrics::transition(execution);
+            ("cancelled", execution)
+        }
+        CancelOutcome::Requested { execution } => {
+            state.stop_local(execution.id, Reason::CancelRequested);
+            ("requested", execution)
+        }
+        CancelOutcome::AlreadyTerminal { execution } => ("already_terminal", execution),
+    };
+    Ok(axum::Json(CancelResponse {
+        result: result.to_string(),
+        execution: views::execution(e, now),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/executions/{id}/progress", tag = "executions",
+    params(("id" = i64, Path, description = "execution id")),
+    request_body = ProgressRequest,
+    security(()),
+    responses((status = 200, description = "recorded; proven by the execution's own lease token, no role token needed", body = ExecutionView),
+              (status = "default", description = "an error (409 lease_lost when the token is not the current one)", body = ErrorBody)))]
+pub async fn progress(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<ProgressRequest>,
+) -> Result<axum::Json<ExecutionView>, ApiError> {
+    let id = execution_id(id)?;
+    super::worker::check_report(req.progress, req.phase.as_deref(), req.checkpoint.as_ref())?;
+    let row = state
+        .store
+        .report_progress(ProgressParams {
+            lease: jobward_store::LeaseRef {
+                id,
+                attempt: req.attempt,
+                token: req.lease_token,
+            },
+            progress: req.progress,
+            phase: req.phase,
+            checkpoint: req.checkpoint,
+            actor: "job".into(),
+        })
+        .await
+        .inspect_err(|e| {
+            if matches!(e, jobward_store::StoreError::LeaseLost { .. }) {
+                metrics::refused("progress");
+            }
+        })?;
+    Ok(axum::Json(views::execution(&row, now(&state).await?)))
+}

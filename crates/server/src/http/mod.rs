@@ -1,0 +1,206 @@
+//! The HTTP server: the API, the worker protocol, `/metrics` and the OpenAPI document, with
+//! one error shape, a body limit, request timeouts and token access control.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod views;
+pub mod worker;
+
+use std::future::Future;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use jobward_core::Reason;
+use jobward_exec::Stop;
+use jobward_store::{DynStore, Settled, SyncReport};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::alerts::{AlertKind, Alerts};
+use crate::executor::Executor;
+use crate::health::HealthSettings;
+pub use auth::{Role, Token, Tokens};
+use error::ApiError;
+
+/// Largest request body: a completion with its log tail fits, a flood does not.
+pub const BODY_LIMIT: usize = 256 * 1024;
+/// Longest a request may take (a long-polling claim waits at most 30 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Re-reads the configuration and syncs the jobs; an error is one line and changes nothing.
+pub type Reloader =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<SyncReport, String>> + Send>> + Send + Sync>;
+
+pub struct AppInner {
+    pub store: DynStore,
+    pub tokens: Tokens,
+    pub log_dir: PathBuf,
+    pub health: HealthSettings,
+    /// Woken when work may be claimable: long-polling claims and the local executor wait on it.
+    pub work: Arc<Notify>,
+    /// This node's local executor, to stop a cancelled run at once.
+    pub executor: Option<Arc<Executor>>,
+    pub reload: Option<Reloader>,
+    pub alerts: Option<Alerts>,
+    shutting_down: AtomicBool,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+impl Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(store: DynStore, tokens: Tokens, log_dir: PathBuf) -> AppState {
+        AppState(Arc::new(AppInner {
+            store,
+            tokens,
+            log_dir,
+            health: HealthSettings::default(),
+            work: Arc::new(Notify::new()),
+            executor: None,
+            reload: None,
+            alerts: None,
+            shutting_down: AtomicBool::new(false),
+        }))
+    }
+
+    /// Builder-style settings, before the state is shared.
+    pub fn with(mut self, f: impl FnOnce(&mut AppInner)) -> AppState {
+        f(Arc::get_mut(&mut self.0).expect("configure the state before sharing it"));
+        self
+    }
+
+    pub fn signal_work(&self) {
+        self.work.notify_waiters();
+        self.work.notify_one();
+    }
+
+    /// Claims answer empty from now on, and waiting claims return.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.work.notify_waiters();
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    fn stop_local(&self, id: i64, reason: Reason) {
+        if let Some(ex) = &self.executor {
+            ex.stop(id, Stop::Graceful, Some(reason));
+        }
+    }
+
+    /// After a terminal transition: wake claimers for its retry, alert on a final failure.
+    pub fn after_settled(&self, s: &Settled) {
+        if s.retry.is_some() {
+            self.signal_work();
+        }
+        if let Some(a) = &self.alerts
+            && worker::failed_for_good(s)
+        {
+            a.send(AlertKind::Failed, json!({ "execution": views::execution(&s.execution, s.execution.finished_at.unwrap_or_default()) }));
+        }
+    }
+}
+
+async fn request_timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long",
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint (see /api/openapi.json)")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+              (status = "default", description = "an error", body = jobward_protocol::ErrorBody)))]
+pub async fn metrics_endpoint(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let snapshot = state.store.metrics().await?;
+    let text = crate::metrics::render(&snapshot);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// The whole HTTP surface.
+pub fn app(state: AppState) -> Router {
+    crate::metrics::handle();
+    let read = Router::new()
+        .route("/api/system/health", get(api::health))
+        .route("/api/system/executions/running", get(api::running))
+        .route("/api/jobs", get(api::jobs))
+        .route("/api/jobs/{name}", get(api::job))
+        .route("/api/executions", get(api::executions))
+        .route("/api/executions/{id}", get(api::execution))
+        .route("/api/executions/{id}/events", get(api::events))
+        .route("/api/executions/{id}/log", get(api::log))
+        .route("/metrics", get(metrics_endpoint))
+        .route("/api/openapi.json", get(openapi::document))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_read));
+    let operate = Router::new()
+        .route("/api/system/cleanup/stale-executions", post(api::cleanup))
+        .route("/api/system/reload", post(api::reload))
+        .route("/api/jobs/{name}/trigger", post(api::trigger))
+        .route("/api/jobs/{name}/pause", post(api::pause))
+        .route("/api/jobs/{name}/resume", post(api::resume))
+        .route("/api/executions/{id}/cancel", post(api::cancel))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_operate));
+    let worker = Router::new()
+        .route("/api/worker/claim", post(worker::claim))
+        .route("/api/worker/heartbeat", post(worker::heartbeat))
+        .route("/api/worker/complete", post(worker::complete))
+        .route("/api/worker/release", post(worker::release))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_worker));
+    // Proven by the execution's own lease token in the body.
+    let by_lease = Router::new().route("/api/executions/{id}/progress", post(api::progress));
+    Router::new()
+        .merge(read)
+        .merge(operate)
+        .merge(worker)
+        .merge(by_lease)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn(request_timeout))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}

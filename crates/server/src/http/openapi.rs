@@ -1,0 +1,52 @@
+//! The OpenAPI document, generated from the handlers' and wire types' annotations.
+
+use axum::response::IntoResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{api, worker};
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "jobward",
+        description = "A job scheduler and execution ledger: every execution reaches a terminal state with a true record. \
+            Errors are always {\"error\": {\"code\", \"message\"}}. When tokens are configured, send Authorization: Bearer TOKEN \
+            (roles: read, operate, worker)."
+    ),
+    paths(
+        api::health, api::running, api::cleanup, api::reload,
+        api::jobs, api::job, api::trigger, api::pause, api::resume,
+        api::executions, api::execution, api::events, api::log, api::cancel, api::progress,
+        worker::claim, worker::heartbeat, worker::complete, worker::release,
+        super::metrics_endpoint, document,
+    ),
+    modifiers(&Bearer),
+    security(("bearer" = [])),
+    tags(
+        (name = "system", description = "health, running executions, stale cleanup, reload, metrics"),
+        (name = "jobs", description = "job definitions (from the operator's configuration only) and triggers"),
+        (name = "executions", description = "executions, their events and logs"),
+        (name = "worker", description = "the worker protocol: claim, heartbeat, complete, release"),
+    )
+)]
+pub struct ApiDoc;
+
+#[utoipa::path(get, path = "/api/openapi.json", tag = "system",
+    responses((status = 200, description = "this document", body = Object),
+              (status = "default", description = "an error", body = jobward_protocol::ErrorBody)))]
+pub async fn document() -> impl IntoResponse {
+    axum::Json(ApiDoc::openapi())
+}

@@ -1,0 +1,130 @@
+//! Store rows as API views. The CLI's `--json` uses the same views, so there is one shape.
+
+use jobward_core::{Schedule, State, Timestamp};
+use jobward_protocol::{
+    CleanupResponse, EventView, ExecutionView, HealthMetricsView, HealthView, JobView,
+};
+use jobward_store::{CleanupReport, EventRow, ExecutionRow, HealthMetrics, JobRow};
+
+use crate::health::HealthSettings;
+
+pub fn execution(e: &ExecutionRow, now: Timestamp) -> ExecutionView {
+    ExecutionView {
+        id: e.id,
+        job: e.job.clone(),
+        number: e.number,
+        attempt: e.attempt,
+        max_attempts: e.max_attempts,
+        status: e.state.to_string(),
+        trigger: e.trigger.to_string(),
+        scheduled_for: e.scheduled_for,
+        queued_at: e.queued_at,
+        started_at: e.started_at,
+        finished_at: e.finished_at,
+        heartbeat_at: e.heartbeat_at,
+        lease_expires_at: e.lease_expires_at,
+        run_deadline: e.run_deadline,
+        runtime_ms: e.runtime(now).map(|d| d.as_millis() as u64),
+        reason: e.reason.map(|r| r.to_string()),
+        message: e.message.clone(),
+        exit_code: e.exit_code,
+        signal: e.signal,
+        retry_of: e.retry_of,
+        runner: e.runner.clone(),
+        node_id: e.node_id.clone(),
+        lease_owner: e.lease_owner.clone(),
+        pid: e.process.as_ref().map(|p| p.pid),
+        cancel_requested: e
+            .cancel_reason
+            .filter(|_| e.state == State::Running)
+            .map(|r| r.to_string()),
+        progress: e.progress,
+        phase: e.phase.clone(),
+        payload: e.payload.clone(),
+    }
+}
+
+pub fn event(e: &EventRow) -> EventView {
+    EventView {
+        id: e.id,
+        execution_id: e.execution_id,
+        at: e.at,
+        kind: e.kind.as_str().to_string(),
+        from: e.from.map(|s| s.to_string()),
+        to: e.to.map(|s| s.to_string()),
+        reason: e.reason.clone(),
+        message: e.message.clone(),
+        actor: e.actor.clone(),
+    }
+}
+
+pub fn job(j: &JobRow) -> JobView {
+    let s = &j.spec;
+    JobView {
+        name: s.name.clone(),
+        command: s.command.clone(),
+        schedule_kind: match s.schedule {
+            Schedule::Cron { .. } => "cron",
+            Schedule::Every(_) => "every",
+            Schedule::Manual => "manual",
+        }
+        .to_string(),
+        schedule: s.schedule.describe(),
+        next_fire_at: j.next_fire_at,
+        status: j.status(),
+        paused: j.paused,
+        defined: j.defined,
+        overlap: s.overlap.to_string(),
+        misfire: match s.misfire {
+            jobward_core::Misfire::RunOnce => "run_once",
+            jobward_core::Misfire::Skip => "skip",
+        }
+        .to_string(),
+        concurrency_key: s.concurrency_key.clone(),
+        runner: s.runner().to_string(),
+        heartbeat_timeout_ms: s.timeouts.heartbeat.as_millis() as u64,
+        run_timeout_ms: s.timeouts.run.as_millis() as u64,
+        queue_timeout_ms: s.timeouts.queue.as_millis() as u64,
+        max_attempts: s.retry.max_attempts,
+    }
+}
+
+pub fn health(m: HealthMetrics, settings: &HealthSettings) -> HealthView {
+    let warnings = crate::health::assess(&m, settings);
+    HealthView {
+        status: if warnings.is_empty() {
+            "healthy"
+        } else {
+            "warning"
+        }
+        .to_string(),
+        metrics: HealthMetricsView {
+            running_executions: m.running_executions,
+            queued_executions: m.queued_executions,
+            long_running_executions: m.long_running_executions,
+            stale_executions: m.stale_executions,
+            overdue_queued_executions: m.overdue_queued_executions,
+            recent_executions_24h: m.recent_executions_24h,
+            live_nodes: m.live_nodes,
+            timestamp: m.timestamp,
+        },
+        warnings,
+    }
+}
+
+pub fn cleanup(
+    r: &CleanupReport,
+    stale_after: std::time::Duration,
+    now: Timestamp,
+) -> CleanupResponse {
+    CleanupResponse {
+        dry_run: r.dry_run,
+        stale_after: jobward_core::duration::format_duration(stale_after),
+        matched: r.candidates.len(),
+        changed: r.changed.len(),
+        raced: r.raced.len(),
+        executions: r.candidates.iter().map(|e| execution(e, now)).collect(),
+        changed_ids: r.changed.iter().map(|c| c.id).collect(),
+        retries: r.changed.iter().filter_map(|c| c.retry).collect(),
+    }
+}

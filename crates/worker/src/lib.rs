@@ -1,0 +1,466 @@
+//! The remote worker: claims executions of some queues from a jobward server, runs each with
+//! the same process handling as a node (`jobward_exec`), heartbeats all its leases in one call,
+//! and completes them with their lease tokens.
+//!
+//! Its promise is the ledger's: when a lease is lost (the server says so, or the server has
+//! been unreachable for longer than the lease), the process group is killed at once, so no
+//! orphan keeps running while the ledger says the execution is over. On shutdown it stops
+//! claiming, lets running executions finish within a grace period, and hands the rest back
+//! so they run again at once. This crate knows the protocol, never the store.
+
+pub mod client;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jobward_exec::{Ending, Exit, Launch, Stop};
+use jobward_protocol::*;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+pub use client::{Client, ClientError};
+
+/// Settings of one worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub server: String,
+    pub token: Option<String>,
+    pub queues: Vec<String>,
+    pub concurrency: u32,
+    pub worker_id: String,
+    pub log_dir: PathBuf,
+    pub log_max_bytes: u64,
+    /// How long a shutdown lets running executions finish before handing them back.
+    pub shutdown_grace: Duration,
+}
+
+/// What a worker run did, for its caller's log.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerReport {
+    pub completed: u64,
+    pub lost: u64,
+    pub handed_back: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The server asked to cancel it: complete as "cancelled".
+    Cancel,
+    /// The worker is shutting down: hand it back instead of completing.
+    HandBack,
+}
+
+struct Run {
+    proof: LeaseProof,
+    stop: mpsc::UnboundedSender<Stop>,
+    why: Option<Why>,
+    heartbeat_timeout: Duration,
+}
+
+struct Shared {
+    client: Client,
+    cfg: WorkerConfig,
+    runs: Mutex<HashMap<i64, Run>>,
+    finished: Notify,
+    /// When the server last confirmed our leases.
+    last_heartbeat: Mutex<Instant>,
+    report: Mutex<WorkerReport>,
+}
+
+impl Shared {
+    fn stop(&self, id: i64, how: Stop, why: Option<Why>) {
+        let mut runs = self.runs.lock().expect("worker lock");
+        if let Some(r) = runs.get_mut(&id) {
+            if why.is_some() && r.why.is_none() {
+                r.why = why;
+            }
+            let _ = r.stop.send(how);
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.runs.lock().expect("worker lock").len()
+    }
+}
+
+/// Runs the worker until `shutdown` resolves, then drains and hands back.
+pub async fn run(
+    cfg: WorkerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<WorkerReport, ClientError> {
+    let client = Client::new(&cfg.server, cfg.token.clone())?;
+    let shared = Arc::new(Shared {
+        client,
+        cfg: cfg.clone(),
+        runs: Mutex::new(HashMap::new()),
+        finished: Notify::new(),
+        last_heartbeat: Mutex::new(Instant::now()),
+        report: Mutex::new(WorkerReport::default()),
+    });
+    let mut tasks = JoinSet::new();
+    let (hb_stop_tx, hb_stop) = watch::channel(false);
+    let hb = tokio::spawn(heartbeat_loop(shared.clone(), hb_stop));
+    info!(worker = %cfg.worker_id, server = %cfg.server, queues = ?cfg.queues, concurrency = cfg.concurrency, "worker started");
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let free = cfg.concurrency as usize - shared.running();
+        if free == 0 {
+            tokio::select! {
+                _ = shared.finished.notified() => continue,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                _ = shutdown.changed() => break,
+            }
+        }
+        let req = ClaimRequest {
+            worker_id: cfg.worker_id.clone(),
+            queues: cfg.queues.clone(),
+            batch: free.min(100) as u32,
+            wait_ms: 20_000,
+        };
+        let claimed = tokio::select! {
+            r = shared.client.claim(&req) => r,
+            _ = shutdown.changed() => break,
+        };
+        match claimed {
+            Ok(resp) => {
+                backoff = Duration::from_millis(200);
+                for e in resp.executions {
+                    start(&shared, &mut tasks, e);
+                }
+            }
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "claim failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                error!(error = %e, "claim refused; stopping the worker");
+                shutdown_runs(&shared, &mut tasks).await;
+                let _ = hb_stop_tx.send(true);
+                let _ = hb.await;
+                return Err(e);
+            }
+        }
+        // Reap finished run tasks without waiting.
+        while tasks.try_join_next().is_some() {}
+    }
+    info!(running = shared.running(), grace = ?cfg.shutdown_grace, "worker shutting down: no more claims");
+    shutdown_runs(&shared, &mut tasks).await;
+    let _ = hb_stop_tx.send(true);
+    let _ = hb.await;
+    let report = shared.report.lock().expect("worker lock").clone();
+    info!(
+        completed = report.completed,
+        lost = report.lost,
+        handed_back = report.handed_back,
+        "worker stopped"
+    );
+    Ok(report)
+}
+
+/// Waits up to the grace for running executions, then stops the rest and hands them back.
+async fn shutdown_runs(shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
+    let until = Instant::now() + shared.cfg.shutdown_grace;
+    while shared.running() > 0 && Instant::now() < until {
+        let _ = tokio::time::timeout_at(until, shared.finished.notified()).await;
+    }
+    let left: Vec<i64> = shared
+        .runs
+        .lock()
+        .expect("worker lock")
+        .keys()
+        .copied()
+        .collect();
+    for id in &left {
+        shared.stop(*id, Stop::Graceful, Some(Why::HandBack));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn start(shared: &Arc<Shared>, tasks: &mut JoinSet<()>, e: ClaimedExecution) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let proof = LeaseProof {
+        id: e.id,
+        attempt: e.attempt,
+        lease_token: e.lease_token.clone(),
+    };
+    shared.runs.lock().expect("worker lock").insert(
+        e.id,
+        Run {
+            proof,
+            stop: tx,
+            why: None,
+            heartbeat_timeout: Duration::from_millis(e.heartbeat_timeout_ms),
+        },
+    );
+    let shared = shared.clone();
+    tasks.spawn(async move {
+        let id = e.id;
+        execute(&shared, e, rx).await;
+        shared.runs.lock().expect("worker lock").remove(&id);
+        shared.finished.notify_waiters();
+    });
+}
+
+fn env_of(shared: &Shared, e: &ClaimedExecution) -> Vec<(String, String)> {
+    let mut env = vec![
+        (jobward_exec::MARK_EXECUTION.to_string(), e.id.to_string()),
+        (
+            jobward_exec::MARK_NODE.to_string(),
+            shared.cfg.worker_id.clone(),
+        ),
+        ("JOBWARD_JOB".to_string(), e.job.clone()),
+        ("JOBWARD_RUN_NUMBER".to_string(), e.number.to_string()),
+        ("JOBWARD_ATTEMPT".to_string(), e.attempt.to_string()),
+        ("JOBWARD_TRIGGER".to_string(), e.trigger.clone()),
+        (
+            "JOBWARD_WORKER_ID".to_string(),
+            shared.cfg.worker_id.clone(),
+        ),
+        (
+            "JOBWARD_SERVER_URL".to_string(),
+            shared.client.base().to_string(),
+        ),
+        ("JOBWARD_LEASE_TOKEN".to_string(), e.lease_token.clone()),
+    ];
+    if let Some(t) = e.scheduled_for {
+        env.push(("JOBWARD_SCHEDULED_FOR".into(), t.to_rfc3339()));
+    }
+    if let Some(p) = &e.payload {
+        env.push(("JOBWARD_PAYLOAD".into(), p.to_string()));
+    }
+    if let Some(c) = &e.checkpoint {
+        env.push(("JOBWARD_CHECKPOINT".into(), c.to_string()));
+    }
+    env
+}
+
+async fn execute(shared: &Arc<Shared>, e: ClaimedExecution, stop: mpsc::UnboundedReceiver<Stop>) {
+    let log_path = shared
+        .cfg
+        .log_dir
+        .join(&e.job)
+        .join(format!("{}.log", e.id));
+    let launch = Launch {
+        command: e.command.clone(),
+        env: env_of(shared, &e),
+        log_path: log_path.clone(),
+        log_max_bytes: shared.cfg.log_max_bytes,
+        cwd: None,
+    };
+    info!(execution = e.id, job = %e.job, number = e.number, attempt = e.attempt, "running");
+    let (outcome, exit_code, signal, error) = match jobward_exec::spawn(&launch) {
+        Err(err) => (
+            "failed",
+            None,
+            None,
+            Some(format!("could not start `sh -c`: {err}")),
+        ),
+        Ok(running) => {
+            let terminate_at = Instant::now() + Duration::from_millis(e.terminate_after_ms);
+            let f = running
+                .supervise(
+                    Some(terminate_at),
+                    Duration::from_millis(e.kill_grace_ms),
+                    stop,
+                )
+                .await;
+            let why = shared
+                .runs
+                .lock()
+                .expect("worker lock")
+                .get(&e.id)
+                .and_then(|r| r.why);
+            let (code, sig) = match f.exit {
+                Exit::Code(c) => (Some(c), None),
+                Exit::Signal(s) => (None, Some(s)),
+            };
+            match (f.ending, why) {
+                (_, Some(Why::HandBack)) => {
+                    hand_back(shared, &e).await;
+                    return;
+                }
+                (Ending::Stopped(Stop::Graceful), Some(Why::Cancel)) => {
+                    ("cancelled", code, sig, None)
+                }
+                (Ending::RunTimeout, _) => (
+                    "timed_out",
+                    code,
+                    sig,
+                    Some("exceeded its run timeout; stopped by its worker".into()),
+                ),
+                (Ending::Stopped(Stop::Immediate), _) => (
+                    "failed",
+                    code,
+                    sig,
+                    Some("killed after its lease was lost".into()),
+                ),
+                _ if f.exit.success() => ("completed", code, sig, None),
+                _ => ("failed", code, sig, None),
+            }
+        }
+    };
+    let log_tail = jobward_exec::log::read_tail(&log_path, 60 * 1024)
+        .ok()
+        .flatten();
+    let req = CompleteRequest {
+        worker_id: shared.cfg.worker_id.clone(),
+        id: e.id,
+        attempt: e.attempt,
+        lease_token: e.lease_token.clone(),
+        outcome: outcome.to_string(),
+        exit_code,
+        signal,
+        error,
+        log_tail,
+    };
+    complete(shared, &e, &req).await;
+}
+
+/// Records the end, retrying while the server is unreachable, for as long as the lease can
+/// still be alive. A refusal is final: the ledger already decided.
+async fn complete(shared: &Arc<Shared>, e: &ClaimedExecution, req: &CompleteRequest) {
+    let lease = Duration::from_millis(e.heartbeat_timeout_ms);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match shared.client.complete(req).await {
+            Ok(r) => {
+                shared.report.lock().expect("worker lock").completed += 1;
+                info!(execution = e.id, status = %r.execution.status, reason = r.execution.reason.as_deref().unwrap_or(""), "recorded");
+                return;
+            }
+            Err(err) if err.is_lease_lost() => {
+                shared.report.lock().expect("worker lock").lost += 1;
+                warn!(execution = e.id, "completion refused: {err}");
+                return;
+            }
+            Err(err)
+                if err.is_transient()
+                    && shared.last_heartbeat.lock().expect("worker lock").elapsed() < lease * 4 =>
+            {
+                warn!(execution = e.id, error = %err, "could not record the end yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => {
+                error!(execution = e.id, error = %err, "could not record the end; the server will settle it at its lease expiry");
+                return;
+            }
+        }
+    }
+}
+
+async fn hand_back(shared: &Arc<Shared>, e: &ClaimedExecution) {
+    let req = ReleaseRequest {
+        worker_id: shared.cfg.worker_id.clone(),
+        leases: vec![LeaseProof {
+            id: e.id,
+            attempt: e.attempt,
+            lease_token: e.lease_token.clone(),
+        }],
+        reason: Some(
+            "the worker is shutting down and the run did not finish within its grace period".into(),
+        ),
+    };
+    match shared.client.release(&req).await {
+        Ok(r) if !r.released.is_empty() => {
+            shared.report.lock().expect("worker lock").handed_back += 1;
+            info!(execution = e.id, retry = ?r.retries, "handed back: it runs again at once");
+        }
+        Ok(_) => warn!(
+            execution = e.id,
+            "hand-back refused: the lease was already lost"
+        ),
+        Err(err) => {
+            warn!(execution = e.id, error = %err, "could not hand back; the server will settle it at its lease expiry")
+        }
+    }
+}
+
+/// One call renews every lease. Lost leases are killed at once; cancels are stopped
+/// gracefully; a server unreachable for longer than a lease means every lease is lost.
+async fn heartbeat_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (leases, interval, lease): (Vec<LeaseReport>, Duration, Duration) = {
+            let runs = shared.runs.lock().expect("worker lock");
+            let shortest = runs
+                .values()
+                .map(|r| r.heartbeat_timeout)
+                .min()
+                .unwrap_or(Duration::from_secs(3));
+            let leases = runs
+                .values()
+                .map(|r| LeaseReport {
+                    id: r.proof.id,
+                    attempt: r.proof.attempt,
+                    lease_token: r.proof.lease_token.clone(),
+                    progress: None,
+                    phase: None,
+                    checkpoint: None,
+                })
+                .collect();
+            (
+                leases,
+                (shortest / 3).max(Duration::from_millis(100)),
+                shortest,
+            )
+        };
+        if leases.is_empty() {
+            *shared.last_heartbeat.lock().expect("worker lock") = Instant::now();
+        } else {
+            let req = HeartbeatRequest {
+                worker_id: shared.cfg.worker_id.clone(),
+                leases: leases.clone(),
+            };
+            match shared.client.heartbeat(&req).await {
+                Ok(r) => {
+                    *shared.last_heartbeat.lock().expect("worker lock") = Instant::now();
+                    for l in &r.lost {
+                        warn!(
+                            execution = l.id,
+                            status = l.status.as_deref().unwrap_or("gone"),
+                            "lease lost: killing its process group now"
+                        );
+                        shared.stop(l.id, Stop::Immediate, None);
+                    }
+                    for c in &r.cancel {
+                        info!(execution = c.id, reason = %c.reason, "cancel requested: stopping it");
+                        shared.stop(c.id, Stop::Graceful, Some(Why::Cancel));
+                    }
+                }
+                Err(err) if err.is_lease_lost() => {
+                    warn!("every lease lost ({err}): killing their process groups now");
+                    for l in &leases {
+                        shared.stop(l.id, Stop::Immediate, None);
+                    }
+                }
+                Err(err) => {
+                    let silent = shared.last_heartbeat.lock().expect("worker lock").elapsed();
+                    warn!(error = %err, silent = ?silent, "heartbeat failed");
+                    if silent > lease {
+                        error!(
+                            "no heartbeat confirmed for longer than the lease: the server has settled these runs; killing them"
+                        );
+                        for l in &leases {
+                            shared.stop(l.id, Stop::Immediate, None);
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
