@@ -171,6 +171,24 @@ impl ProcessTable {
     }
 }
 
+impl ProcessTable {
+    /// Kills every process marked as run by `owner` (a node incarnation or a worker id),
+    /// whatever its execution: for an owner that just started, they are provably left over
+    /// from its previous life.
+    pub fn sweep_owner(&self, owner: &str) -> Sweep {
+        let mut sweep = Sweep::default();
+        for (stat, marker) in &self.procs {
+            if marker.as_ref().is_some_and(|(_, node)| node == owner)
+                && procfs::stat(stat.pid).is_some_and(|now| now.start_ticks == stat.start_ticks && now.state != 'Z')
+                && kill(Pid::from_raw(stat.pid), Signal::SIGKILL).is_ok()
+            {
+                sweep.killed.push(stat.pid);
+            }
+        }
+        sweep
+    }
+}
+
 /// Waits (briefly) until the killed processes are gone: SIGKILL is not instant.
 pub fn wait_gone(pids: &[i32], limit: Duration) {
     let until = Instant::now() + limit;

@@ -101,6 +101,19 @@ pub async fn run(
         last_heartbeat: Mutex::new(Instant::now()),
         report: Mutex::new(WorkerReport::default()),
     });
+    // What a previous run under this worker id left behind (it was killed before it could
+    // stop its children) is provably ours: kill it before taking new work.
+    let owner = cfg.worker_id.clone();
+    let sweep = tokio::task::spawn_blocking(move || {
+        let sweep = jobward_exec::ProcessTable::snapshot().sweep_owner(&owner);
+        jobward_exec::wait_gone(&sweep.killed, Duration::from_secs(2));
+        sweep
+    })
+    .await
+    .unwrap_or_default();
+    if !sweep.killed.is_empty() {
+        warn!(killed = ?sweep.killed, "killed processes left by a previous run of this worker id");
+    }
     let mut tasks = JoinSet::new();
     let (hb_stop_tx, hb_stop) = watch::channel(false);
     let hb = tokio::spawn(heartbeat_loop(shared.clone(), hb_stop));
