@@ -179,7 +179,8 @@ impl ProcessTable {
         let mut sweep = Sweep::default();
         for (stat, marker) in &self.procs {
             if marker.as_ref().is_some_and(|(_, node)| node == owner)
-                && procfs::stat(stat.pid).is_some_and(|now| now.start_ticks == stat.start_ticks && now.state != 'Z')
+                && procfs::stat(stat.pid)
+                    .is_some_and(|now| now.start_ticks == stat.start_ticks && now.state != 'Z')
                 && kill(Pid::from_raw(stat.pid), Signal::SIGKILL).is_ok()
             {
                 sweep.killed.push(stat.pid);

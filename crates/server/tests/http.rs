@@ -24,28 +24,58 @@ struct Api {
 async fn api(tokens: bool) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    let (store, _) = jobward_store::open(&url, OpenMode::CreateAndMigrate).await.unwrap();
+    let (store, _) = jobward_store::open(&url, OpenMode::CreateAndMigrate)
+        .await
+        .unwrap();
     let mut remote = JobSpec::new("remote", "true");
     remote.queue = Some("q1".into());
     remote.overlap = Overlap::Allow;
     let mut local = JobSpec::new("local", "true");
     local.overlap = Overlap::Allow;
-    store.sync_jobs(SyncJobs { jobs: vec![local, remote], limits: Default::default() }).await.unwrap();
+    store
+        .sync_jobs(SyncJobs {
+            jobs: vec![local, remote],
+            limits: Default::default(),
+        })
+        .await
+        .unwrap();
     let tokens = if tokens {
-        Tokens(vec![Token::new("r", Role::Read, READ), Token::new("o", Role::Operate, OPERATE), Token::new("w", Role::Worker, WORKER)])
+        Tokens(vec![
+            Token::new("r", Role::Read, READ),
+            Token::new("o", Role::Operate, OPERATE),
+            Token::new("w", Role::Worker, WORKER),
+        ])
     } else {
         Tokens::default()
     };
     let state = AppState::new(store.clone(), tokens, dir.path().join("logs"));
-    Api { _dir: dir, store, router: app(state) }
+    Api {
+        _dir: dir,
+        store,
+        router: app(state),
+    }
 }
 
 impl Api {
-    async fn call(&self, method: Method, uri: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
-        self.raw(method, uri, token, body.map(|b| b.to_string()), true).await
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.raw(method, uri, token, body.map(|b| b.to_string()), true)
+            .await
     }
 
-    async fn raw(&self, method: Method, uri: &str, token: Option<&str>, body: Option<String>, json: bool) -> (StatusCode, Value) {
+    async fn raw(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<String>,
+        json: bool,
+    ) -> (StatusCode, Value) {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -53,11 +83,16 @@ impl Api {
         if json && body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
-        let req = req.body(body.map(Body::from).unwrap_or_else(Body::empty)).unwrap();
+        let req = req
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .unwrap();
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 10 << 20).await.unwrap();
-        let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let bytes = axum::body::to_bytes(resp.into_body(), 10 << 20)
+            .await
+            .unwrap();
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, v)
     }
 }
@@ -66,7 +101,12 @@ fn assert_error(status: StatusCode, v: &Value, want_status: StatusCode, want_cod
     assert_eq!(status, want_status, "{v}");
     assert_eq!(v["error"]["code"], want_code, "{v}");
     let msg = v["error"]["message"].as_str().expect("a message");
-    assert!(!msg.to_lowercase().contains("sqlite") && !msg.contains("SELECT") && !msg.contains("executions WHERE"), "internals leaked: {msg}");
+    assert!(
+        !msg.to_lowercase().contains("sqlite")
+            && !msg.contains("SELECT")
+            && !msg.contains("executions WHERE"),
+        "internals leaked: {msg}"
+    );
 }
 
 /// Every endpoint, with the role it needs (None: proven by a lease token, no role).
@@ -74,7 +114,12 @@ fn endpoints() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
     use Method as M;
     vec![
         (M::GET, "/api/system/health", Some(Role::Read), None),
-        (M::GET, "/api/system/executions/running", Some(Role::Read), None),
+        (
+            M::GET,
+            "/api/system/executions/running",
+            Some(Role::Read),
+            None,
+        ),
         (M::GET, "/api/jobs", Some(Role::Read), None),
         (M::GET, "/api/jobs/local", Some(Role::Read), None),
         (M::GET, "/api/executions", Some(Role::Read), None),
@@ -83,40 +128,92 @@ fn endpoints() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
         (M::GET, "/api/executions/1/log", Some(Role::Read), None),
         (M::GET, "/metrics", Some(Role::Read), None),
         (M::GET, "/api/openapi.json", Some(Role::Read), None),
-        (M::POST, "/api/system/cleanup/stale-executions", Some(Role::Operate), Some(json!({}))),
+        (
+            M::POST,
+            "/api/system/cleanup/stale-executions",
+            Some(Role::Operate),
+            Some(json!({})),
+        ),
         (M::POST, "/api/system/reload", Some(Role::Operate), None),
-        (M::POST, "/api/jobs/local/trigger", Some(Role::Operate), Some(json!({}))),
+        (
+            M::POST,
+            "/api/jobs/local/trigger",
+            Some(Role::Operate),
+            Some(json!({})),
+        ),
         (M::POST, "/api/jobs/local/pause", Some(Role::Operate), None),
         (M::POST, "/api/jobs/local/resume", Some(Role::Operate), None),
-        (M::POST, "/api/executions/1/cancel", Some(Role::Operate), None),
-        (M::POST, "/api/worker/claim", Some(Role::Worker), Some(json!({"worker_id": "w", "queues": ["q1"], "batch": 1}))),
-        (M::POST, "/api/worker/heartbeat", Some(Role::Worker), Some(json!({"worker_id": "w", "leases": []}))),
+        (
+            M::POST,
+            "/api/executions/1/cancel",
+            Some(Role::Operate),
+            None,
+        ),
+        (
+            M::POST,
+            "/api/worker/claim",
+            Some(Role::Worker),
+            Some(json!({"worker_id": "w", "queues": ["q1"], "batch": 1})),
+        ),
+        (
+            M::POST,
+            "/api/worker/heartbeat",
+            Some(Role::Worker),
+            Some(json!({"worker_id": "w", "leases": []})),
+        ),
         (
             M::POST,
             "/api/worker/complete",
             Some(Role::Worker),
-            Some(json!({"worker_id": "w", "id": 1, "attempt": 1, "lease_token": "x", "outcome": "completed"})),
+            Some(
+                json!({"worker_id": "w", "id": 1, "attempt": 1, "lease_token": "x", "outcome": "completed"}),
+            ),
         ),
-        (M::POST, "/api/worker/release", Some(Role::Worker), Some(json!({"worker_id": "w", "leases": []}))),
+        (
+            M::POST,
+            "/api/worker/release",
+            Some(Role::Worker),
+            Some(json!({"worker_id": "w", "leases": []})),
+        ),
     ]
 }
 
 #[tokio::test]
 async fn every_endpoint_refuses_a_missing_or_wrong_role_token() {
     let api = api(true).await;
-    api.store.trigger(jobward_store::TriggerParams { job: "local".into(), actor: "t".into(), ..Default::default() }).await.unwrap();
+    api.store
+        .trigger(jobward_store::TriggerParams {
+            job: "local".into(),
+            actor: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     for (method, uri, needs, body) in endpoints() {
         let needs = needs.unwrap();
         let (s, v) = api.call(method.clone(), uri, None, body.clone()).await;
         assert_error(s, &v, StatusCode::UNAUTHORIZED, "unauthorized");
-        let (s, v) = api.call(method.clone(), uri, Some("not-a-valid-token-at-all"), body.clone()).await;
+        let (s, v) = api
+            .call(
+                method.clone(),
+                uri,
+                Some("not-a-valid-token-at-all"),
+                body.clone(),
+            )
+            .await;
         assert_error(s, &v, StatusCode::UNAUTHORIZED, "unauthorized");
-        for (token, role) in [(READ, Role::Read), (OPERATE, Role::Operate), (WORKER, Role::Worker)] {
+        for (token, role) in [
+            (READ, Role::Read),
+            (OPERATE, Role::Operate),
+            (WORKER, Role::Worker),
+        ] {
             let allowed = match needs {
                 Role::Read => role != Role::Worker,
                 other => role == other,
             };
-            let (s, v) = api.call(method.clone(), uri, Some(token), body.clone()).await;
+            let (s, v) = api
+                .call(method.clone(), uri, Some(token), body.clone())
+                .await;
             if allowed {
                 assert_ne!(s, StatusCode::UNAUTHORIZED, "{method} {uri} as {role}: {v}");
                 assert_ne!(s, StatusCode::FORBIDDEN, "{method} {uri} as {role}: {v}");
@@ -127,7 +224,12 @@ async fn every_endpoint_refuses_a_missing_or_wrong_role_token() {
     }
     // The progress endpoint is proven by the execution's lease token, not a role.
     let (s, v) = api
-        .call(Method::POST, "/api/executions/1/progress", None, Some(json!({"attempt": 1, "lease_token": "forged", "progress": 0.5})))
+        .call(
+            Method::POST,
+            "/api/executions/1/progress",
+            None,
+            Some(json!({"attempt": 1, "lease_token": "forged", "progress": 0.5})),
+        )
         .await;
     assert_error(s, &v, StatusCode::CONFLICT, "lease_lost");
 }
@@ -174,63 +276,169 @@ async fn malformed_requests_get_4xx_in_one_shape_and_change_nothing() {
         let (s, v) = api.raw(method.clone(), uri, None, body, json).await;
         assert_error(s, &v, want, code);
     }
-    assert!(api.store.list_executions(Default::default()).await.unwrap().is_empty(), "nothing was created");
+    assert!(
+        api.store
+            .list_executions(Default::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing was created"
+    );
 }
 
 #[tokio::test]
 async fn trigger_with_an_idempotency_key_creates_one_execution() {
     let api = api(false).await;
     let body = json!({"payload": {"report": "q3"}, "idempotency_key": "order-17"});
-    let (s1, v1) = api.call(Method::POST, "/api/jobs/local/trigger", None, Some(body.clone())).await;
+    let (s1, v1) = api
+        .call(
+            Method::POST,
+            "/api/jobs/local/trigger",
+            None,
+            Some(body.clone()),
+        )
+        .await;
     assert_eq!(s1, StatusCode::CREATED, "{v1}");
     assert_eq!(v1["execution"]["payload"], json!({"report": "q3"}));
-    let (s2, v2) = api.call(Method::POST, "/api/jobs/local/trigger", None, Some(body)).await;
+    let (s2, v2) = api
+        .call(Method::POST, "/api/jobs/local/trigger", None, Some(body))
+        .await;
     assert_eq!(s2, StatusCode::OK);
     assert_eq!(v2["created"], false);
     assert_eq!(v2["execution"]["id"], v1["execution"]["id"]);
-    let (s3, _) = api.call(Method::POST, "/api/jobs/local/trigger", None, None).await;
+    let (s3, _) = api
+        .call(Method::POST, "/api/jobs/local/trigger", None, None)
+        .await;
     assert_eq!(s3, StatusCode::CREATED, "an empty body is a plain trigger");
-    let (_, page) = api.call(Method::GET, "/api/executions?job=local&limit=1", None, None).await;
+    let (_, page) = api
+        .call(Method::GET, "/api/executions?job=local&limit=1", None, None)
+        .await;
     assert_eq!(page["executions"].as_array().unwrap().len(), 1);
     let before = page["next_before"].as_i64().unwrap();
-    let (_, page2) = api.call(Method::GET, &format!("/api/executions?job=local&limit=1&before={before}"), None, None).await;
+    let (_, page2) = api
+        .call(
+            Method::GET,
+            &format!("/api/executions?job=local&limit=1&before={before}"),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(page2["executions"][0]["id"], v1["execution"]["id"]);
 }
 
 #[tokio::test]
 async fn the_worker_protocol_fences_every_report() {
     let api = api(false).await;
-    api.store.trigger(jobward_store::TriggerParams { job: "remote".into(), actor: "t".into(), ..Default::default() }).await.unwrap();
-    let (s, v) = api.call(Method::POST, "/api/worker/claim", None, Some(json!({"worker_id": "w1", "queues": ["q1"], "batch": 5}))).await;
+    api.store
+        .trigger(jobward_store::TriggerParams {
+            job: "remote".into(),
+            actor: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (s, v) = api
+        .call(
+            Method::POST,
+            "/api/worker/claim",
+            None,
+            Some(json!({"worker_id": "w1", "queues": ["q1"], "batch": 5})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     let e = &v["executions"][0];
-    let (id, token) = (e["id"].as_i64().unwrap(), e["lease_token"].as_str().unwrap().to_string());
+    let (id, token) = (
+        e["id"].as_i64().unwrap(),
+        e["lease_token"].as_str().unwrap().to_string(),
+    );
     assert_eq!(e["heartbeat_timeout_ms"], 3000);
     let beat = json!({"worker_id": "w1", "leases": [{"id": id, "attempt": 1, "lease_token": token, "progress": 0.3, "phase": "load"}]});
-    let (s, v) = api.call(Method::POST, "/api/worker/heartbeat", None, Some(beat)).await;
+    let (s, v) = api
+        .call(Method::POST, "/api/worker/heartbeat", None, Some(beat))
+        .await;
     assert_eq!((s, v["renewed"].clone()), (StatusCode::OK, json!([id])));
-    let forged = json!({"worker_id": "w1", "leases": [{"id": id, "attempt": 1, "lease_token": "forged"}]});
-    let (s, v) = api.call(Method::POST, "/api/worker/heartbeat", None, Some(forged)).await;
+    let forged =
+        json!({"worker_id": "w1", "leases": [{"id": id, "attempt": 1, "lease_token": "forged"}]});
+    let (s, v) = api
+        .call(Method::POST, "/api/worker/heartbeat", None, Some(forged))
+        .await;
     assert_error(s, &v, StatusCode::CONFLICT, "lease_lost");
     let done = json!({"worker_id": "w1", "id": id, "attempt": 1, "lease_token": token, "outcome": "failed", "exit_code": 2, "log_tail": "boom\n"});
-    let (s1, v1) = api.call(Method::POST, "/api/worker/complete", None, Some(done.clone())).await;
+    let (s1, v1) = api
+        .call(
+            Method::POST,
+            "/api/worker/complete",
+            None,
+            Some(done.clone()),
+        )
+        .await;
     assert_eq!(s1, StatusCode::OK, "{v1}");
-    assert_eq!((v1["execution"]["status"].as_str(), v1["execution"]["reason"].as_str()), (Some("failed"), Some("exit_code")));
-    let (s2, v2) = api.call(Method::POST, "/api/worker/complete", None, Some(done.clone())).await;
-    assert_eq!((s2, &v2), (StatusCode::OK, &v1), "the same completion is answered the same way twice");
+    assert_eq!(
+        (
+            v1["execution"]["status"].as_str(),
+            v1["execution"]["reason"].as_str()
+        ),
+        (Some("failed"), Some("exit_code"))
+    );
+    let (s2, v2) = api
+        .call(
+            Method::POST,
+            "/api/worker/complete",
+            None,
+            Some(done.clone()),
+        )
+        .await;
+    assert_eq!(
+        (s2, &v2),
+        (StatusCode::OK, &v1),
+        "the same completion is answered the same way twice"
+    );
     let mut other = done;
     other["outcome"] = json!("completed");
-    let (s, v) = api.call(Method::POST, "/api/worker/complete", None, Some(other)).await;
+    let (s, v) = api
+        .call(Method::POST, "/api/worker/complete", None, Some(other))
+        .await;
     assert_error(s, &v, StatusCode::CONFLICT, "lease_lost");
-    let (_, log) = api.call(Method::GET, &format!("/api/executions/{id}/log"), None, None).await;
-    assert_eq!(log["log"], "boom\n", "the worker's log tail is kept as the execution's log");
-    let (_, events) = api.call(Method::GET, &format!("/api/executions/{id}/events"), None, None).await;
-    let refused = events["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "refused").count();
-    assert_eq!(refused, 2, "the forged heartbeat and the conflicting completion are in the event log");
+    let (_, log) = api
+        .call(
+            Method::GET,
+            &format!("/api/executions/{id}/log"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        log["log"], "boom\n",
+        "the worker's log tail is kept as the execution's log"
+    );
+    let (_, events) = api
+        .call(
+            Method::GET,
+            &format!("/api/executions/{id}/events"),
+            None,
+            None,
+        )
+        .await;
+    let refused = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "refused")
+        .count();
+    assert_eq!(
+        refused, 2,
+        "the forged heartbeat and the conflicting completion are in the event log"
+    );
     let (_, metrics) = api.raw(Method::GET, "/metrics", None, None, false).await;
     let text = metrics.as_str().unwrap();
-    assert!(text.contains("jobward_stale_reports_refused_total"), "{text}");
-    assert!(text.contains("jobward_executions{state=\"failed\"} 1"), "{text}");
+    assert!(
+        text.contains("jobward_stale_reports_refused_total"),
+        "{text}"
+    );
+    assert!(
+        text.contains("jobward_executions{state=\"failed\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -242,19 +450,32 @@ async fn a_long_poll_claim_returns_when_work_arrives() {
             .method(Method::POST)
             .uri("/api/worker/claim")
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(json!({"worker_id": "w", "queues": ["q1"], "batch": 1, "wait_ms": 10000}).to_string()))
+            .body(Body::from(
+                json!({"worker_id": "w", "queues": ["q1"], "batch": 1, "wait_ms": 10000})
+                    .to_string(),
+            ))
             .unwrap();
         let started = std::time::Instant::now();
         let resp = router.oneshot(req).await.unwrap();
-        let v: Value = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(
+            &axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         (started.elapsed(), v)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (s, _) = api.call(Method::POST, "/api/jobs/remote/trigger", None, None).await;
+    let (s, _) = api
+        .call(Method::POST, "/api/jobs/remote/trigger", None, None)
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let (waited, v) = claim.await.unwrap();
     assert_eq!(v["executions"].as_array().unwrap().len(), 1, "{v}");
-    assert!(waited < Duration::from_secs(5), "returned when work arrived, not at wait_ms: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "returned when work arrived, not at wait_ms: {waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -265,9 +486,15 @@ async fn the_openapi_document_covers_every_endpoint() {
     let mut all = endpoints();
     all.push((Method::POST, "/api/executions/1/progress", None, None));
     for (method, uri, _, _) in all {
-        let templated = uri.replace("/local/", "/{name}/").replace("/api/jobs/local", "/api/jobs/{name}").replace("/1", "/{id}");
+        let templated = uri
+            .replace("/local/", "/{name}/")
+            .replace("/api/jobs/local", "/api/jobs/{name}")
+            .replace("/1", "/{id}");
         let op = &doc["paths"][&templated][method.as_str().to_lowercase()];
         assert!(op.is_object(), "{method} {templated} is not documented");
-        assert!(op["responses"]["default"].is_object() || op["responses"]["4XX"].is_object(), "{method} {templated} documents no error");
+        assert!(
+            op["responses"]["default"].is_object() || op["responses"]["4XX"].is_object(),
+            "{method} {templated} documents no error"
+        );
     }
 }

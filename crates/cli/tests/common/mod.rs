@@ -171,7 +171,12 @@ impl Server {
     pub fn api(&self) -> String {
         let text = self.log_text();
         let at = text.find("api=").expect("serving line names its api");
-        text[at + 4..].split_whitespace().next().unwrap().trim_matches('"').to_string()
+        text[at + 4..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
     }
 
     pub fn log_text(&self) -> String {
