@@ -245,7 +245,9 @@ async fn without_tokens_everything_is_open_on_loopback() {
 #[tokio::test]
 async fn malformed_requests_get_4xx_in_one_shape_and_change_nothing() {
     let api = api(false).await;
-    let cases: Vec<(Method, &str, Option<String>, bool, StatusCode, &str)> = vec![
+    // (method, uri, body, send as JSON, expected status, expected code)
+    type Case = (Method, &'static str, Option<String>, bool, StatusCode, &'static str);
+    let cases: Vec<Case> = vec![
         (Method::POST, "/api/worker/claim", Some("{not json".into()), true, StatusCode::BAD_REQUEST, "invalid_json"),
         (Method::POST, "/api/worker/claim", Some(r#"{"worker_id":"w","queues":["q1"],"batch":1,"bogus":1}"#.into()), true, StatusCode::BAD_REQUEST, "invalid_json"),
         (Method::POST, "/api/worker/claim", Some(r#"{"worker_id":"w","queues":"q1","batch":1}"#.into()), true, StatusCode::BAD_REQUEST, "invalid_json"),
