@@ -60,7 +60,7 @@ pub struct ExecutionView {
     pub cancel_requested: Option<String>,
     pub progress: Option<f64>,
     pub phase: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Value>,
 }
 
@@ -133,9 +133,10 @@ pub struct JobDetail {
 #[serde(deny_unknown_fields)]
 pub struct TriggerRequest {
     /// Handed to the command as `JOBWARD_PAYLOAD` (JSON text, at most 16 KiB).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Value>,
     /// The same key returns the execution it created the first time, instead of a second one.
+    #[schema(min_length = 1, max_length = 200)]
     pub idempotency_key: Option<String>,
 }
 
@@ -230,13 +231,17 @@ pub struct CleanupResponse {
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     /// Stable for the worker process; it owns the leases it claims.
+    #[schema(min_length = 1, max_length = 200)]
     pub worker_id: String,
     /// Queues to claim from, in order of preference.
+    #[schema(min_items = 1, max_items = 20)]
     pub queues: Vec<String>,
     /// How many executions at most (1 to 100).
+    #[schema(minimum = 1, maximum = 100)]
     pub batch: u32,
     /// Long poll: wait up to this long for work when there is none (0 to 30000).
     #[serde(default)]
+    #[schema(maximum = 30000)]
     pub wait_ms: u64,
 }
 
@@ -252,10 +257,10 @@ pub struct ClaimedExecution {
     pub command: String,
     pub trigger: String,
     pub scheduled_for: Option<DateTime<Utc>>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Value>,
     /// The last checkpoint of the previous attempt, for a retry.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub checkpoint: Option<Value>,
     /// Proves the lease in every heartbeat and completion.
     pub lease_token: String,
@@ -279,6 +284,8 @@ pub struct ClaimResponse {
 #[serde(deny_unknown_fields)]
 pub struct LeaseProof {
     pub id: i64,
+    /// The attempt the lease is for (1 to 1000000).
+    #[schema(minimum = 1, maximum = 1000000)]
     pub attempt: u32,
     pub lease_token: String,
 }
@@ -287,21 +294,27 @@ pub struct LeaseProof {
 #[serde(deny_unknown_fields)]
 pub struct LeaseReport {
     pub id: i64,
+    /// The attempt the lease is for (1 to 1000000).
+    #[schema(minimum = 1, maximum = 1000000)]
     pub attempt: u32,
     pub lease_token: String,
     /// 0 to 1.
+    #[schema(minimum = 0, maximum = 1)]
     pub progress: Option<f64>,
+    #[schema(max_length = 200)]
     pub phase: Option<String>,
     /// Small JSON (at most 16 KiB) handed to a retry of this execution.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub checkpoint: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
+    #[schema(min_length = 1, max_length = 200)]
     pub worker_id: String,
     /// Every lease the worker holds: one call renews them all.
+    #[schema(max_items = 1000)]
     pub leases: Vec<LeaseReport>,
 }
 
@@ -331,17 +344,23 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
+    #[schema(min_length = 1, max_length = 200)]
     pub worker_id: String,
     pub id: i64,
+    /// The attempt the lease is for (1 to 1000000).
+    #[schema(minimum = 1, maximum = 1000000)]
     pub attempt: u32,
     pub lease_token: String,
     /// completed, failed, timed_out (the worker enforced the run timeout) or cancelled
     /// (it stopped the run on a cancel request).
+    #[schema(pattern = "^(completed|failed|timed_out|cancelled)$")]
     pub outcome: String,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    #[schema(max_length = 4096)]
     pub error: Option<String>,
     /// The end of the run's output, kept as its log (at most 64 KiB).
+    #[schema(max_length = 65536)]
     pub log_tail: Option<String>,
 }
 
@@ -355,7 +374,9 @@ pub struct CompleteResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
+    #[schema(min_length = 1, max_length = 200)]
     pub worker_id: String,
+    #[schema(max_items = 1000)]
     pub leases: Vec<LeaseProof>,
     pub reason: Option<String>,
 }
@@ -374,10 +395,14 @@ pub struct ReleaseResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressRequest {
+    /// The attempt the lease is for (1 to 1000000).
+    #[schema(minimum = 1, maximum = 1000000)]
     pub attempt: u32,
     pub lease_token: String,
+    #[schema(minimum = 0, maximum = 1)]
     pub progress: Option<f64>,
+    #[schema(max_length = 200)]
     pub phase: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub checkpoint: Option<Value>,
 }

@@ -246,7 +246,14 @@ async fn without_tokens_everything_is_open_on_loopback() {
 async fn malformed_requests_get_4xx_in_one_shape_and_change_nothing() {
     let api = api(false).await;
     // (method, uri, body, send as JSON, expected status, expected code)
-    type Case = (Method, &'static str, Option<String>, bool, StatusCode, &'static str);
+    type Case = (
+        Method,
+        &'static str,
+        Option<String>,
+        bool,
+        StatusCode,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         (Method::POST, "/api/worker/claim", Some("{not json".into()), true, StatusCode::BAD_REQUEST, "invalid_json"),
         (Method::POST, "/api/worker/claim", Some(r#"{"worker_id":"w","queues":["q1"],"batch":1,"bogus":1}"#.into()), true, StatusCode::BAD_REQUEST, "invalid_json"),
@@ -257,7 +264,10 @@ async fn malformed_requests_get_4xx_in_one_shape_and_change_nothing() {
         (Method::POST, "/api/worker/claim", Some(r#"{"worker_id":"w","queues":["q1"],"batch":1}"#.into()), false, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         (Method::POST, "/api/worker/claim", Some(format!(r#"{{"worker_id":"{}","queues":["q1"],"batch":1}}"#, "x".repeat(400_000))), true, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         (Method::POST, "/api/jobs/local/trigger", Some(r#"{"payload": 1, "extra": true}"#.into()), true, StatusCode::BAD_REQUEST, "invalid_json"),
-        (Method::POST, "/api/jobs/local/trigger", Some(format!(r#"{{"payload": "{}"}}"#, "p".repeat(20_000))), true, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        (Method::POST, "/api/jobs/local/trigger", Some("[null, null]".into()), true, StatusCode::BAD_REQUEST, "invalid_json"),
+        (Method::POST, "/api/worker/claim", Some(r#"["w", ["q1"], 1, 0]"#.into()), true, StatusCode::BAD_REQUEST, "invalid_json"),
+        (Method::POST, "/api/jobs/local/trigger", Some(format!(r#"{{"payload": "{}"}}"#, "p".repeat(20_000))), true, StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::POST, "/api/worker/release", Some(r#"{"worker_id":"w","leases":[{"id":1,"attempt":2147483648,"lease_token":"x"}]}"#.into()), true, StatusCode::BAD_REQUEST, "bad_request"),
         (Method::POST, "/api/jobs/nope/trigger", None, true, StatusCode::NOT_FOUND, "not_found"),
         (Method::POST, "/api/jobs/..%2Fetc/trigger", None, true, StatusCode::NOT_FOUND, "not_found"),
         (Method::GET, "/api/executions/999999", None, true, StatusCode::NOT_FOUND, "not_found"),

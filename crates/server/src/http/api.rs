@@ -136,7 +136,7 @@ pub async fn jobs(State(state): State<AppState>) -> Result<axum::Json<JobList>, 
 }
 
 #[utoipa::path(get, path = "/api/jobs/{name}", tag = "jobs",
-    params(("name" = String, Path, description = "job name")),
+    params(("name" = String, Path, description = "job name", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")),
     responses((status = 200, description = "the job and its 20 most recent executions", body = JobDetail),
               (status = "default", description = "an error", body = ErrorBody)))]
 pub async fn job(
@@ -165,7 +165,7 @@ pub async fn job(
 }
 
 #[utoipa::path(post, path = "/api/jobs/{name}/trigger", tag = "jobs",
-    params(("name" = String, Path, description = "job name")),
+    params(("name" = String, Path, description = "job name", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")),
     request_body(content = Option<TriggerRequest>, description = "optional payload and idempotency key"),
     responses((status = 201, description = "an execution was created (queued, or skipped under the overlap policy)", body = TriggerResponse),
               (status = 200, description = "the idempotency key matched an earlier trigger: that execution", body = TriggerResponse),
@@ -180,7 +180,7 @@ pub async fn trigger(
     if let Some(p) = &req.payload
         && p.to_string().len() > MAX_PAYLOAD_BYTES
     {
-        return Err(ApiError::too_large(format!(
+        return Err(ApiError::bad_request(format!(
             "payload is larger than {MAX_PAYLOAD_BYTES} bytes"
         )));
     }
@@ -233,7 +233,7 @@ async fn set_paused(
 }
 
 #[utoipa::path(post, path = "/api/jobs/{name}/pause", tag = "jobs",
-    params(("name" = String, Path, description = "job name")),
+    params(("name" = String, Path, description = "job name", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")),
     responses((status = 200, description = "paused: its fires are recorded as skipped (paused) and its queued executions wait", body = PauseResponse),
               (status = "default", description = "an error", body = ErrorBody)))]
 pub async fn pause(
@@ -244,7 +244,7 @@ pub async fn pause(
 }
 
 #[utoipa::path(post, path = "/api/jobs/{name}/resume", tag = "jobs",
-    params(("name" = String, Path, description = "job name")),
+    params(("name" = String, Path, description = "job name", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")),
     responses((status = 200, description = "resumed", body = PauseResponse),
               (status = "default", description = "an error", body = ErrorBody)))]
 pub async fn resume(
@@ -267,8 +267,10 @@ pub struct ListQuery {
     /// Queued before this time (RFC 3339).
     pub until: Option<String>,
     /// Keyset pagination: only executions with an id below this one (from `next_before`).
+    #[param(minimum = 1)]
     pub before: Option<i64>,
     /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -341,7 +343,7 @@ pub async fn executions(
 }
 
 #[utoipa::path(get, path = "/api/executions/{id}", tag = "executions",
-    params(("id" = i64, Path, description = "execution id")),
+    params(("id" = i64, Path, description = "execution id", minimum = 1)),
     responses((status = 200, description = "the execution", body = ExecutionView),
               (status = "default", description = "an error", body = ErrorBody)))]
 pub async fn execution(
@@ -358,7 +360,7 @@ pub async fn execution(
 }
 
 #[utoipa::path(get, path = "/api/executions/{id}/events", tag = "executions",
-    params(("id" = i64, Path, description = "execution id")),
+    params(("id" = i64, Path, description = "execution id", minimum = 1)),
     responses((status = 200, description = "its event log: every transition, note and refused report", body = EventList),
               (status = "default", description = "an error", body = ErrorBody)))]
 pub async fn events(
@@ -383,11 +385,12 @@ pub async fn events(
 #[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// How much of the end of the log, in bytes (1 to 1048576, default 65536).
+    #[param(minimum = 1, maximum = 1048576)]
     pub tail_bytes: Option<i64>,
 }
 
 #[utoipa::path(get, path = "/api/executions/{id}/log", tag = "executions",
-    params(("id" = i64, Path, description = "execution id"), LogQuery),
+    params(("id" = i64, Path, description = "execution id", minimum = 1), LogQuery),
     responses((status = 200, description = "the tail of its output", body = LogView),
               (status = "default", description = "an error", body = ErrorBody)))]
 pub async fn log(
@@ -422,7 +425,7 @@ pub async fn log(
 }
 
 #[utoipa::path(post, path = "/api/executions/{id}/cancel", tag = "executions",
-    params(("id" = i64, Path, description = "execution id")),
+    params(("id" = i64, Path, description = "execution id", minimum = 1)),
     responses((status = 200, description = "cancelled if it was queued; a running one is stopped by its owner (SIGTERM, then SIGKILL)", body = CancelResponse),
               (status = "default", description = "an error", body = ErrorBody)))]
 pub async fn cancel(
@@ -460,7 +463,7 @@ pub async fn cancel(
 }
 
 #[utoipa::path(post, path = "/api/executions/{id}/progress", tag = "executions",
-    params(("id" = i64, Path, description = "execution id")),
+    params(("id" = i64, Path, description = "execution id", minimum = 1)),
     request_body = ProgressRequest,
     security(()),
     responses((status = 200, description = "recorded; proven by the execution's own lease token, no role token needed", body = ExecutionView),
@@ -471,6 +474,7 @@ pub async fn progress(
     ApiJson(req): ApiJson<ProgressRequest>,
 ) -> Result<axum::Json<ExecutionView>, ApiError> {
     let id = execution_id(id)?;
+    super::worker::check_attempt(req.attempt)?;
     super::worker::check_report(req.progress, req.phase.as_deref(), req.checkpoint.as_ref())?;
     let row = state
         .store

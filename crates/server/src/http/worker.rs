@@ -33,6 +33,16 @@ fn worker_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Attempt numbers are small; a larger one is a malformed report.
+pub fn check_attempt(attempt: u32) -> Result<(), ApiError> {
+    if !(1..=1_000_000).contains(&attempt) {
+        return Err(ApiError::bad_request(format!(
+            "attempt must be between 1 and 1000000, got {attempt}"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks what a worker or a job reports about a run.
 pub fn check_report(
     progress: Option<f64>,
@@ -56,7 +66,7 @@ pub fn check_report(
     if let Some(c) = checkpoint
         && c.to_string().len() > MAX_PAYLOAD_BYTES
     {
-        return Err(ApiError::too_large(format!(
+        return Err(ApiError::bad_request(format!(
             "checkpoint is larger than {MAX_PAYLOAD_BYTES} bytes"
         )));
     }
@@ -173,6 +183,7 @@ pub async fn heartbeat(
         )));
     }
     for l in &req.leases {
+        check_attempt(l.attempt)?;
         check_report(l.progress, l.phase.as_deref(), l.checkpoint.as_ref())?;
     }
     let leases = req
@@ -246,6 +257,7 @@ pub async fn complete(
     ApiJson(req): ApiJson<CompleteRequest>,
 ) -> Result<axum::Json<CompleteResponse>, ApiError> {
     worker_id(&req.worker_id)?;
+    check_attempt(req.attempt)?;
     if req.error.as_ref().is_some_and(|e| e.len() > 4096) {
         return Err(ApiError::bad_request(
             "error must be at most 4096 characters",
@@ -256,7 +268,7 @@ pub async fn complete(
         .as_ref()
         .is_some_and(|t| t.len() > MAX_LOG_TAIL)
     {
-        return Err(ApiError::too_large(format!(
+        return Err(ApiError::bad_request(format!(
             "log_tail is larger than {MAX_LOG_TAIL} bytes"
         )));
     }
@@ -374,6 +386,9 @@ pub async fn release(
         return Err(ApiError::bad_request(format!(
             "at most {MAX_LEASES} leases per release"
         )));
+    }
+    for l in &req.leases {
+        check_attempt(l.attempt)?;
     }
     let why = req
         .reason
