@@ -174,6 +174,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> R {
         api_url: Some(api_url.clone()),
         alerts: alerts.clone(),
         health: s.health.clone(),
+        health_check_interval: Duration::from_secs(15),
     };
     let jobs = SyncJobs {
         jobs: s.jobs.clone(),

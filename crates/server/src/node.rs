@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub api_url: Option<String>,
     pub alerts: Option<Alerts>,
     pub health: HealthSettings,
+    /// How often health is checked for the health alert.
+    pub health_check_interval: Duration,
 }
 
 impl NodeConfig {
@@ -66,6 +68,7 @@ impl NodeConfig {
             api_url: None,
             alerts: None,
             health: HealthSettings::default(),
+            health_check_interval: Duration::from_secs(15),
         }
     }
 }
@@ -362,7 +365,7 @@ impl Node {
                         was_warning = warning;
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+                        _ = tokio::time::sleep(cfg.health_check_interval) => {}
                         _ = stop.changed() => return,
                     }
                 }

@@ -157,3 +157,77 @@ async fn retention_prunes_old_executions_with_their_logs() {
     assert!(store.get_execution(ids[0]).await.unwrap().is_none());
     node.shutdown().await;
 }
+
+/// Health turning `warning` posts one alert (seed 001: "more than N running for over an hour").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turning_warning_posts_one_alert() {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = received.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, hook).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let (store, _) = jobward_store::open(&url, OpenMode::CreateAndMigrate)
+        .await
+        .unwrap();
+    let mut cfg = NodeConfig::new("alerting", dir.path().join("logs"));
+    cfg.poll_interval = Duration::from_millis(50);
+    cfg.shutdown_grace = Duration::from_millis(100);
+    cfg.health = jobward_server::health::HealthSettings {
+        long_running_after: Duration::from_millis(300),
+        warn_long_running: 0,
+    };
+    cfg.health_check_interval = Duration::from_millis(100);
+    let webhook = jobward_server::alerts::Webhook {
+        url: format!("http://127.0.0.1:{port}/hook"),
+        on: vec![jobward_server::alerts::AlertKind::Health],
+    };
+    cfg.alerts = jobward_server::alerts::Alerts::start(vec![webhook]);
+    let mut job = JobSpec::new("slow", "sleep 3");
+    job.overlap = Overlap::Allow;
+    let node = Node::start(
+        store.clone(),
+        cfg,
+        SyncJobs {
+            jobs: vec![job],
+            limits: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    trigger(&store, &node, "slow").await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while received.lock().unwrap().is_empty() {
+        assert!(Instant::now() < until, "no health alert");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = received.lock().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        1,
+        "one alert when it turns warning, not one per check: {got:?}"
+    );
+    assert_eq!(got[0]["event"], "health");
+    assert_eq!(got[0]["data"]["health"]["status"], "warning");
+    assert!(
+        got[0]["data"]["health"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("running for more than")
+    );
+    node.shutdown().await;
+}
