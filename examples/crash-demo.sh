@@ -14,6 +14,7 @@ cat > "$work/jobward.toml" <<TOML
 [server]
 db = "sqlite://$work/demo.db"
 log_dir = "$work/logs"
+bind = "127.0.0.1:0"
 [[job]]
 name = "long-report"
 command = "echo 'building a long report...'; sleep 600"
