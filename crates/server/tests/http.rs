@@ -19,6 +19,7 @@ struct Api {
     _dir: tempfile::TempDir,
     store: DynStore,
     router: Router,
+    state: AppState,
 }
 
 async fn api(tokens: bool) -> Api {
@@ -52,7 +53,8 @@ async fn api(tokens: bool) -> Api {
     Api {
         _dir: dir,
         store,
-        router: app(state),
+        router: app(state.clone()),
+        state,
     }
 }
 
@@ -509,4 +511,59 @@ async fn the_openapi_document_covers_every_endpoint() {
             "{method} {templated} documents no error"
         );
     }
+}
+
+#[tokio::test]
+async fn a_shutting_down_server_hands_out_no_work_and_ends_long_polls() {
+    let api = api(false).await;
+    let router = api.router.clone();
+    let poll = tokio::spawn(async move {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/api/worker/claim")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                json!({"worker_id": "w", "queues": ["q1"], "batch": 1, "wait_ms": 20000})
+                    .to_string(),
+            ))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let resp = router.oneshot(req).await.unwrap();
+        let v: Value = serde_json::from_slice(
+            &axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        (started.elapsed(), v)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.store
+        .trigger(jobward_store::TriggerParams {
+            job: "remote".into(),
+            actor: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    api.state.begin_shutdown();
+    let (waited, v) = poll.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the long poll ended with the shutdown: {waited:?}"
+    );
+    assert_eq!(
+        v["executions"],
+        json!([]),
+        "no work is handed out while shutting down"
+    );
+    let (_, v) = api
+        .call(
+            Method::POST,
+            "/api/worker/claim",
+            None,
+            Some(json!({"worker_id": "w", "queues": ["q1"], "batch": 1})),
+        )
+        .await;
+    assert_eq!(v["executions"], json!([]));
 }

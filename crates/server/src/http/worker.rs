@@ -115,6 +115,10 @@ pub async fn claim(
     }
     let until = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms);
     loop {
+        // A server that is shutting down hands out no new work.
+        if state.shutting_down() {
+            return Ok(axum::Json(ClaimResponse { executions: vec![] }));
+        }
         let mut claimed = Vec::new();
         for q in &req.queues {
             let left = req.batch - claimed.len() as u32;
