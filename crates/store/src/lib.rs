@@ -10,6 +10,8 @@
 
 pub mod clock;
 pub mod error;
+mod ledger;
+mod rows;
 pub mod sqlite;
 pub mod types;
 

@@ -2,28 +2,25 @@
 //! write transaction opened with `BEGIN IMMEDIATE` under a busy timeout, retried while
 //! another process holds the lock, so that `SQLITE_BUSY` never reaches a caller.
 
-mod ledger;
-mod rows;
+mod tx;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use jobward_core::deadline::{between, sub};
-use jobward_core::schedule::first_fire;
-use jobward_core::{
-    Deadline, Event, JobSpec, Overlap, Reason, State, Timestamp, plan_fires, transition,
-};
+use jobward_core::deadline::sub;
+use jobward_core::{Event, JobSpec, Overlap, Reason, State, Timestamp, transition};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, SqliteConnection, SqlitePool};
 
-use self::ledger::{Apply, NewExecution};
-use self::rows::{
-    EXEC_COLUMNS, EventRecord, ExecRecord, NodeRecord, decode_all, dur_ms, from_ms, ms, summary,
-    to_core,
-};
+use self::tx::SqliteTx;
 use crate::error::ts;
+use crate::ledger::{StopNodes, Tx, ops};
+use crate::rows::{
+    EXEC_COLUMNS, EventRecord, ExecRecord, NODE_COLUMNS, NodeRecord, decode_all, dur_ms, from_ms,
+    ms, summary,
+};
 use crate::types::*;
 use crate::{Clock, OpenMode, Opened, Result, Store, StoreError};
 
@@ -255,86 +252,6 @@ enum Bind {
     S(String),
 }
 
-fn reap_message(row: &ExecutionRow, d: Deadline, now: Timestamp, key_full: bool) -> String {
-    let owner = row.lease_owner.as_deref().unwrap_or("its owner");
-    let fmt = jobward_core::duration::format_duration;
-    match d {
-        Deadline::Lease => {
-            let last = row.heartbeat_at.unwrap_or(row.queued_at);
-            format!(
-                "no heartbeat from {owner} since {} ({} ago); heartbeat timeout is {}",
-                ts(last),
-                fmt(between(last, now)),
-                fmt(row.timeouts.heartbeat)
-            )
-        }
-        Deadline::Run => format!(
-            "ran past its run timeout of {} (plus {} kill grace) and {owner} did not record an end",
-            fmt(row.timeouts.run),
-            fmt(row.timeouts.kill_grace)
-        ),
-        Deadline::Queue => {
-            let mut m = format!(
-                "waited in queue since {}, longer than its queue timeout of {}",
-                ts(row.run_after),
-                fmt(row.timeouts.queue)
-            );
-            if key_full && let Some(k) = &row.concurrency_key {
-                m.push_str(&format!(" (concurrency key '{k}' stayed full)"));
-            }
-            m
-        }
-        Deadline::Cancel => format!(
-            "{owner} did not confirm the cancel requested at {} ({}) by its deadline",
-            row.cancel_requested_at.map(ts).unwrap_or_default(),
-            row.cancel_message.as_deref().unwrap_or("no message")
-        ),
-    }
-}
-
-fn recovered(row: &ExecutionRow, s: &Settled) -> Recovered {
-    Recovered {
-        id: row.id,
-        job: row.job.clone(),
-        number: row.number,
-        attempt: row.attempt,
-        from: row.state,
-        to: s.execution.state,
-        reason: s.execution.reason.unwrap_or(Reason::ExitCode),
-        message: s.execution.message.clone().unwrap_or_default(),
-        lease_owner: row.lease_owner.clone(),
-        node_id: row.node_id.clone(),
-        last_heartbeat: row.heartbeat_at,
-        retry: s.retry.as_ref().map(|r| r.id),
-    }
-}
-
-async fn key_full(conn: &mut SqliteConnection, key: Option<&str>) -> Result<bool> {
-    let Some(key) = key else { return Ok(false) };
-    let full: Option<i64> = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM executions WHERE state = 'running' AND concurrency_key = ?1) >= max_running \
-         FROM concurrency_limits WHERE key = ?1",
-    )
-    .bind(key)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(store_err)?;
-    Ok(full == Some(1))
-}
-
-fn outcome_state(o: &Outcome) -> State {
-    o.reason.map(Reason::state).unwrap_or(State::Completed)
-}
-
-fn describe_outcome(o: &Outcome) -> String {
-    match (o.reason, o.exit_code, o.signal) {
-        (None, _, _) => "success".into(),
-        (Some(r), Some(c), _) => format!("{r} (exit code {c})"),
-        (Some(r), _, Some(s)) => format!("{r} (signal {s})"),
-        (Some(r), _, _) => r.to_string(),
-    }
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -351,77 +268,101 @@ impl Store for SqliteStore {
 
     async fn register_node(&self, node: NewNode) -> Result<RegisterOutcome> {
         write_tx!(self, |conn, now| {
-            for old in &node.supersede {
-                sqlx::query("UPDATE nodes SET stopped_at = ?, stop_reason = ? WHERE id = ? AND name = ? AND stopped_at IS NULL")
-                    .bind(ms(now))
-                    .bind(format!("found dead by its successor {}", node.id))
-                    .bind(old)
-                    .bind(&node.name)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(store_err)?;
-            }
-            let live: Option<NodeRecord> = sqlx::query_as(
-                "SELECT id, name, hostname, pid, proc_start_ticks, boot_id, started_at, heartbeat_at, lease_expires_at, \
-                 stopped_at, stop_reason FROM nodes \
-                 WHERE name = ? AND stopped_at IS NULL AND lease_expires_at > ? AND id <> ? LIMIT 1",
-            )
-            .bind(&node.name)
-            .bind(ms(now))
-            .bind(&node.id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(store_err)?;
-            if let Some(rec) = live {
-                let n = rec.into_row()?;
-                return Ok(RegisterOutcome::NameInUse {
-                    node_id: n.id,
-                    hostname: n.hostname,
-                    pid: n.pid,
-                    start_ticks: n.start_ticks,
-                    boot_id: n.boot_id,
-                    heartbeat_at: n.heartbeat_at,
-                    lease_expires_at: n.lease_expires_at,
-                });
-            }
-            sqlx::query(
-                "INSERT INTO nodes (id, name, hostname, pid, proc_start_ticks, boot_id, started_at, heartbeat_at, lease_expires_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&node.id)
-            .bind(&node.name)
-            .bind(&node.hostname)
-            .bind(node.pid as i64)
-            .bind(node.start_ticks.map(|t| t as i64))
-            .bind(node.boot_id.as_deref())
-            .bind(ms(now))
-            .bind(ms(now))
-            .bind(ms(jobward_core::deadline::add(now, node.lease)))
-            .execute(&mut *conn)
-            .await
-            .map_err(store_err)?;
-            Ok(RegisterOutcome::Registered)
+            ops::register_node(&mut SqliteTx { conn, now }, &node).await
         })
     }
 
     async fn stop_node(&self, id: &str, reason: &str) -> Result<()> {
         write_tx!(self, |conn, now| {
-            sqlx::query("UPDATE nodes SET stopped_at = ?, stop_reason = ? WHERE id = ? AND stopped_at IS NULL")
-                .bind(ms(now))
-                .bind(reason)
-                .bind(id)
-                .execute(&mut *conn)
+            SqliteTx { conn, now }
+                .stop_nodes(StopNodes::One { id, name: None }, reason)
+                .await
+        })
+    }
+
+    async fn settle_orphans(
+        &self,
+        p: RecoverParams,
+        orphans: Vec<(LeaseRef, String)>,
+    ) -> Result<ReapReport> {
+        write_tx!(self, |conn, now| {
+            ops::settle_orphans(
+                &mut SqliteTx { conn, now },
+                &p,
+                &orphans,
+                Reason::NodeRestarted,
+            )
+            .await
+        })
+    }
+
+    async fn sync_jobs(&self, p: SyncJobs) -> Result<SyncReport> {
+        write_tx!(self, |conn, now| {
+            ops::sync_jobs(&mut SqliteTx { conn, now }, &p).await
+        })
+    }
+
+    async fn trigger(&self, p: TriggerParams) -> Result<Created> {
+        write_tx!(self, |conn, now| {
+            ops::trigger(&mut SqliteTx { conn, now }, &p).await
+        })
+    }
+
+    async fn fire_due(&self, actor: &str) -> Result<FireReport> {
+        // Most ticks have nothing due: answer them from a reader, without the write lock.
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(next_fire_at) FROM jobs WHERE defined = 1")
+                .fetch_one(&self.reader)
                 .await
                 .map_err(store_err)?;
-            Ok(())
+        if next.is_none_or(|n| n > ms(self.clock.now())) {
+            return Ok(FireReport {
+                next_fire_at: next.map(from_ms).transpose()?,
+                ..Default::default()
+            });
+        }
+        write_tx!(self, |conn, now| {
+            ops::fire_due(&mut SqliteTx { conn, now }, actor).await
+        })
+    }
+
+    async fn complete(&self, p: CompleteParams) -> Result<Settled> {
+        let result: Result<std::result::Result<Settled, StoreError>> =
+            write_tx!(self, |conn, now| {
+                ops::complete(&mut SqliteTx { conn, now }, &p).await
+            });
+        result?
+    }
+
+    async fn report_progress(&self, p: ProgressParams) -> Result<ExecutionRow> {
+        if let Some(v) = p.progress.filter(|v| !(0.0..=1.0).contains(v)) {
+            return Err(StoreError::Invalid(format!(
+                "progress must be between 0 and 1, got {v}"
+            )));
+        }
+        let result: Result<std::result::Result<ExecutionRow, StoreError>> =
+            write_tx!(self, |conn, now| {
+                ops::report_progress(&mut SqliteTx { conn, now }, &p).await
+            });
+        result?
+    }
+
+    async fn release(&self, p: ReleaseParams) -> Result<ReleaseReport> {
+        write_tx!(self, |conn, now| {
+            ops::release(&mut SqliteTx { conn, now }, &p).await
+        })
+    }
+
+    async fn cancel(&self, p: CancelParams) -> Result<CancelOutcome> {
+        write_tx!(self, |conn, now| {
+            ops::cancel(&mut SqliteTx { conn, now }, &p).await
         })
     }
 
     async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
-        let recs: Vec<NodeRecord> = sqlx::query_as(
-            "SELECT id, name, hostname, pid, proc_start_ticks, boot_id, started_at, heartbeat_at, lease_expires_at, stopped_at, \
-             stop_reason FROM nodes ORDER BY started_at DESC",
-        )
+        let recs: Vec<NodeRecord> = sqlx::query_as(sql(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes ORDER BY started_at DESC"
+        )))
         .fetch_all(&self.reader)
         .await
         .map_err(store_err)?;
@@ -437,131 +378,6 @@ impl Store for SqliteStore {
             vec![Bind::S(name.into()), Bind::S(node_id.into())],
         )
         .await
-    }
-
-    async fn settle_orphans(
-        &self,
-        p: RecoverParams,
-        orphans: Vec<(LeaseRef, String)>,
-    ) -> Result<ReapReport> {
-        write_tx!(self, |conn, now| {
-            let mut report = ReapReport::default();
-            for (lease, message) in &orphans {
-                let Some(row) = ledger::load(conn, lease.id).await? else {
-                    continue;
-                };
-                if row.state != State::Running
-                    || row.lease_token.as_deref() != Some(lease.token.as_str())
-                {
-                    continue;
-                }
-                let a = Apply {
-                    event: Event::Finish(Reason::NodeRestarted),
-                    message: message.clone(),
-                    actor: &p.actor,
-                    exit_code: None,
-                    signal: None,
-                };
-                if let Some(s) = ledger::settle(conn, now, &row, a).await? {
-                    report.recovered.push(recovered(&row, &s));
-                }
-            }
-            sqlx::query("UPDATE nodes SET stopped_at = ?, stop_reason = ? WHERE name = ? AND id <> ? AND stopped_at IS NULL")
-                .bind(ms(now))
-                .bind(format!("superseded by incarnation {}", p.node_id))
-                .bind(&p.name)
-                .bind(&p.node_id)
-                .execute(&mut *conn)
-                .await
-                .map_err(store_err)?;
-            Ok(report)
-        })
-    }
-
-    async fn sync_jobs(&self, p: SyncJobs) -> Result<SyncReport> {
-        write_tx!(self, |conn, now| {
-            let existing: Vec<(String, String, String, i64)> =
-                sqlx::query_as("SELECT name, spec, schedule, defined FROM jobs")
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(store_err)?;
-            let existing: HashMap<String, (String, String, bool)> = existing
-                .into_iter()
-                .map(|(n, spec, sched, d)| (n, (spec, sched, d == 1)))
-                .collect();
-            let mut report = SyncReport::default();
-            let mut seen = HashSet::new();
-            for job in &p.jobs {
-                seen.insert(job.name.clone());
-                let spec_json =
-                    serde_json::to_string(job).map_err(|e| StoreError::Invalid(e.to_string()))?;
-                let sched_json = serde_json::to_string(&job.schedule.spec())
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                let first = first_fire(&job.schedule, now).map(ms);
-                match existing.get(&job.name) {
-                    None => {
-                        sqlx::query("INSERT INTO jobs (name, spec, schedule, defined, next_fire_at, updated_at) VALUES (?, ?, ?, 1, ?, ?)")
-                            .bind(&job.name)
-                            .bind(&spec_json)
-                            .bind(&sched_json)
-                            .bind(first)
-                            .bind(ms(now))
-                            .execute(&mut *conn)
-                            .await
-                            .map_err(store_err)?;
-                        report.added.push(job.name.clone());
-                    }
-                    Some((old_spec, old_sched, defined)) if old_spec != &spec_json || !defined => {
-                        let reset_cursor = old_sched != &sched_json || !defined;
-                        sqlx::query(
-                            "UPDATE jobs SET spec = ?, schedule = ?, defined = 1, updated_at = ?, \
-                             next_fire_at = CASE WHEN ? THEN ? ELSE next_fire_at END WHERE name = ?",
-                        )
-                        .bind(&spec_json)
-                        .bind(&sched_json)
-                        .bind(ms(now))
-                        .bind(reset_cursor)
-                        .bind(first)
-                        .bind(&job.name)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(store_err)?;
-                        report.changed.push(job.name.clone());
-                    }
-                    Some(_) => report.unchanged += 1,
-                }
-            }
-            for (name, (_, _, defined)) in &existing {
-                if *defined && !seen.contains(name) {
-                    sqlx::query("UPDATE jobs SET defined = 0, next_fire_at = NULL, updated_at = ? WHERE name = ?")
-                        .bind(ms(now))
-                        .bind(name)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(store_err)?;
-                    report.removed.push(name.clone());
-                }
-            }
-            report.removed.sort();
-            sqlx::query("DELETE FROM concurrency_limits")
-                .execute(&mut *conn)
-                .await
-                .map_err(store_err)?;
-            for (key, limit) in &p.limits {
-                if *limit == 0 {
-                    return Err(StoreError::Invalid(format!(
-                        "concurrency limit of '{key}' must be at least 1"
-                    )));
-                }
-                sqlx::query("INSERT INTO concurrency_limits (key, max_running) VALUES (?, ?)")
-                    .bind(key)
-                    .bind(*limit as i64)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(store_err)?;
-            }
-            Ok(report)
-        })
     }
 
     async fn list_jobs(&self) -> Result<Vec<JobRow>> {
@@ -625,131 +441,6 @@ impl Store for SqliteStore {
                 return Err(StoreError::JobNotFound(name.to_string()));
             }
             Ok(())
-        })
-    }
-
-    async fn trigger(&self, p: TriggerParams) -> Result<Created> {
-        write_tx!(self, |conn, now| {
-            let Some((spec, defined, paused)) = ledger::load_job(conn, &p.job).await? else {
-                return Err(StoreError::JobNotFound(p.job.clone()));
-            };
-            if !defined {
-                return Err(StoreError::JobUndefined(p.job.clone()));
-            }
-            if let Some(key) = &p.idempotency_key {
-                let existing: Option<ExecRecord> = sqlx::query_as(sql(format!(
-                    "SELECT {EXEC_COLUMNS} FROM executions WHERE job = ? AND idempotency_key = ? AND attempt = 1"
-                )))
-                .bind(&p.job)
-                .bind(key)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(store_err)?;
-                if let Some(rec) = existing {
-                    return Ok(Created {
-                        execution: rec.into_row()?,
-                        replaced: vec![],
-                        existing: true,
-                    });
-                }
-            }
-            let note = format!("triggered manually by {}", p.actor);
-            if paused {
-                let execution = ledger::insert_execution(
-                    conn,
-                    now,
-                    NewExecution {
-                        spec: &spec,
-                        number: None,
-                        attempt: 1,
-                        retry_of: None,
-                        trigger: Trigger::Manual,
-                        scheduled_for: None,
-                        skipped: Some((Reason::Paused, format!("job '{}' is paused", spec.name))),
-                        run_after: now,
-                        payload: p.payload.as_ref(),
-                        from_previous: None,
-                        max_attempts: None,
-                        idempotency_key: p.idempotency_key.as_deref(),
-                        checkpoint: None,
-                        note,
-                        actor: &p.actor,
-                    },
-                )
-                .await?;
-                return Ok(Created {
-                    execution,
-                    replaced: vec![],
-                    existing: false,
-                });
-            }
-            let origin = ledger::Origin {
-                trigger: Trigger::Manual,
-                scheduled_for: None,
-                payload: p.payload.as_ref(),
-                idempotency_key: p.idempotency_key.as_deref(),
-                note,
-            };
-            ledger::create_with_overlap(conn, now, &spec, origin, &p.actor).await
-        })
-    }
-
-    async fn fire_due(&self, actor: &str) -> Result<FireReport> {
-        // Most ticks have nothing due: answer them from a reader, without the write lock.
-        let next: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(next_fire_at) FROM jobs WHERE defined = 1")
-                .fetch_one(&self.reader)
-                .await
-                .map_err(store_err)?;
-        if next.is_none_or(|n| n > ms(self.clock.now())) {
-            return Ok(FireReport {
-                next_fire_at: next.map(from_ms).transpose()?,
-                ..Default::default()
-            });
-        }
-        write_tx!(self, |conn, now| {
-            let due: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT name, next_fire_at FROM jobs WHERE defined = 1 AND next_fire_at IS NOT NULL AND next_fire_at <= ? ORDER BY next_fire_at",
-            )
-            .bind(ms(now))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(store_err)?;
-            let mut report = FireReport::default();
-            for (name, cursor) in due {
-                let Some((spec, _, paused)) = ledger::load_job(conn, &name).await? else {
-                    continue;
-                };
-                let plan = plan_fires(
-                    &spec.schedule,
-                    from_ms(cursor)?,
-                    now,
-                    spec.misfire_grace,
-                    spec.misfire,
-                );
-                fire_job(conn, now, &spec, paused, &plan, actor, &mut report).await?;
-                let res = sqlx::query(
-                    "UPDATE jobs SET next_fire_at = ? WHERE name = ? AND next_fire_at = ?",
-                )
-                .bind(plan.next_fire_at.map(ms))
-                .bind(&name)
-                .bind(cursor)
-                .execute(&mut *conn)
-                .await
-                .map_err(store_err)?;
-                if res.rows_affected() != 1 {
-                    return Err(StoreError::Database(format!(
-                        "scheduler cursor of job '{name}' moved during a tick"
-                    )));
-                }
-            }
-            let next: Option<i64> =
-                sqlx::query_scalar("SELECT MIN(next_fire_at) FROM jobs WHERE defined = 1")
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(store_err)?;
-            report.next_fire_at = next.map(from_ms).transpose()?;
-            Ok(report)
         })
     }
 
@@ -829,9 +520,11 @@ impl Store for SqliteStore {
                 {
                     *running += 1;
                 }
-                ledger::event(
-                    conn,
-                    now,
+                ops::event(
+                    &mut SqliteTx {
+                        conn: &mut *conn,
+                        now,
+                    },
                     row.id,
                     EventKind::Transition,
                     Some(State::Queued),
@@ -868,18 +561,26 @@ impl Store for SqliteStore {
             .await
             .map_err(store_err)?;
             if res.rows_affected() != 1 {
-                let row = ledger::load(conn, lease.id)
-                    .await?
-                    .ok_or(StoreError::ExecutionNotFound(lease.id))?;
+                let row = Tx::load(
+                    &mut SqliteTx {
+                        conn: &mut *conn,
+                        now,
+                    },
+                    lease.id,
+                )
+                .await?
+                .ok_or(StoreError::ExecutionNotFound(lease.id))?;
                 return Err(StoreError::LeaseLost {
                     id: lease.id,
                     state: row.state,
                     reason: row.reason,
                 });
             }
-            ledger::event(
-                conn,
-                now,
+            ops::event(
+                &mut SqliteTx {
+                    conn: &mut *conn,
+                    now,
+                },
                 lease.id,
                 EventKind::Note,
                 None,
@@ -977,9 +678,11 @@ impl Store for SqliteStore {
                         && old.as_deref() != Some(new.as_str())
                     {
                         let text = format!("phase: {new}");
-                        ledger::event(
-                            conn,
-                            now,
+                        ops::event(
+                            &mut SqliteTx {
+                                conn: &mut *conn,
+                                now,
+                            },
                             id,
                             EventKind::Note,
                             None,
@@ -994,9 +697,18 @@ impl Store for SqliteStore {
             }
             let renewed: HashSet<i64> = report.renewed.iter().copied().collect();
             for b in p.leases.iter().filter(|b| !renewed.contains(&b.lease.id)) {
-                report
-                    .lost
-                    .push(ledger::refuse(conn, now, b.lease.id, &p.owner, "heartbeat").await?);
+                report.lost.push(
+                    ops::refuse(
+                        &mut SqliteTx {
+                            conn: &mut *conn,
+                            now,
+                        },
+                        b.lease.id,
+                        &p.owner,
+                        "heartbeat",
+                    )
+                    .await?,
+                );
             }
             Ok(report)
         })
@@ -1016,258 +728,31 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    async fn complete(&self, p: CompleteParams) -> Result<Settled> {
-        let result: Result<std::result::Result<Settled, StoreError>> =
-            write_tx!(self, |conn, now| {
-                let Some(row) = ledger::load(conn, p.lease.id).await? else {
-                    return Err(StoreError::ExecutionNotFound(p.lease.id));
-                };
-                let same_lease = row.attempt == p.lease.attempt
-                    && row.lease_token.as_deref() == Some(p.lease.token.as_str());
-                if same_lease && row.state == State::Running {
-                    let event = match p.outcome.reason {
-                        None => Event::Complete,
-                        Some(r) => Event::Finish(r),
-                    };
-                    let a = Apply {
-                        event,
-                        message: p.outcome.message.clone().unwrap_or_default(),
-                        actor: &p.actor,
-                        exit_code: p.outcome.exit_code,
-                        signal: p.outcome.signal,
-                    };
-                    if let Some(s) = ledger::settle(conn, now, &row, a).await? {
-                        return Ok(Ok(s));
-                    }
-                }
-                let row = ledger::load(conn, p.lease.id)
-                    .await?
-                    .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
-                let repeat = same_lease
-                    && row.state == outcome_state(&p.outcome)
-                    && row.reason == p.outcome.reason
-                    && row.exit_code == p.outcome.exit_code;
-                if repeat {
-                    // Answer as the first time: with the retry it scheduled, if any.
-                    let retry: Option<ExecRecord> = sqlx::query_as(sql(format!(
-                        "SELECT {EXEC_COLUMNS} FROM executions WHERE retry_of = ? AND attempt = ?"
-                    )))
-                    .bind(row.id)
-                    .bind(row.attempt as i64 + 1)
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(store_err)?;
-                    return Ok(Ok(Settled {
-                        execution: row,
-                        retry: retry.map(ExecRecord::into_row).transpose()?,
-                        repeated: true,
-                    }));
-                }
-                let what = format!("completion ({})", describe_outcome(&p.outcome));
-                ledger::refuse(conn, now, row.id, &p.actor, &what).await?;
-                Ok(Err(StoreError::LeaseLost {
-                    id: row.id,
-                    state: row.state,
-                    reason: row.reason,
-                }))
-            });
-        result?
-    }
-
-    async fn report_progress(&self, p: ProgressParams) -> Result<ExecutionRow> {
-        if let Some(v) = p.progress.filter(|v| !(0.0..=1.0).contains(v)) {
-            return Err(StoreError::Invalid(format!(
-                "progress must be between 0 and 1, got {v}"
-            )));
-        }
-        let result: Result<std::result::Result<ExecutionRow, StoreError>> = write_tx!(
-            self,
-            |conn, now| {
-                let before = ledger::load(conn, p.lease.id)
-                    .await?
-                    .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
-                let res = sqlx::query(
-                "UPDATE executions SET progress = COALESCE(?, progress), phase = COALESCE(?, phase), \
-                 checkpoint = COALESCE(?, checkpoint) WHERE id = ? AND state = 'running' AND attempt = ? AND lease_token = ?",
-            )
-            .bind(p.progress)
-            .bind(p.phase.as_deref())
-            .bind(p.checkpoint.as_ref().map(|c| c.to_string()))
-            .bind(p.lease.id)
-            .bind(p.lease.attempt as i64)
-            .bind(&p.lease.token)
-            .execute(&mut *conn)
-            .await
-            .map_err(store_err)?;
-                if res.rows_affected() != 1 {
-                    let lost =
-                        ledger::refuse(conn, now, p.lease.id, &p.actor, "progress report").await?;
-                    return Ok(Err(StoreError::LeaseLost {
-                        id: p.lease.id,
-                        state: lost.state.unwrap_or(before.state),
-                        reason: lost.reason,
-                    }));
-                }
-                if let Some(phase) = &p.phase
-                    && before.phase.as_deref() != Some(phase.as_str())
-                {
-                    let text = format!("phase: {phase}");
-                    ledger::event(
-                        conn,
-                        now,
-                        p.lease.id,
-                        EventKind::Note,
-                        None,
-                        None,
-                        Some("phase"),
-                        &text,
-                        &p.actor,
-                    )
-                    .await?;
-                }
-                let row = ledger::load(conn, p.lease.id)
-                    .await?
-                    .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
-                Ok(Ok(row))
-            }
-        );
-        result?
-    }
-
-    async fn release(&self, p: ReleaseParams) -> Result<ReleaseReport> {
-        write_tx!(self, |conn, now| {
-            let mut report = ReleaseReport::default();
-            for lease in &p.leases {
-                let row = ledger::load(conn, lease.id).await?;
-                let current = row.as_ref().filter(|r| {
-                    r.state == State::Running
-                        && r.attempt == lease.attempt
-                        && r.lease_token.as_deref() == Some(lease.token.as_str())
-                        && r.lease_owner.as_deref() == Some(p.owner.as_str())
-                });
-                let Some(row) = current else {
-                    report
-                        .lost
-                        .push(ledger::refuse(conn, now, lease.id, &p.owner, "hand-back").await?);
-                    continue;
-                };
-                let a = Apply {
-                    event: Event::Finish(Reason::HandedBack),
-                    message: p.message.clone(),
-                    actor: &p.actor,
-                    exit_code: None,
-                    signal: None,
-                };
-                let Some(mut settled) = ledger::settle(conn, now, row, a).await? else {
-                    continue;
-                };
-                // The next attempt starts at once and does not consume the retry budget.
-                let note = format!(
-                    "handed back by {}: queued again at once as attempt {}",
-                    p.owner,
-                    row.attempt + 1
-                );
-                let budget = row.max_attempts.max(row.attempt + 1);
-                settled.retry = ledger::queue_next_attempt(
-                    conn,
-                    now,
-                    &settled.execution,
-                    now,
-                    Some(budget),
-                    note,
-                    &p.actor,
-                )
-                .await?;
-                report.released.push(settled);
-            }
-            Ok(report)
-        })
-    }
-
-    async fn cancel(&self, p: CancelParams) -> Result<CancelOutcome> {
-        write_tx!(self, |conn, now| {
-            let row = ledger::load(conn, p.id)
-                .await?
-                .ok_or(StoreError::ExecutionNotFound(p.id))?;
-            if p.reason.state() != State::Cancelled {
-                return Err(StoreError::Invalid(format!(
-                    "'{}' is not a cancel reason",
-                    p.reason
-                )));
-            }
-            match row.state {
-                State::Queued => {
-                    let a = Apply {
-                        event: Event::Cancel(p.reason),
-                        message: p.message.clone(),
-                        actor: &p.actor,
-                        exit_code: None,
-                        signal: None,
-                    };
-                    match ledger::settle(conn, now, &row, a).await? {
-                        Some(s) => Ok(CancelOutcome::Cancelled {
-                            execution: s.execution,
-                        }),
-                        None => Err(StoreError::Database(
-                            "execution changed during cancel".into(),
-                        )),
-                    }
-                }
-                State::Running => {
-                    ledger::request_cancel(conn, now, &row, p.reason, &p.message, &p.actor).await?;
-                    let execution = ledger::load(conn, p.id)
-                        .await?
-                        .ok_or(StoreError::ExecutionNotFound(p.id))?;
-                    Ok(CancelOutcome::Requested { execution })
-                }
-                _ => Ok(CancelOutcome::AlreadyTerminal { execution: row }),
-            }
-        })
-    }
-
     async fn reap(&self, p: ReapParams) -> Result<ReapReport> {
         let mut report = ReapReport::default();
+        let batch = p.batch.max(1);
         loop {
-            let batch: Vec<Recovered> = write_tx!(self, |conn, now| {
+            let settled: Vec<Recovered> = write_tx!(self, |conn, now| {
                 let due: Vec<ExecRecord> = sqlx::query_as(sql(format!(
                     "SELECT {EXEC_COLUMNS} FROM executions {REAPER_DUE}"
                 )))
                 .bind(ms(now))
-                .bind(p.batch.max(1) as i64)
+                .bind(batch as i64)
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(store_err)?;
-                let mut out = Vec::new();
-                for row in decode_all(due)? {
-                    let Some(d) = to_core(&row).due(now) else {
-                        continue;
-                    };
-                    let full = d == Deadline::Queue
-                        && key_full(conn, row.concurrency_key.as_deref()).await?;
-                    let a = Apply {
-                        event: Event::Expire(d),
-                        message: reap_message(&row, d, now, full),
-                        actor: &p.actor,
-                        exit_code: None,
-                        signal: None,
-                    };
-                    if let Some(s) = ledger::settle(conn, now, &row, a).await? {
-                        out.push(recovered(&row, &s));
-                    }
-                }
-                Ok(out)
+                ops::settle_due(&mut SqliteTx { conn, now }, decode_all(due)?, &p.actor).await
             })?;
-            let n = batch.len();
-            report.recovered.extend(batch);
-            if n < p.batch.max(1) as usize {
+            let n = settled.len();
+            report.recovered.extend(settled);
+            if n < batch as usize {
                 return Ok(report);
             }
         }
     }
 
     async fn cleanup(&self, p: CleanupParams) -> Result<CleanupReport> {
-        let now = self.clock.now();
-        let cutoff = ms(sub(now, p.stale_after));
+        let cutoff = ms(sub(self.clock.now(), p.stale_after));
         let q = format!(
             "SELECT {EXEC_COLUMNS} FROM executions WHERE state = 'running' AND heartbeat_at <= ? ORDER BY id"
         );
@@ -1280,27 +765,14 @@ impl Store for SqliteStore {
         if !p.apply || report.candidates.is_empty() {
             return Ok(report);
         }
-        let stale_after = jobward_core::duration::format_duration(p.stale_after);
         let (changed, raced) = write_tx!(self, |conn, now| {
-            let mut changed = Vec::new();
-            let mut raced = Vec::new();
-            for row in &report.candidates {
-                let last = row.heartbeat_at.map(ts).unwrap_or_default();
-                let a = Apply {
-                    event: Event::Cleanup,
-                    message: format!(
-                        "settled by operator cleanup: no heartbeat since {last} (stale after {stale_after})"
-                    ),
-                    actor: &p.actor,
-                    exit_code: None,
-                    signal: None,
-                };
-                match ledger::settle(conn, now, row, a).await? {
-                    Some(s) => changed.push(recovered(row, &s)),
-                    None => raced.push(row.id),
-                }
-            }
-            Ok((changed, raced))
+            ops::cleanup_apply(
+                &mut SqliteTx { conn, now },
+                &report.candidates,
+                p.stale_after,
+                &p.actor,
+            )
+            .await
         })?;
         report.changed = changed;
         report.raced = raced;
@@ -1657,116 +1129,4 @@ impl Store for SqliteStore {
         }
         Ok(v)
     }
-}
-
-/// Applies one job's fire plan: at most one skipped record for missed instants and at most
-/// one execution (or skip) for the latest instant, each only if that instant has none yet.
-async fn fire_job(
-    conn: &mut SqliteConnection,
-    now: Timestamp,
-    spec: &JobSpec,
-    paused: bool,
-    plan: &jobward_core::FirePlan,
-    actor: &str,
-    report: &mut FireReport,
-) -> Result<()> {
-    let skipped =
-        |reason: Reason, message: String, at: Option<Timestamp>, note: String| NewExecution {
-            spec,
-            number: None,
-            attempt: 1,
-            retry_of: None,
-            trigger: Trigger::Schedule,
-            scheduled_for: at,
-            skipped: Some((reason, message)),
-            run_after: now,
-            payload: None,
-            from_previous: None,
-            max_attempts: None,
-            idempotency_key: None,
-            checkpoint: None,
-            note,
-            actor,
-        };
-    if let Some(missed) = plan.skip
-        && !fired_already(conn, &spec.name, missed.last).await?
-    {
-        let message = format!(
-            "missed {} while no node was running (misfire = skip)",
-            missed.describe()
-        );
-        let note = "recorded after downtime".to_string();
-        let e = ledger::insert_execution(
-            conn,
-            now,
-            skipped(Reason::MissedSchedule, message, missed.last, note),
-        )
-        .await?;
-        report.skipped.push(e.id);
-    }
-    let Some((at, catch_up)) = plan.fire else {
-        return Ok(());
-    };
-    if fired_already(conn, &spec.name, Some(at)).await? {
-        return Ok(());
-    }
-    if paused {
-        let message = format!("job '{}' is paused", spec.name);
-        let e = ledger::insert_execution(
-            conn,
-            now,
-            skipped(
-                Reason::Paused,
-                message,
-                Some(at),
-                format!("fired for {}", ts(at)),
-            ),
-        )
-        .await?;
-        report.skipped.push(e.id);
-        return Ok(());
-    }
-    let (trigger, note) = match catch_up {
-        Some(span) => (
-            Trigger::CatchUp,
-            format!(
-                "one catch-up run for {} missed while no node was running (misfire = run_once)",
-                span.describe()
-            ),
-        ),
-        None => (Trigger::Schedule, format!("fired for {}", ts(at))),
-    };
-    let origin = ledger::Origin {
-        trigger,
-        scheduled_for: Some(at),
-        payload: None,
-        idempotency_key: None,
-        note,
-    };
-    let c = ledger::create_with_overlap(conn, now, spec, origin, actor).await?;
-    report.replaced.extend(c.replaced);
-    match (c.execution.state, trigger) {
-        (State::Skipped, _) => report.skipped.push(c.execution.id),
-        (_, Trigger::CatchUp) => report.caught_up.push(c.execution.id),
-        _ => report.fired.push(c.execution.id),
-    }
-    Ok(())
-}
-
-/// Whether an instant of a job already has its execution (invariant 9).
-async fn fired_already(
-    conn: &mut SqliteConnection,
-    job: &str,
-    at: Option<Timestamp>,
-) -> Result<bool> {
-    let Some(at) = at else { return Ok(false) };
-    let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM executions WHERE job = ? AND scheduled_for = ? AND attempt = 1",
-    )
-    .bind(job)
-    .bind(ms(at))
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(store_err)?;
-    Ok(n > 0)
 }

@@ -1,4 +1,5 @@
-//! Decoding SQLite rows into the store's types. Times are integer milliseconds.
+//! Decoding ledger rows into the store's types, for every backend: times arrive as integer
+//! milliseconds since the Unix epoch (PostgreSQL converts its timestamptz columns in the query).
 
 use std::time::Duration;
 
@@ -226,6 +227,10 @@ impl EventRecord {
         })
     }
 }
+
+/// The columns of `nodes`, in the order `NodeRecord` reads them.
+pub(crate) const NODE_COLUMNS: &str = "id, name, hostname, pid, proc_start_ticks, boot_id, started_at, heartbeat_at, \
+    lease_expires_at, stopped_at, stop_reason";
 
 #[derive(FromRow)]
 pub(crate) struct NodeRecord {

@@ -1,0 +1,1034 @@
+//! Whole operations over `Tx`. Each runs inside one write transaction of the caller.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use jobward_core::deadline::between;
+use jobward_core::duration::format_duration;
+use jobward_core::schedule::first_fire;
+use jobward_core::{
+    Deadline, Event, JobSpec, Overlap, Reason, State, Timestamp, deadline, plan_fires, transition,
+};
+
+use super::{End, JobState, NewEvent, RowValues, StopNodes, Tx};
+use crate::error::ts;
+use crate::rows::to_core;
+use crate::types::*;
+use crate::{Result, StoreError};
+
+/// Appends one event (invariant 6).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn event(
+    tx: &mut dyn Tx,
+    id: ExecutionId,
+    kind: EventKind,
+    from: Option<State>,
+    to: Option<State>,
+    reason: Option<&str>,
+    message: &str,
+    actor: &str,
+) -> Result<()> {
+    tx.event(&NewEvent {
+        id,
+        kind,
+        from,
+        to,
+        reason,
+        message,
+        actor,
+    })
+    .await
+}
+
+/// Writes the `refused` event for a report whose lease is not (or no longer) the reporter's,
+/// and says what the execution is now. Nothing else changes.
+pub(crate) async fn refuse(
+    tx: &mut dyn Tx,
+    id: ExecutionId,
+    reporter: &str,
+    what: &str,
+) -> Result<LostLease> {
+    let row = tx.load(id).await?;
+    let (state, reason) = row
+        .as_ref()
+        .map(|r| (Some(r.state), r.reason))
+        .unwrap_or((None, None));
+    if row.is_some() {
+        let now_desc = match (state, reason) {
+            (Some(s), Some(r)) => format!("{s} ({r})"),
+            (Some(s), None) => s.to_string(),
+            _ => "gone".into(),
+        };
+        let text =
+            format!("{what} from {reporter} refused: lease lost, the execution is {now_desc}");
+        event(
+            tx,
+            id,
+            EventKind::Refused,
+            state,
+            None,
+            Some("lease_lost"),
+            &text,
+            reporter,
+        )
+        .await?;
+    }
+    Ok(LostLease { id, state, reason })
+}
+
+/// What a new execution row holds beyond what its job defines.
+pub(crate) struct NewExecution<'a> {
+    pub spec: &'a JobSpec,
+    pub number: Option<i64>,
+    pub attempt: u32,
+    pub retry_of: Option<ExecutionId>,
+    pub trigger: Trigger,
+    pub scheduled_for: Option<Timestamp>,
+    /// `None`: queued. `Some`: born terminal (skipped) with this reason and message.
+    pub skipped: Option<(Reason, String)>,
+    pub run_after: Timestamp,
+    pub payload: Option<&'a serde_json::Value>,
+    /// Overrides the job's command and limits for a retry (which keeps its first attempt's).
+    pub from_previous: Option<&'a ExecutionRow>,
+    /// Raises the attempt budget (a handed-back attempt does not consume one).
+    pub max_attempts: Option<u32>,
+    pub idempotency_key: Option<&'a str>,
+    pub checkpoint: Option<&'a serde_json::Value>,
+    pub note: String,
+    pub actor: &'a str,
+}
+
+impl<'a> NewExecution<'a> {
+    /// A first attempt of `spec` with nothing special about it.
+    pub(crate) fn first(
+        spec: &'a JobSpec,
+        trigger: Trigger,
+        run_after: Timestamp,
+        note: String,
+        actor: &'a str,
+    ) -> Self {
+        NewExecution {
+            spec,
+            number: None,
+            attempt: 1,
+            retry_of: None,
+            trigger,
+            scheduled_for: None,
+            skipped: None,
+            run_after,
+            payload: None,
+            from_previous: None,
+            max_attempts: None,
+            idempotency_key: None,
+            checkpoint: None,
+            note,
+            actor,
+        }
+    }
+}
+
+/// Inserts an execution and its creation event.
+pub(crate) async fn insert_execution(tx: &mut dyn Tx, n: NewExecution<'_>) -> Result<ExecutionRow> {
+    let now = tx.now();
+    let number = match n.number {
+        Some(v) => v,
+        None => tx.next_number(&n.spec.name).await?,
+    };
+    let (timeouts, retry, command, key, runner) = match n.from_previous {
+        Some(p) => (
+            p.timeouts,
+            p.retry,
+            p.command.clone(),
+            p.concurrency_key.clone(),
+            p.runner.clone(),
+        ),
+        None => (
+            n.spec.timeouts,
+            n.spec.retry,
+            n.spec.command.clone(),
+            n.spec.concurrency_key.clone(),
+            n.spec.runner().to_string(),
+        ),
+    };
+    let (state, reason, message, finished_at, start_deadline) = match &n.skipped {
+        Some((r, m)) => (State::Skipped, Some(*r), Some(m.clone()), Some(now), None),
+        None => (
+            State::Queued,
+            None,
+            None,
+            None,
+            Some(timeouts.start_deadline(n.run_after)),
+        ),
+    };
+    let values = RowValues {
+        job: n.spec.name.clone(),
+        number,
+        attempt: n.attempt,
+        max_attempts: n.max_attempts.unwrap_or(retry.max_attempts).max(1),
+        retry_of: n.retry_of,
+        trigger: n.trigger,
+        scheduled_for: n.scheduled_for,
+        state,
+        command,
+        runner,
+        concurrency_key: key,
+        overlap: n.spec.overlap,
+        timeouts,
+        retry,
+        queued_at: now,
+        run_after: n.run_after,
+        start_deadline,
+        finished_at,
+        reason,
+        message: message.clone(),
+        payload: n.payload.cloned(),
+        idempotency_key: n.idempotency_key.map(str::to_string),
+        checkpoint: n.checkpoint.cloned(),
+    };
+    let row = tx.insert_execution(&values).await?;
+    let text = match &message {
+        Some(m) => format!("{}; {m}", n.note),
+        None => n.note.clone(),
+    };
+    let reason_text = reason.map(Reason::as_str);
+    event(
+        tx,
+        row.id,
+        EventKind::Transition,
+        None,
+        Some(state),
+        reason_text,
+        &text,
+        n.actor,
+    )
+    .await?;
+    Ok(row)
+}
+
+/// A terminal step to apply with compare-and-set.
+pub(crate) struct Apply<'a> {
+    pub event: Event,
+    pub message: String,
+    pub actor: &'a str,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl<'a> Apply<'a> {
+    pub(crate) fn new(event: Event, message: impl Into<String>, actor: &'a str) -> Self {
+        Apply {
+            event,
+            message: message.into(),
+            actor,
+            exit_code: None,
+            signal: None,
+        }
+    }
+}
+
+/// Applies a terminal event to `row` as it was read. `None` when the row changed in between
+/// (nothing was written). Writes the transition event and, when the policy owes one, the retry.
+pub(crate) async fn settle(
+    tx: &mut dyn Tx,
+    row: &ExecutionRow,
+    a: Apply<'_>,
+) -> Result<Option<Settled>> {
+    let core = to_core(row);
+    let step = transition(row.state, core.pending_cancel, a.event)?;
+    if !step.to.is_terminal() {
+        return Err(StoreError::Invalid(format!(
+            "'{}' does not end execution {}",
+            a.event, row.id
+        )));
+    }
+    // A completed execution carries no reason and no message (invariant 1's CHECK).
+    let message = match (step.reason, a.message.is_empty()) {
+        (None, _) => None,
+        (Some(r), true) => Some(r.as_str().to_string()),
+        (Some(_), false) => Some(a.message.clone()),
+    };
+    let end = End {
+        state: step.to,
+        reason: step.reason,
+        message: message.clone(),
+        exit_code: a.exit_code,
+        signal: a.signal,
+    };
+    if !tx.cas_end(row, &end).await? {
+        return Ok(None);
+    }
+    let text = message.unwrap_or_else(|| match a.exit_code {
+        Some(c) => format!("completed (exit code {c})"),
+        None => "completed".to_string(),
+    });
+    let reason_text = step.reason.map(Reason::as_str);
+    event(
+        tx,
+        row.id,
+        EventKind::Transition,
+        Some(row.state),
+        Some(step.to),
+        reason_text,
+        &text,
+        a.actor,
+    )
+    .await?;
+    let retry = match step.reason {
+        Some(reason) => schedule_retry(tx, row, reason, a.actor).await?,
+        None => None,
+    };
+    let execution = tx
+        .load(row.id)
+        .await?
+        .ok_or(StoreError::ExecutionNotFound(row.id))?;
+    Ok(Some(Settled {
+        execution,
+        retry,
+        repeated: false,
+    }))
+}
+
+async fn schedule_retry(
+    tx: &mut dyn Tx,
+    row: &ExecutionRow,
+    reason: Reason,
+    actor: &str,
+) -> Result<Option<ExecutionRow>> {
+    let Some(retry) = row.retry.next(row.attempt, reason) else {
+        return Ok(None);
+    };
+    let run_after = deadline::add(tx.now(), retry.delay);
+    let note = format!(
+        "retry {}/{} of execution {} ({reason}), not before {}",
+        retry.attempt,
+        row.retry.max_attempts,
+        row.id,
+        ts(run_after)
+    );
+    queue_next_attempt(tx, row, run_after, None, note, actor).await
+}
+
+/// Queues the attempt that follows `row`, not before `run_after`: same number, same command
+/// and limits, its payload and its last checkpoint. `None` when the job no longer exists.
+pub(crate) async fn queue_next_attempt(
+    tx: &mut dyn Tx,
+    row: &ExecutionRow,
+    run_after: Timestamp,
+    max_attempts: Option<u32>,
+    note: String,
+    actor: &str,
+) -> Result<Option<ExecutionRow>> {
+    let Some(job) = tx.load_job(&row.job).await? else {
+        return Ok(None);
+    };
+    let new = NewExecution {
+        number: Some(row.number),
+        attempt: row.attempt + 1,
+        retry_of: Some(row.id),
+        scheduled_for: row.scheduled_for,
+        payload: row.payload.as_ref(),
+        from_previous: Some(row),
+        max_attempts,
+        checkpoint: row.checkpoint.as_ref(),
+        ..NewExecution::first(&job.spec, Trigger::Retry, run_after, note, actor)
+    };
+    Ok(Some(insert_execution(tx, new).await?))
+}
+
+/// Asks the owner of a running execution to stop it: sets the cancel fields (compare-and-set)
+/// and writes a note. False when the row changed in between.
+pub(crate) async fn request_cancel(
+    tx: &mut dyn Tx,
+    row: &ExecutionRow,
+    reason: Reason,
+    message: &str,
+    actor: &str,
+) -> Result<bool> {
+    transition(row.state, row.cancel_reason, Event::Cancel(reason))?;
+    if row.cancel_requested_at.is_some() {
+        return Ok(true);
+    }
+    let deadline = row.timeouts.cancel_deadline(tx.now());
+    if !tx
+        .cas_cancel_request(row, reason, message, deadline)
+        .await?
+    {
+        return Ok(false);
+    }
+    let text = format!(
+        "cancel requested ({reason}): {message}; the owner must stop it by {}",
+        ts(deadline)
+    );
+    event(
+        tx,
+        row.id,
+        EventKind::Note,
+        Some(State::Running),
+        Some(State::Running),
+        Some(reason.as_str()),
+        &text,
+        actor,
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Where a new execution comes from.
+pub(crate) struct Origin<'a> {
+    pub trigger: Trigger,
+    pub scheduled_for: Option<Timestamp>,
+    pub payload: Option<&'a serde_json::Value>,
+    pub idempotency_key: Option<&'a str>,
+    pub note: String,
+}
+
+/// Creates an execution under the job's overlap policy (triggers and the scheduler).
+pub(crate) async fn create_with_overlap(
+    tx: &mut dyn Tx,
+    spec: &JobSpec,
+    origin: Origin<'_>,
+    actor: &str,
+) -> Result<Created> {
+    let now = tx.now();
+    let live = tx.live_of_job(&spec.name).await?;
+    let mut replaced = Vec::new();
+    let base = NewExecution {
+        scheduled_for: origin.scheduled_for,
+        payload: origin.payload,
+        idempotency_key: origin.idempotency_key,
+        ..NewExecution::first(spec, origin.trigger, now, origin.note, actor)
+    };
+    if let Some(blocking) = live.first() {
+        match spec.overlap {
+            Overlap::Skip => {
+                let since = blocking.started_at.unwrap_or(blocking.queued_at);
+                let message = format!(
+                    "run #{} (attempt {}, execution {}) is still {} since {} (overlap = skip)",
+                    blocking.number,
+                    blocking.attempt,
+                    blocking.id,
+                    blocking.state,
+                    ts(since)
+                );
+                let execution = insert_execution(
+                    tx,
+                    NewExecution {
+                        skipped: Some((Reason::Overlap, message)),
+                        ..base
+                    },
+                )
+                .await?;
+                return Ok(Created {
+                    execution,
+                    replaced,
+                    existing: false,
+                });
+            }
+            Overlap::Replace => {
+                let execution = insert_execution(tx, base).await?;
+                let message = format!(
+                    "replaced by run #{} (execution {})",
+                    execution.number, execution.id
+                );
+                for old in &live {
+                    let done = match old.state {
+                        State::Queued => {
+                            let a =
+                                Apply::new(Event::Cancel(Reason::Replaced), message.clone(), actor);
+                            settle(tx, old, a).await?.is_some()
+                        }
+                        _ => request_cancel(tx, old, Reason::Replaced, &message, actor).await?,
+                    };
+                    if done {
+                        replaced.push(old.id);
+                    }
+                }
+                return Ok(Created {
+                    execution,
+                    replaced,
+                    existing: false,
+                });
+            }
+            Overlap::Queue | Overlap::Allow => {}
+        }
+    }
+    let execution = insert_execution(tx, base).await?;
+    Ok(Created {
+        execution,
+        replaced,
+        existing: false,
+    })
+}
+
+/// A manual trigger.
+pub(crate) async fn trigger(tx: &mut dyn Tx, p: &TriggerParams) -> Result<Created> {
+    let Some(JobState {
+        spec,
+        defined,
+        paused,
+    }) = tx.load_job(&p.job).await?
+    else {
+        return Err(StoreError::JobNotFound(p.job.clone()));
+    };
+    if !defined {
+        return Err(StoreError::JobUndefined(p.job.clone()));
+    }
+    if let Some(key) = &p.idempotency_key
+        && let Some(execution) = tx.by_idempotency_key(&p.job, key).await?
+    {
+        return Ok(Created {
+            execution,
+            replaced: vec![],
+            existing: true,
+        });
+    }
+    let note = format!("triggered manually by {}", p.actor);
+    if paused {
+        let new = NewExecution {
+            skipped: Some((Reason::Paused, format!("job '{}' is paused", spec.name))),
+            payload: p.payload.as_ref(),
+            idempotency_key: p.idempotency_key.as_deref(),
+            ..NewExecution::first(&spec, Trigger::Manual, tx.now(), note, &p.actor)
+        };
+        let execution = insert_execution(tx, new).await?;
+        return Ok(Created {
+            execution,
+            replaced: vec![],
+            existing: false,
+        });
+    }
+    let origin = Origin {
+        trigger: Trigger::Manual,
+        scheduled_for: None,
+        payload: p.payload.as_ref(),
+        idempotency_key: p.idempotency_key.as_deref(),
+        note,
+    };
+    create_with_overlap(tx, &spec, origin, &p.actor).await
+}
+
+/// One scheduler tick over the due jobs this transaction holds.
+pub(crate) async fn fire_due(tx: &mut dyn Tx, actor: &str) -> Result<FireReport> {
+    let now = tx.now();
+    let mut report = FireReport::default();
+    for (name, cursor) in tx.due_jobs().await? {
+        let Some(job) = tx.load_job(&name).await? else {
+            continue;
+        };
+        let plan = plan_fires(
+            &job.spec.schedule,
+            cursor,
+            now,
+            job.spec.misfire_grace,
+            job.spec.misfire,
+        );
+        fire_job(tx, &job.spec, job.paused, &plan, actor, &mut report).await?;
+        if !tx.move_cursor(&name, cursor, plan.next_fire_at).await? {
+            return Err(StoreError::Database(format!(
+                "scheduler cursor of job '{name}' moved during a tick"
+            )));
+        }
+    }
+    report.next_fire_at = tx.earliest_cursor().await?;
+    Ok(report)
+}
+
+/// Applies one job's fire plan: at most one skipped record for missed instants and at most
+/// one execution (or skip) for the latest instant, each only if that instant has none yet.
+async fn fire_job(
+    tx: &mut dyn Tx,
+    spec: &JobSpec,
+    paused: bool,
+    plan: &jobward_core::FirePlan,
+    actor: &str,
+    report: &mut FireReport,
+) -> Result<()> {
+    let now = tx.now();
+    let skip = |reason: Reason, message: String, at: Timestamp, note: String| NewExecution {
+        scheduled_for: Some(at),
+        skipped: Some((reason, message)),
+        ..NewExecution::first(spec, Trigger::Schedule, now, note, actor)
+    };
+    if let Some(missed) = plan.skip
+        && let Some(last) = missed.last
+        && !tx.fired_already(&spec.name, last).await?
+    {
+        let message = format!(
+            "missed {} while no node was running (misfire = skip)",
+            missed.describe()
+        );
+        let e = insert_execution(
+            tx,
+            skip(
+                Reason::MissedSchedule,
+                message,
+                last,
+                "recorded after downtime".into(),
+            ),
+        )
+        .await?;
+        report.skipped.push(e.id);
+    }
+    let Some((at, catch_up)) = plan.fire else {
+        return Ok(());
+    };
+    if tx.fired_already(&spec.name, at).await? {
+        return Ok(());
+    }
+    if paused {
+        let message = format!("job '{}' is paused", spec.name);
+        let e = insert_execution(
+            tx,
+            skip(Reason::Paused, message, at, format!("fired for {}", ts(at))),
+        )
+        .await?;
+        report.skipped.push(e.id);
+        return Ok(());
+    }
+    let (trigger, note) = match catch_up {
+        Some(span) => (
+            Trigger::CatchUp,
+            format!(
+                "one catch-up run for {} missed while no node was running (misfire = run_once)",
+                span.describe()
+            ),
+        ),
+        None => (Trigger::Schedule, format!("fired for {}", ts(at))),
+    };
+    let origin = Origin {
+        trigger,
+        scheduled_for: Some(at),
+        payload: None,
+        idempotency_key: None,
+        note,
+    };
+    let c = create_with_overlap(tx, spec, origin, actor).await?;
+    report.replaced.extend(c.replaced);
+    match (c.execution.state, trigger) {
+        (State::Skipped, _) => report.skipped.push(c.execution.id),
+        (_, Trigger::CatchUp) => report.caught_up.push(c.execution.id),
+        _ => report.fired.push(c.execution.id),
+    }
+    Ok(())
+}
+
+pub(crate) fn outcome_state(o: &Outcome) -> State {
+    o.reason.map(Reason::state).unwrap_or(State::Completed)
+}
+
+fn describe_outcome(o: &Outcome) -> String {
+    match (o.reason, o.exit_code, o.signal) {
+        (None, _, _) => "success".into(),
+        (Some(r), Some(c), _) => format!("{r} (exit code {c})"),
+        (Some(r), _, Some(s)) => format!("{r} (signal {s})"),
+        (Some(r), _, _) => r.to_string(),
+    }
+}
+
+/// An owner's completion. The outer error is the store's; the inner one is the refusal, whose
+/// event must still be committed.
+pub(crate) async fn complete(
+    tx: &mut dyn Tx,
+    p: &CompleteParams,
+) -> Result<std::result::Result<Settled, StoreError>> {
+    let Some(row) = tx.load(p.lease.id).await? else {
+        return Err(StoreError::ExecutionNotFound(p.lease.id));
+    };
+    let same_lease = row.attempt == p.lease.attempt
+        && row.lease_token.as_deref() == Some(p.lease.token.as_str());
+    if same_lease && row.state == State::Running {
+        let event = match p.outcome.reason {
+            None => Event::Complete,
+            Some(r) => Event::Finish(r),
+        };
+        let a = Apply {
+            event,
+            message: p.outcome.message.clone().unwrap_or_default(),
+            actor: &p.actor,
+            exit_code: p.outcome.exit_code,
+            signal: p.outcome.signal,
+        };
+        if let Some(s) = settle(tx, &row, a).await? {
+            return Ok(Ok(s));
+        }
+    }
+    let row = tx
+        .load(p.lease.id)
+        .await?
+        .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
+    let repeat = same_lease
+        && row.state == outcome_state(&p.outcome)
+        && row.reason == p.outcome.reason
+        && row.exit_code == p.outcome.exit_code;
+    if repeat {
+        // Answer as the first time: with the retry it scheduled, if any.
+        let retry = tx.next_attempt_of(row.id, row.attempt).await?;
+        return Ok(Ok(Settled {
+            execution: row,
+            retry,
+            repeated: true,
+        }));
+    }
+    let what = format!("completion ({})", describe_outcome(&p.outcome));
+    refuse(tx, row.id, &p.actor, &what).await?;
+    Ok(Err(StoreError::LeaseLost {
+        id: row.id,
+        state: row.state,
+        reason: row.reason,
+    }))
+}
+
+pub(crate) async fn cancel(tx: &mut dyn Tx, p: &CancelParams) -> Result<CancelOutcome> {
+    let row = tx
+        .load(p.id)
+        .await?
+        .ok_or(StoreError::ExecutionNotFound(p.id))?;
+    if p.reason.state() != State::Cancelled {
+        return Err(StoreError::Invalid(format!(
+            "'{}' is not a cancel reason",
+            p.reason
+        )));
+    }
+    match row.state {
+        State::Queued => match settle(
+            tx,
+            &row,
+            Apply::new(Event::Cancel(p.reason), p.message.clone(), &p.actor),
+        )
+        .await?
+        {
+            Some(s) => Ok(CancelOutcome::Cancelled {
+                execution: s.execution,
+            }),
+            None => Err(StoreError::Database(
+                "execution changed during cancel".into(),
+            )),
+        },
+        State::Running => {
+            request_cancel(tx, &row, p.reason, &p.message, &p.actor).await?;
+            let execution = tx
+                .load(p.id)
+                .await?
+                .ok_or(StoreError::ExecutionNotFound(p.id))?;
+            Ok(CancelOutcome::Requested { execution })
+        }
+        _ => Ok(CancelOutcome::AlreadyTerminal { execution: row }),
+    }
+}
+
+/// Notes a change of phase reported for an execution.
+pub(crate) async fn note_phase(
+    tx: &mut dyn Tx,
+    id: ExecutionId,
+    phase: &str,
+    actor: &str,
+) -> Result<()> {
+    let text = format!("phase: {phase}");
+    event(
+        tx,
+        id,
+        EventKind::Note,
+        None,
+        None,
+        Some("phase"),
+        &text,
+        actor,
+    )
+    .await
+}
+
+pub(crate) async fn report_progress(
+    tx: &mut dyn Tx,
+    p: &ProgressParams,
+) -> Result<std::result::Result<ExecutionRow, StoreError>> {
+    let before = tx
+        .load(p.lease.id)
+        .await?
+        .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
+    if !tx
+        .cas_progress(
+            &p.lease,
+            p.progress,
+            p.phase.as_deref(),
+            p.checkpoint.as_ref(),
+        )
+        .await?
+    {
+        let lost = refuse(tx, p.lease.id, &p.actor, "progress report").await?;
+        return Ok(Err(StoreError::LeaseLost {
+            id: p.lease.id,
+            state: lost.state.unwrap_or(before.state),
+            reason: lost.reason,
+        }));
+    }
+    if let Some(phase) = &p.phase
+        && before.phase.as_deref() != Some(phase.as_str())
+    {
+        note_phase(tx, p.lease.id, phase, &p.actor).await?;
+    }
+    let row = tx
+        .load(p.lease.id)
+        .await?
+        .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
+    Ok(Ok(row))
+}
+
+pub(crate) async fn release(tx: &mut dyn Tx, p: &ReleaseParams) -> Result<ReleaseReport> {
+    let mut report = ReleaseReport::default();
+    for lease in &p.leases {
+        let row = tx.load(lease.id).await?;
+        let current = row.as_ref().filter(|r| {
+            r.state == State::Running
+                && r.attempt == lease.attempt
+                && r.lease_token.as_deref() == Some(lease.token.as_str())
+                && r.lease_owner.as_deref() == Some(p.owner.as_str())
+        });
+        let Some(row) = current else {
+            report
+                .lost
+                .push(refuse(tx, lease.id, &p.owner, "hand-back").await?);
+            continue;
+        };
+        let a = Apply::new(
+            Event::Finish(Reason::HandedBack),
+            p.message.clone(),
+            &p.actor,
+        );
+        let Some(mut settled) = settle(tx, row, a).await? else {
+            continue;
+        };
+        // The next attempt starts at once and does not consume the retry budget.
+        let note = format!(
+            "handed back by {}: queued again at once as attempt {}",
+            p.owner,
+            row.attempt + 1
+        );
+        let budget = row.max_attempts.max(row.attempt + 1);
+        let now = tx.now();
+        settled.retry =
+            queue_next_attempt(tx, &settled.execution, now, Some(budget), note, &p.actor).await?;
+        report.released.push(settled);
+    }
+    Ok(report)
+}
+
+fn reap_message(row: &ExecutionRow, d: Deadline, now: Timestamp, key_full: bool) -> String {
+    let owner = row.lease_owner.as_deref().unwrap_or("its owner");
+    match d {
+        Deadline::Lease => {
+            let last = row.heartbeat_at.unwrap_or(row.queued_at);
+            format!(
+                "no heartbeat from {owner} since {} ({} ago); heartbeat timeout is {}",
+                ts(last),
+                format_duration(between(last, now)),
+                format_duration(row.timeouts.heartbeat)
+            )
+        }
+        Deadline::Run => format!(
+            "ran past its run timeout of {} (plus {} kill grace) and {owner} did not record an end",
+            format_duration(row.timeouts.run),
+            format_duration(row.timeouts.kill_grace)
+        ),
+        Deadline::Queue => {
+            let mut m = format!(
+                "waited in queue since {}, longer than its queue timeout of {}",
+                ts(row.run_after),
+                format_duration(row.timeouts.queue)
+            );
+            if key_full && let Some(k) = &row.concurrency_key {
+                m.push_str(&format!(" (concurrency key '{k}' stayed full)"));
+            }
+            m
+        }
+        Deadline::Cancel => format!(
+            "{owner} did not confirm the cancel requested at {} ({}) by its deadline",
+            row.cancel_requested_at.map(ts).unwrap_or_default(),
+            row.cancel_message.as_deref().unwrap_or("no message")
+        ),
+    }
+}
+
+pub(crate) fn recovered(row: &ExecutionRow, s: &Settled) -> Recovered {
+    Recovered {
+        id: row.id,
+        job: row.job.clone(),
+        number: row.number,
+        attempt: row.attempt,
+        from: row.state,
+        to: s.execution.state,
+        reason: s.execution.reason.unwrap_or(Reason::ExitCode),
+        message: s.execution.message.clone().unwrap_or_default(),
+        lease_owner: row.lease_owner.clone(),
+        node_id: row.node_id.clone(),
+        last_heartbeat: row.heartbeat_at,
+        retry: s.retry.as_ref().map(|r| r.id),
+    }
+}
+
+/// The reaper's rule for rows selected as past a deadline: the earliest deadline decides.
+pub(crate) async fn settle_due(
+    tx: &mut dyn Tx,
+    rows: Vec<ExecutionRow>,
+    actor: &str,
+) -> Result<Vec<Recovered>> {
+    let now = tx.now();
+    let mut out = Vec::new();
+    for row in rows {
+        let Some(d) = to_core(&row).due(now) else {
+            continue;
+        };
+        let full = match (&row.concurrency_key, d) {
+            (Some(k), Deadline::Queue) => tx.key_full(k).await?,
+            _ => false,
+        };
+        let a = Apply::new(Event::Expire(d), reap_message(&row, d, now, full), actor);
+        if let Some(s) = settle(tx, &row, a).await? {
+            out.push(recovered(&row, &s));
+        }
+    }
+    Ok(out)
+}
+
+/// `cleanup --apply`: settles each candidate through the same compare-and-set; candidates
+/// that ended meanwhile are left alone (raced).
+pub(crate) async fn cleanup_apply(
+    tx: &mut dyn Tx,
+    rows: &[ExecutionRow],
+    stale_after: Duration,
+    actor: &str,
+) -> Result<(Vec<Recovered>, Vec<ExecutionId>)> {
+    let (mut changed, mut raced) = (Vec::new(), Vec::new());
+    for row in rows {
+        let last = row.heartbeat_at.map(ts).unwrap_or_default();
+        let message = format!(
+            "settled by operator cleanup: no heartbeat since {last} (stale after {})",
+            format_duration(stale_after)
+        );
+        match settle(tx, row, Apply::new(Event::Cleanup, message, actor)).await? {
+            Some(s) => changed.push(recovered(row, &s)),
+            None => raced.push(row.id),
+        }
+    }
+    Ok((changed, raced))
+}
+
+/// Settles what earlier incarnations of a node left (only rows still running under the
+/// lease they had), and marks those incarnations stopped.
+pub(crate) async fn settle_orphans(
+    tx: &mut dyn Tx,
+    p: &RecoverParams,
+    orphans: &[(LeaseRef, String)],
+    reason: Reason,
+) -> Result<ReapReport> {
+    let mut report = ReapReport::default();
+    for (lease, message) in orphans {
+        let Some(row) = tx.load(lease.id).await? else {
+            continue;
+        };
+        if row.state != State::Running || row.lease_token.as_deref() != Some(lease.token.as_str()) {
+            continue;
+        }
+        if let Some(s) = settle(
+            tx,
+            &row,
+            Apply::new(Event::Finish(reason), message.clone(), &p.actor),
+        )
+        .await?
+        {
+            report.recovered.push(recovered(&row, &s));
+        }
+    }
+    let why = format!("superseded by incarnation {}", p.node_id);
+    tx.stop_nodes(
+        StopNodes::AllNamedExcept {
+            name: &p.name,
+            except: &p.node_id,
+        },
+        &why,
+    )
+    .await?;
+    Ok(report)
+}
+
+/// Makes the job table match a configuration: new jobs start at their next instant; a changed
+/// schedule restarts its cursor; jobs gone from the configuration stop firing and keep their
+/// history.
+pub(crate) async fn sync_jobs(tx: &mut dyn Tx, p: &SyncJobs) -> Result<SyncReport> {
+    let now = tx.now();
+    let existing: HashMap<String, super::StoredJob> = tx
+        .stored_jobs()
+        .await?
+        .into_iter()
+        .map(|j| (j.name.clone(), j))
+        .collect();
+    let mut report = SyncReport::default();
+    let mut seen = HashSet::new();
+    for job in &p.jobs {
+        seen.insert(job.name.clone());
+        let spec_json =
+            serde_json::to_string(job).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let sched_json = serde_json::to_string(&job.schedule.spec())
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let first = first_fire(&job.schedule, now);
+        match existing.get(&job.name) {
+            None => {
+                tx.insert_job(&job.name, &spec_json, &sched_json, first)
+                    .await?;
+                report.added.push(job.name.clone());
+            }
+            Some(old) if old.spec_json != spec_json || !old.defined => {
+                let reset = old.schedule_json != sched_json || !old.defined;
+                tx.update_job(&job.name, &spec_json, &sched_json, reset, first)
+                    .await?;
+                report.changed.push(job.name.clone());
+            }
+            Some(_) => report.unchanged += 1,
+        }
+    }
+    let mut removed: Vec<String> = existing
+        .values()
+        .filter(|j| j.defined && !seen.contains(&j.name))
+        .map(|j| j.name.clone())
+        .collect();
+    removed.sort();
+    for name in &removed {
+        tx.undefine_job(name).await?;
+    }
+    report.removed = removed;
+    if let Some((key, _)) = p.limits.iter().find(|(_, v)| **v == 0) {
+        return Err(StoreError::Invalid(format!(
+            "concurrency limit of '{key}' must be at least 1"
+        )));
+    }
+    tx.replace_limits(&p.limits).await?;
+    Ok(report)
+}
+
+/// Records a new incarnation, unless another live one holds the name (incarnations the caller
+/// proved dead are marked stopped first).
+pub(crate) async fn register_node(tx: &mut dyn Tx, node: &NewNode) -> Result<RegisterOutcome> {
+    for old in &node.supersede {
+        let why = format!("found dead by its successor {}", node.id);
+        tx.stop_nodes(
+            StopNodes::One {
+                id: old,
+                name: Some(&node.name),
+            },
+            &why,
+        )
+        .await?;
+    }
+    if let Some(n) = tx.live_node_named(&node.name, &node.id).await? {
+        return Ok(RegisterOutcome::NameInUse {
+            node_id: n.id,
+            hostname: n.hostname,
+            pid: n.pid,
+            start_ticks: n.start_ticks,
+            boot_id: n.boot_id,
+            heartbeat_at: n.heartbeat_at,
+            lease_expires_at: n.lease_expires_at,
+        });
+    }
+    tx.insert_node(node).await?;
+    Ok(RegisterOutcome::Registered)
+}
