@@ -48,7 +48,7 @@ pub enum StoreError {
     Corrupt(String),
     #[error("clock error: {0}")]
     Clock(String),
-    #[error("unsupported database URL '{0}' (expected sqlite://PATH)")]
+    #[error("unsupported database URL '{0}' (expected sqlite://PATH or postgres://...)")]
     UnsupportedUrl(String),
 }
 
@@ -64,10 +64,11 @@ impl From<sqlx::Error> for StoreError {
         match &e {
             // SQLITE_BUSY / SQLITE_LOCKED and their extended codes.
             sqlx::Error::Database(db)
-                if db
-                    .code()
-                    .and_then(|c| c.parse::<i32>().ok())
-                    .is_some_and(|c| c & 0xff == 5 || c & 0xff == 6) =>
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                    && db
+                        .code()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| c & 0xff == 5 || c & 0xff == 6) =>
             {
                 StoreError::Busy(std::time::Duration::ZERO)
             }

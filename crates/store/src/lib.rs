@@ -8,9 +8,11 @@
 //! transaction. This crate must not spawn processes, read configuration files or keep state
 //! outside the database: what it knows, the database knows.
 
+mod audit;
 pub mod clock;
 pub mod error;
 mod ledger;
+pub mod postgres;
 mod rows;
 pub mod sqlite;
 pub mod types;
@@ -35,6 +37,11 @@ pub trait Store: Send + Sync + 'static {
     /// The clock deadlines are compared with.
     fn clock(&self) -> &Clock;
 
+    /// Notified when another process (or node) queued work, for backends that can tell.
+    fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// The store's `now`.
     async fn now(&self) -> Result<Timestamp>;
 
@@ -48,6 +55,9 @@ pub trait Store: Send + Sync + 'static {
     /// Running executions of earlier incarnations with this node name: what a restarted node
     /// must settle before it schedules anything (invariant 8).
     async fn orphans_of(&self, name: &str, node_id: &str) -> Result<Vec<ExecutionRow>>;
+    /// Settles the local executions of nodes whose node lease expired (reason `node_lost`)
+    /// and marks those nodes stopped. Safe to run on every node at once.
+    async fn settle_lost_nodes(&self, actor: &str) -> Result<ReapReport>;
     /// Settles those orphans (reason `node_restarted`, each with its message) and marks the
     /// old incarnations stopped.
     async fn settle_orphans(
@@ -134,9 +144,18 @@ pub struct Opened {
 
 /// Opens the store named by a database URL. Only the composition root calls this.
 pub async fn open(url: &str, mode: OpenMode) -> Result<(DynStore, Opened)> {
+    if postgres::is_url(url) {
+        let (store, opened) = postgres::PgStore::open(url, mode).await?;
+        return Ok((Arc::new(store), opened));
+    }
     if let Some(path) = sqlite::path_from_url(url) {
         let (store, opened) = sqlite::SqliteStore::open(url, &path, mode).await?;
         return Ok((Arc::new(store), opened));
     }
     Err(StoreError::UnsupportedUrl(url.to_string()))
+}
+
+/// SQL built at run time (column lists, placeholders); never from user input.
+pub(crate) fn sql(s: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(s)
 }

@@ -163,6 +163,11 @@ pub(crate) trait Tx: Send {
     async fn insert_node(&mut self, node: &NewNode) -> Result<()>;
     /// Marks incarnations stopped: `id` alone, or every other one with `name`.
     async fn stop_nodes(&mut self, which: StopNodes<'_>, reason: &str) -> Result<()>;
+    /// Live incarnations whose node lease has expired, locked for this transaction (another
+    /// node settling them at the same time skips them).
+    async fn expired_nodes(&mut self) -> Result<Vec<NodeRow>>;
+    /// Executions a node's own executor runs.
+    async fn running_on_node(&mut self, node_id: &str) -> Result<Vec<ExecutionRow>>;
 }
 
 /// Which incarnations to mark stopped.

@@ -1032,3 +1032,44 @@ pub(crate) async fn register_node(tx: &mut dyn Tx, node: &NewNode) -> Result<Reg
     tx.insert_node(node).await?;
     Ok(RegisterOutcome::Registered)
 }
+
+/// Settles the executions of nodes whose lease expired (reason `node_lost`) and marks those
+/// nodes stopped, so that if one comes back it learns it was replaced and stops its processes.
+/// Leases held by remote workers are not the node's and are left alone.
+pub(crate) async fn settle_lost_nodes(tx: &mut dyn Tx, actor: &str) -> Result<ReapReport> {
+    let mut report = ReapReport::default();
+    for node in tx.expired_nodes().await? {
+        let message = format!(
+            "node '{}' (incarnation {}, pid {} on {}) stopped heartbeating at {}; settled by {actor}",
+            node.name,
+            node.id,
+            node.pid,
+            node.hostname,
+            ts(node.heartbeat_at)
+        );
+        for row in tx.running_on_node(&node.id).await? {
+            if let Some(s) = settle(
+                tx,
+                &row,
+                Apply::new(Event::Finish(Reason::NodeLost), message.clone(), actor),
+            )
+            .await?
+            {
+                report.recovered.push(recovered(&row, &s));
+            }
+        }
+        let why = format!(
+            "lost: no heartbeat since {}; settled by {actor}",
+            ts(node.heartbeat_at)
+        );
+        tx.stop_nodes(
+            StopNodes::One {
+                id: &node.id,
+                name: None,
+            },
+            &why,
+        )
+        .await?;
+    }
+    Ok(report)
+}

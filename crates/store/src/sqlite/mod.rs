@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use jobward_core::deadline::sub;
 use jobward_core::{Event, JobSpec, Overlap, Reason, State, Timestamp, transition};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, SqliteConnection, SqlitePool};
+use sqlx::{SqliteConnection, SqlitePool};
 
 use self::tx::SqliteTx;
 use crate::error::ts;
@@ -21,6 +21,7 @@ use crate::rows::{
     EXEC_COLUMNS, EventRecord, ExecRecord, NODE_COLUMNS, NodeRecord, decode_all, dur_ms, from_ms,
     ms, summary,
 };
+use crate::sql;
 use crate::types::*;
 use crate::{Clock, OpenMode, Opened, Result, Store, StoreError};
 
@@ -40,10 +41,6 @@ pub const REAPER_DUE: &str = "WHERE id IN ( \
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts before a writer gives up with `StoreError::Busy`.
 const BUSY_ATTEMPTS: u32 = 12;
-
-pub(crate) fn sql(s: String) -> AssertSqlSafe<String> {
-    AssertSqlSafe(s)
-}
 
 /// `sqlite://PATH` or `sqlite:PATH` → PATH.
 pub fn path_from_url(url: &str) -> Option<PathBuf> {
@@ -277,6 +274,12 @@ impl Store for SqliteStore {
             SqliteTx { conn, now }
                 .stop_nodes(StopNodes::One { id, name: None }, reason)
                 .await
+        })
+    }
+
+    async fn settle_lost_nodes(&self, actor: &str) -> Result<ReapReport> {
+        write_tx!(self, |conn, now| {
+            ops::settle_lost_nodes(&mut SqliteTx { conn, now }, actor).await
         })
     }
 
@@ -977,156 +980,41 @@ impl Store for SqliteStore {
     }
 
     async fn audit(&self, p: AuditParams) -> Result<Vec<Violation>> {
-        let now = self.clock.now();
-        let late = ms(sub(now, p.tolerance));
-        let mut v = Vec::new();
-        let mut push = |invariant: u8, id: Option<i64>, message: String| {
-            v.push(Violation {
-                invariant,
-                execution_id: id,
-                message,
-            })
+        let now = ms(self.clock.now());
+        let late = now - dur_ms(p.tolerance);
+        let q = crate::audit::queries(|c| c.to_string());
+        let pool = &self.reader;
+        let rows = crate::audit::Rows {
+            bad_state: sqlx::query_as(sql(q.bad_state))
+                .fetch_all(pool)
+                .await
+                .map_err(store_err)?,
+            bad_reason: sqlx::query_as(sql(q.bad_reason))
+                .fetch_all(pool)
+                .await
+                .map_err(store_err)?,
+            overdue: sqlx::query_as(sql(q.overdue))
+                .bind(late)
+                .fetch_all(pool)
+                .await
+                .map_err(store_err)?,
+            leaseless: sqlx::query_scalar(sql(q.leaseless))
+                .fetch_all(pool)
+                .await
+                .map_err(store_err)?,
+            over_limit: sqlx::query_as(sql(q.over_limit))
+                .fetch_all(pool)
+                .await
+                .map_err(store_err)?,
+            dead_owner: sqlx::query_as(sql(q.dead_owner))
+                .fetch_all(pool)
+                .await
+                .map_err(store_err)?,
+            silent: sqlx::query_as(sql(q.silent))
+                .fetch_all(pool)
+                .await
+                .map_err(store_err)?,
         };
-
-        // Invariant 1, checked without trusting the CHECK constraints (they can be switched off).
-        let bad: Vec<(i64, String, Option<i64>, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT id, state, finished_at, reason, message FROM executions WHERE \
-               state NOT IN ('queued', 'running', 'completed', 'failed', 'timed_out', 'cancelled', 'skipped') \
-               OR (state IN ('completed', 'failed', 'timed_out', 'cancelled', 'skipped') AND finished_at IS NULL) \
-               OR (state IN ('queued', 'running') AND finished_at IS NOT NULL) \
-               OR (state IN ('failed', 'timed_out', 'cancelled', 'skipped') AND (reason IS NULL OR message IS NULL OR message = '')) \
-               OR (state IN ('queued', 'running', 'completed') AND reason IS NOT NULL) ORDER BY id",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_err)?;
-        for (id, state, finished, reason, message) in bad {
-            let problem = match state.parse::<State>() {
-                Err(_) => format!("unknown state '{state}'"),
-                Ok(s) if s.is_terminal() && finished.is_none() => {
-                    format!("{s} but finished_at is not set")
-                }
-                Ok(s) if s.is_live() && finished.is_some() => format!("{s} but finished_at is set"),
-                Ok(s) if reason.is_none() || message.as_deref().unwrap_or("").is_empty() => {
-                    format!("{s} without a reason kind and message")
-                }
-                Ok(s) => format!("{s} but carries reason '{}'", reason.unwrap_or_default()),
-            };
-            push(1, Some(id), format!("execution {id}: {problem}"));
-        }
-        let bad_reason: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT id, state, reason FROM executions WHERE reason IS NOT NULL AND state IN ('failed', 'timed_out', 'cancelled', 'skipped')",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_err)?;
-        for (id, state, reason) in bad_reason {
-            match reason.parse::<Reason>() {
-                Ok(r) if r.state().as_str() == state => {}
-                _ => push(
-                    1,
-                    Some(id),
-                    format!("execution {id}: reason '{reason}' does not explain state {state}"),
-                ),
-            }
-        }
-
-        // Invariant 2: nothing live past its deadline (beyond the tolerance of a reaper tick).
-        let overdue: Vec<(i64, String, Option<i64>, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
-            "SELECT id, state, start_deadline, lease_expires_at, run_deadline, cancel_deadline FROM executions WHERE \
-               (state = 'queued' AND (start_deadline IS NULL OR start_deadline < ?1)) \
-               OR (state = 'running' AND (lease_expires_at IS NULL OR run_deadline IS NULL \
-                   OR lease_expires_at < ?1 OR run_deadline < ?1 OR cancel_deadline < ?1)) ORDER BY id",
-        )
-        .bind(late)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_err)?;
-        for (id, state, start, lease, run, cancel) in overdue {
-            let desc = |what: &str, at: Option<i64>| match at {
-                None => format!("{state} without a {what}"),
-                Some(at) => format!(
-                    "{state} past its {what} by {}",
-                    jobward_core::duration::format_duration(Duration::from_millis(
-                        (ms(now) - at).max(0) as u64
-                    ))
-                ),
-            };
-            let problem = if state == "queued" {
-                desc("start deadline", start)
-            } else if lease.is_none() || lease.is_some_and(|l| l < late) {
-                desc("lease expiry", lease)
-            } else if run.is_none() || run.is_some_and(|r| r < late) {
-                desc("run deadline", run)
-            } else {
-                desc("cancel deadline", cancel)
-            };
-            push(2, Some(id), format!("execution {id}: {problem}"));
-        }
-
-        // Invariant 3: slots are exactly the live leases.
-        let leaseless: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM executions WHERE state = 'running' AND (lease_owner IS NULL OR lease_token IS NULL) ORDER BY id",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_err)?;
-        for id in leaseless {
-            push(
-                3,
-                Some(id),
-                format!("execution {id}: running without a lease owner and token"),
-            );
-        }
-        let over: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT l.key, l.max_running, count(e.id) FROM concurrency_limits l \
-             JOIN executions e ON e.state = 'running' AND e.concurrency_key = l.key \
-             GROUP BY l.key, l.max_running HAVING count(e.id) > l.max_running",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_err)?;
-        for (key, limit, running) in over {
-            push(
-                3,
-                None,
-                format!(
-                    "concurrency key '{key}': {running} running executions hold slots, limit is {limit}"
-                ),
-            );
-        }
-        let dead_owner: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT e.id, e.node_id, n.stop_reason FROM executions e JOIN nodes n ON n.id = e.node_id \
-             WHERE e.state = 'running' AND n.stopped_at IS NOT NULL ORDER BY e.id",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_err)?;
-        for (id, node, why) in dead_owner {
-            push(
-                3,
-                Some(id),
-                format!(
-                    "execution {id}: running on node {node}, which stopped ({why}); its slot is held by nobody"
-                ),
-            );
-        }
-
-        // Invariant 6: every terminal execution has the event that made it so.
-        let silent: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT e.id, e.state FROM executions e WHERE e.finished_at IS NOT NULL AND NOT EXISTS \
-             (SELECT 1 FROM events v WHERE v.execution_id = e.id AND v.kind = 'transition' AND v.to_state = e.state) ORDER BY e.id",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_err)?;
-        for (id, state) in silent {
-            push(
-                6,
-                Some(id),
-                format!("execution {id}: {state} without a transition event to {state}"),
-            );
-        }
-        Ok(v)
+        Ok(crate::audit::violations(rows, now, late))
     }
 }

@@ -7,10 +7,11 @@ use async_trait::async_trait;
 use jobward_core::{Reason, Timestamp};
 use sqlx::SqliteConnection;
 
-use super::{sql, store_err};
+use super::store_err;
 use crate::error::corrupt;
 use crate::ledger::{End, JobState, NewEvent, RowValues, StopNodes, StoredJob, Tx};
 use crate::rows::{EXEC_COLUMNS, ExecRecord, NodeRecord, dur_ms, from_ms, ms};
+use crate::sql;
 use crate::types::*;
 use crate::{Result, StoreError};
 
@@ -449,5 +450,27 @@ impl Tx for SqliteTx<'_> {
         };
         q.execute(&mut *self.conn).await.map_err(store_err)?;
         Ok(())
+    }
+
+    async fn expired_nodes(&mut self) -> Result<Vec<NodeRow>> {
+        let recs: Vec<NodeRecord> = sqlx::query_as(sql(format!(
+            "SELECT {} FROM nodes WHERE stopped_at IS NULL AND lease_expires_at <= ? ORDER BY started_at",
+            crate::rows::NODE_COLUMNS
+        )))
+        .bind(ms(self.now))
+        .fetch_all(&mut *self.conn)
+        .await
+        .map_err(store_err)?;
+        recs.into_iter().map(NodeRecord::into_row).collect()
+    }
+
+    async fn running_on_node(&mut self, node_id: &str) -> Result<Vec<ExecutionRow>> {
+        let recs: Vec<ExecRecord> =
+            sqlx::query_as(sql(format!("SELECT {EXEC_COLUMNS} FROM executions WHERE state = 'running' AND node_id = ? ORDER BY id")))
+                .bind(node_id)
+                .fetch_all(&mut *self.conn)
+                .await
+                .map_err(store_err)?;
+        crate::rows::decode_all(recs)
     }
 }

@@ -1226,6 +1226,137 @@ pub async fn metrics_count_states_and_slots(store: DynStore) {
     assert!(m.oldest_heartbeat_at.is_some());
 }
 
+/// A node whose lease expired has its local executions settled by another (node_lost);
+/// remote workers' leases are left alone.
+pub async fn a_lost_node_is_settled_by_another(store: DynStore) {
+    let mut remote = spec("remote");
+    remote.queue = Some("q".into());
+    let mut local = spec("local");
+    local.retry.max_attempts = 2;
+    define(&store, vec![local, remote], &[]).await;
+    let node = |id: &str, name: &str| NewNode {
+        id: id.into(),
+        name: name.into(),
+        hostname: "h".into(),
+        pid: 1,
+        start_ticks: None,
+        boot_id: None,
+        lease: Duration::from_secs(10),
+        supersede: vec![],
+    };
+    store.register_node(node("n1", "one")).await.unwrap();
+    store.register_node(node("n2", "two")).await.unwrap();
+    store
+        .trigger(TriggerParams {
+            job: "local".into(),
+            actor: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store
+        .trigger(TriggerParams {
+            job: "remote".into(),
+            actor: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let l = store
+        .claim(ClaimParams {
+            owner: "n1".into(),
+            runner: "local".into(),
+            node_id: Some("n1".into()),
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    let r = store
+        .claim(ClaimParams {
+            owner: "w".into(),
+            runner: "q".into(),
+            node_id: None,
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        store
+            .settle_lost_nodes("n2")
+            .await
+            .unwrap()
+            .recovered
+            .is_empty(),
+        "nobody is lost yet"
+    );
+    store.clock().advance(Duration::from_secs(11));
+    // The worker and n2 keep heartbeating; n1 is silent.
+    store
+        .heartbeat(HeartbeatParams {
+            owner: "w".into(),
+            leases: vec![r.lease().into()],
+            node: None,
+        })
+        .await
+        .unwrap();
+    store
+        .heartbeat(HeartbeatParams {
+            owner: "n2".into(),
+            leases: vec![],
+            node: Some(("n2".into(), Duration::from_secs(10))),
+        })
+        .await
+        .unwrap();
+    let report = store.settle_lost_nodes("reaper@n2").await.unwrap();
+    assert_eq!(
+        report.count(jobward_core::Reason::NodeLost),
+        1,
+        "{report:?}"
+    );
+    let e = store.get_execution(l.id).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.reason),
+        (State::Failed, Some(jobward_core::Reason::NodeLost))
+    );
+    assert!(report.recovered[0].retry.is_some(), "retried per policy");
+    assert_eq!(
+        store.get_execution(r.id).await.unwrap().unwrap().state,
+        State::Running,
+        "a worker's lease is not the node's"
+    );
+    let nodes = store.list_nodes().await.unwrap();
+    assert!(
+        nodes
+            .iter()
+            .find(|n| n.id == "n1")
+            .unwrap()
+            .stopped_at
+            .is_some()
+    );
+    assert!(
+        nodes
+            .iter()
+            .find(|n| n.id == "n2")
+            .unwrap()
+            .stopped_at
+            .is_none()
+    );
+    let hb = store
+        .heartbeat(HeartbeatParams {
+            owner: "n1".into(),
+            leases: vec![l.lease().into()],
+            node: Some(("n1".into(), Duration::from_secs(10))),
+        })
+        .await
+        .unwrap();
+    assert!(
+        !hb.node_ok && hb.lost.len() == 1,
+        "a lost node that comes back learns it was replaced"
+    );
+}
+
 /// Expands to one test per conformance case for a backend; `$open` is an async fn returning
 /// `(guard, DynStore)`.
 #[macro_export]
@@ -1257,7 +1388,8 @@ macro_rules! conformance_tests {
             queued_work_goes_to_its_runner_only,
             heartbeats_carry_progress_phase_and_checkpoint,
             a_handed_back_execution_runs_again_at_once,
-            metrics_count_states_and_slots
+            metrics_count_states_and_slots,
+            a_lost_node_is_settled_by_another
         );
     };
     (@each $open:path; $($name:ident),* $(,)?) => {
