@@ -62,19 +62,24 @@ pub(crate) fn queries(t: fn(&str) -> String) -> Queries {
     }
 }
 
+/// (id, state, finished_at, reason, message) of a row that breaks invariant 1.
+pub(crate) type BadState = (i64, String, Option<i64>, Option<String>, Option<String>);
+/// (id, state, start_deadline, lease_expires_at, run_deadline, cancel_deadline), in ms.
+pub(crate) type Overdue = (
+    i64,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
 /// What the queries found.
 #[derive(Default)]
 pub(crate) struct Rows {
-    pub bad_state: Vec<(i64, String, Option<i64>, Option<String>, Option<String>)>,
+    pub bad_state: Vec<BadState>,
     pub bad_reason: Vec<(i64, String, String)>,
-    pub overdue: Vec<(
-        i64,
-        String,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-    )>,
+    pub overdue: Vec<Overdue>,
     pub leaseless: Vec<i64>,
     pub over_limit: Vec<(String, i64, i64)>,
     pub dead_owner: Vec<(i64, String, String)>,
