@@ -104,11 +104,18 @@ async fn migrate(cli: &Cli) -> R {
     let s = settings(cli, None)?;
     let (_, opened) = jobward_store::open(&s.server.db, OpenMode::CreateAndMigrate).await?;
     match (opened.created, opened.applied_migrations.is_empty()) {
-        (true, _) => println!("created database {} with the current schema", s.server.db),
-        (false, true) => println!("database {}: schema is up to date", s.server.db),
+        (true, _) => println!(
+            "created the jobward schema in {}",
+            jobward_store::display_url(&s.server.db)
+        ),
+        (false, true) => println!(
+            "database {}: schema is up to date",
+            jobward_store::display_url(&s.server.db)
+        ),
         (false, false) => println!(
             "database {}: applied migrations {:?}",
-            s.server.db, opened.applied_migrations
+            jobward_store::display_url(&s.server.db),
+            opened.applied_migrations
         ),
     }
     Ok(())
@@ -153,9 +160,9 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> R {
     });
     let (store, opened) = jobward_store::open(&s.server.db, OpenMode::CreateAndMigrate).await?;
     if opened.created {
-        info!(db = %s.server.db, "created a new database with the current schema");
+        info!(db = %jobward_store::display_url(&s.server.db), "created the jobward schema in an empty database");
     } else if !opened.applied_migrations.is_empty() {
-        info!(db = %s.server.db, migrations = ?opened.applied_migrations, "brought the database schema up to date");
+        info!(db = %jobward_store::display_url(&s.server.db), migrations = ?opened.applied_migrations, "brought the database schema up to date");
     }
     let alerts = Alerts::start(s.alerts.clone());
     let interval = heartbeat_interval(&s);
@@ -224,7 +231,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> R {
             .into_future(),
     );
     info!(
-        node = %cfg.name, incarnation = %node.id(), db = %s.server.db, config = %s.source, api = %api_url,
+        node = %cfg.name, incarnation = %node.id(), db = %jobward_store::display_url(&s.server.db), config = %s.source, api = %api_url,
         auth = if s.tokens.is_empty() { "off (loopback only)" } else { "tokens" },
         jobs = s.jobs.len(), added = node.sync.added.len(), changed = node.sync.changed.len(),
         removed = node.sync.removed.len(), recovered = node.recovery.report.recovered.len(), "jobward node serving"
@@ -537,7 +544,7 @@ async fn jobs_trigger(cli: &Cli, name: &str, wait: bool, json: bool) -> R {
             if h.live_nodes == 0 {
                 println!(
                     "note: no jobward node is serving {} right now; it starts when one does",
-                    s.server.db
+                    jobward_store::display_url(&s.server.db)
                 );
             }
         }

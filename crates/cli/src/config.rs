@@ -303,10 +303,13 @@ fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, Confi
         o.db.clone()
             .or(server.db)
             .unwrap_or_else(|| DEFAULT_DB.to_string());
-    if !db.starts_with("sqlite:") {
+    if !(db.starts_with("sqlite:")
+        || db.starts_with("postgres://")
+        || db.starts_with("postgresql://"))
+    {
         return Err(top.err(
             "server.db",
-            format!("unsupported database URL '{db}' (expected sqlite://PATH)"),
+            format!("unsupported database URL '{db}' (expected sqlite://PATH or postgres://USER@HOST/DATABASE)"),
         ));
     }
     let node_name = o.node_name.clone().or(server.node_name);

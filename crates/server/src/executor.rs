@@ -231,8 +231,12 @@ impl Executor {
     /// Records the end of a run, retrying while the store is briefly unavailable. A refusal
     /// (lease lost) is final: the ledger already decided, and the refusal is in its event log.
     async fn record(&self, row: &ExecutionRow, outcome: Outcome) {
+        // The database may be briefly unreachable (a restart, a failover): keep trying for a
+        // while. The run stays in this node's heartbeat batch meanwhile, so its lease is
+        // renewed as soon as the database answers again.
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(600);
         let mut delay = Duration::from_millis(100);
-        for attempt in 1..=12 {
+        loop {
             let params = CompleteParams {
                 lease: row.lease(),
                 outcome: outcome.clone(),
@@ -270,7 +274,8 @@ impl Executor {
                     warn!(job = %row.job, number = row.number, execution = row.id, "report refused: {e}");
                     return;
                 }
-                Err(e) if e.is_transient() && attempt < 12 => {
+                Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
+                    crate::metrics::database_error("complete");
                     warn!(execution = row.id, error = %e, "could not record the end yet; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));

@@ -218,6 +218,22 @@ impl Node {
             recovery,
         };
         node.spawn_loops(reaper);
+        // Work queued by other processes and nodes (PostgreSQL's LISTEN) wakes the claimers.
+        if let Some(signal) = node.store.work_signal() {
+            let work = node.work.clone();
+            let mut stop = node.intake.subscribe();
+            node.intake_tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = signal.notified() => {
+                            work.notify_waiters();
+                            work.notify_one();
+                        }
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
         Ok(node)
     }
 
@@ -323,7 +339,28 @@ impl Node {
                             superseded.notify_one();
                         }
                         Ok(_) => {}
-                        Err(e) => warn!(error = %e, "heartbeat failed"),
+                        Err(e) => {
+                            crate::metrics::database_error("heartbeat");
+                            warn!(error = %e, "heartbeat failed; the processes keep running and the lease is renewed when the database answers");
+                        }
+                    }
+                    // Nodes that stopped heartbeating: their local executions are settled
+                    // (node_lost) by whichever live node gets to them first.
+                    match reaper.store.settle_lost_nodes(&reaper.actor).await {
+                        Ok(r) => {
+                            for rec in &r.recovered {
+                                crate::services::log_recovered("lost node", rec);
+                                crate::metrics::recovered(rec);
+                                alert_recovered(alerts.as_ref(), rec);
+                            }
+                            if !r.recovered.is_empty() {
+                                ex.wake.notify_one();
+                            }
+                        }
+                        Err(e) => {
+                            crate::metrics::database_error("settle_lost_nodes");
+                            warn!(error = %e, "lost-node check failed");
+                        }
                     }
                     match reaper.run_once().await {
                         Ok(r) => {
@@ -335,7 +372,10 @@ impl Node {
                                 ex.wake.notify_one();
                             }
                         }
-                        Err(e) => warn!(error = %e, "reaper tick failed"),
+                        Err(e) => {
+                            crate::metrics::database_error("reap");
+                            warn!(error = %e, "reaper tick failed");
+                        }
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(tick) => {}

@@ -155,6 +155,11 @@ pub async fn open(url: &str, mode: OpenMode) -> Result<(DynStore, Opened)> {
     Err(StoreError::UnsupportedUrl(url.to_string()))
 }
 
+/// A database URL fit for logs and messages: without its password.
+pub fn display_url(url: &str) -> String {
+    postgres::redact(url)
+}
+
 /// SQL built at run time (column lists, placeholders); never from user input.
 pub(crate) fn sql(s: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(s)

@@ -199,6 +199,21 @@ impl PgStore {
     }
 
     async fn check_schema(&self, mode: OpenMode) -> Result<Opened> {
+        // Nodes starting together check and migrate one at a time, so exactly one of them
+        // creates the schema (and says so).
+        let mut conn = self.pool.acquire().await.map_err(pg_err)?;
+        sqlx::query("SELECT pg_advisory_lock(hashtext('jobward:migrate'))")
+            .execute(&mut *conn)
+            .await
+            .map_err(pg_err)?;
+        let result = self.check_schema_locked(mode).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('jobward:migrate'))")
+            .execute(&mut *conn)
+            .await;
+        result
+    }
+
+    async fn check_schema_locked(&self, mode: OpenMode) -> Result<Opened> {
         let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         let has_table: bool =
             sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
@@ -302,7 +317,7 @@ impl PgStore {
 }
 
 /// A URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match url
         .split_once("://")
         .and_then(|(s, rest)| rest.split_once('@').map(|(auth, host)| (s, auth, host)))
