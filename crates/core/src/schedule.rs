@@ -265,18 +265,23 @@ pub enum Misfire {
 /// The scheduler's decision for one job at one tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirePlan {
-    /// An execution to create for this instant. `catch_up` is set when it stands for missed
-    /// instants too.
-    pub fire: Option<(Timestamp, Option<Span>)>,
-    /// One skipped record for missed instants (misfire = skip).
+    /// Executions to create, oldest first: one per on-time instant. A `Some(span)` marks a
+    /// catch-up run that also stands for instants missed during downtime (misfire = run_once).
+    pub fires: Vec<(Timestamp, Option<Span>)>,
+    /// One skipped record for the missed instants (misfire = skip).
     pub skip: Option<Span>,
     /// The scheduler cursor afterwards: the first instant after `now`.
     pub next_fire_at: Option<Timestamp>,
 }
 
+/// Most on-time instants one job fires in one tick; older ones count as missed.
+pub const MAX_FIRES_PER_TICK: usize = 100;
+
 /// Plans the fires of a job whose cursor says `next_fire_at` is the earliest instant not yet
-/// handled. An instant is on time while it is at most `grace` old; older ones are missed.
-/// Never more than one execution and one skipped record per call: never a storm.
+/// handled. An instant at most `grace` old is on time and fires as itself, however many there
+/// are (a scheduler that fell a few seconds behind loses nothing). Older instants were missed
+/// while nothing ran: the misfire policy turns all of them into one catch-up run or one
+/// skipped record — never a storm.
 pub fn plan_fires(
     schedule: &Schedule,
     next_fire_at: Timestamp,
@@ -285,47 +290,57 @@ pub fn plan_fires(
     misfire: Misfire,
 ) -> FirePlan {
     let next = schedule.next_after(now);
-    let due = schedule.count_between(next_fire_at, now);
-    let Some(latest) = due.last else {
+    let horizon = sub(now, grace);
+    // Missed: [cursor, horizon). On time: [max(cursor, horizon), now].
+    let mut missed = if next_fire_at < horizon {
+        schedule.count_between(next_fire_at, sub(horizon, Duration::from_millis(1)))
+    } else {
+        Span::default()
+    };
+    let mut on_time = Vec::new();
+    let mut cursor = sub(next_fire_at.max(horizon), Duration::from_millis(1));
+    while let Some(t) = schedule.next_after(cursor) {
+        if t > now || on_time.len() as u64 >= MAX_COUNTED_INSTANTS {
+            break;
+        }
+        on_time.push(t);
+        cursor = t;
+    }
+    if on_time.len() > MAX_FIRES_PER_TICK {
+        let older: Vec<Timestamp> = on_time
+            .drain(..on_time.len() - MAX_FIRES_PER_TICK)
+            .collect();
+        missed.count += older.len() as u64;
+        missed.first = missed.first.or(older.first().copied());
+        missed.last = older.last().copied();
+    }
+    if on_time.is_empty() && missed.count == 0 {
         return FirePlan {
-            fire: None,
+            fires: vec![],
             skip: None,
             next_fire_at: next.filter(|n| *n > next_fire_at).or(Some(next_fire_at)),
         };
-    };
-    let latest_on_time = latest >= sub(now, grace);
-    if due.count == 1 && latest_on_time {
-        return FirePlan {
-            fire: Some((latest, None)),
-            skip: None,
-            next_fire_at: next,
-        };
     }
-    match misfire {
-        Misfire::RunOnce => FirePlan {
-            fire: Some((latest, Some(due))),
-            skip: None,
-            next_fire_at: next,
-        },
-        Misfire::Skip => {
-            // The missed instants are all but the latest when that one is still on time.
-            let missed = if latest_on_time {
-                let last_missed = schedule.last_at_or_before(sub(latest, Duration::from_millis(1)));
-                Span {
-                    count: due.count - 1,
-                    capped: due.capped,
-                    first: due.first,
-                    last: last_missed,
-                }
-            } else {
-                due
-            };
-            FirePlan {
-                fire: latest_on_time.then_some((latest, None)),
-                skip: Some(missed),
-                next_fire_at: next,
-            }
+    let mut fires: Vec<(Timestamp, Option<Span>)> =
+        on_time.into_iter().map(|t| (t, None)).collect();
+    let mut skip = None;
+    if missed.count > 0 {
+        match misfire {
+            Misfire::RunOnce => match fires.first_mut() {
+                // The first on-time run also stands for what was missed.
+                Some(first) => first.1 = Some(missed),
+                None => fires.push((
+                    missed.last.expect("a missed span has a last instant"),
+                    Some(missed),
+                )),
+            },
+            Misfire::Skip => skip = Some(missed),
         }
+    }
+    FirePlan {
+        fires,
+        skip,
+        next_fire_at: next,
     }
 }
 
@@ -431,7 +446,7 @@ mod tests {
             Duration::from_secs(60),
             Misfire::Skip,
         );
-        assert_eq!(p.fire, Some((utc("2026-01-01T00:01:00Z"), None)));
+        assert_eq!(p.fires, vec![(utc("2026-01-01T00:01:00Z"), None)]);
         assert_eq!(p.skip, None);
         assert_eq!(p.next_fire_at, Some(utc("2026-01-01T00:02:00Z")));
     }
@@ -449,7 +464,7 @@ mod tests {
         assert_eq!(
             p,
             FirePlan {
-                fire: None,
+                fires: vec![],
                 skip: None,
                 next_fire_at: Some(utc("2026-01-01T00:02:00Z"))
             }
@@ -466,7 +481,8 @@ mod tests {
             Duration::from_secs(60),
             Misfire::RunOnce,
         );
-        let (at, catch_up) = p.fire.unwrap();
+        let (at, catch_up) = p.fires[0];
+        assert_eq!(p.fires.len(), 1);
         assert_eq!(at, utc("2026-01-01T06:00:00Z"));
         let span = catch_up.unwrap();
         assert_eq!(span.count, 6);
@@ -488,7 +504,7 @@ mod tests {
             Duration::from_secs(5),
             Misfire::Skip,
         );
-        assert_eq!(p.fire, Some((utc("2026-01-01T00:05:00Z"), None)));
+        assert_eq!(p.fires, vec![(utc("2026-01-01T00:05:00Z"), None)]);
         let missed = p.skip.unwrap();
         assert_eq!(missed.count, 29);
         assert_eq!(missed.first, Some(utc("2026-01-01T00:00:10Z")));
@@ -501,8 +517,62 @@ mod tests {
             Duration::from_secs(5),
             Misfire::Skip,
         );
-        assert_eq!(p.fire, None);
+        assert_eq!(p.fires, vec![]);
         assert_eq!(p.skip.unwrap().count, 30);
+    }
+
+    #[test]
+    fn a_scheduler_that_fell_behind_fires_every_on_time_instant() {
+        let s = Schedule::every(Duration::from_secs(1)).unwrap();
+        let p = plan_fires(
+            &s,
+            utc("2026-01-01T00:00:10Z"),
+            utc("2026-01-01T00:00:13.2Z"),
+            Duration::from_secs(60),
+            Misfire::RunOnce,
+        );
+        let at: Vec<Timestamp> = p.fires.iter().map(|f| f.0).collect();
+        assert_eq!(
+            at,
+            vec![
+                utc("2026-01-01T00:00:10Z"),
+                utc("2026-01-01T00:00:11Z"),
+                utc("2026-01-01T00:00:12Z"),
+                utc("2026-01-01T00:00:13Z")
+            ]
+        );
+        assert!(
+            p.fires.iter().all(|f| f.1.is_none()),
+            "on-time instants are not catch-ups"
+        );
+        assert_eq!(p.next_fire_at, Some(utc("2026-01-01T00:00:14Z")));
+    }
+
+    #[test]
+    fn missed_instants_ride_on_the_first_on_time_run() {
+        let s = Schedule::every(Duration::from_secs(10)).unwrap();
+        let p = plan_fires(
+            &s,
+            utc("2026-01-01T00:00:00Z"),
+            utc("2026-01-01T00:01:00.5Z"),
+            Duration::from_secs(15),
+            Misfire::RunOnce,
+        );
+        // 00:00 .. 00:40 are missed (5), 00:50 and 01:00 are on time.
+        assert_eq!(p.fires.len(), 2);
+        assert_eq!(p.fires[0].0, utc("2026-01-01T00:00:50Z"));
+        assert_eq!(p.fires[0].1.unwrap().count, 5);
+        assert_eq!(p.fires[1], (utc("2026-01-01T00:01:00Z"), None));
+        // A storm is impossible: at most MAX_FIRES_PER_TICK fire, the rest count as missed.
+        let p = plan_fires(
+            &s,
+            utc("2026-01-01T00:00:00Z"),
+            utc("2026-01-02T00:00:00Z"),
+            Duration::from_secs(86_400),
+            Misfire::Skip,
+        );
+        assert_eq!(p.fires.len(), MAX_FIRES_PER_TICK);
+        assert_eq!(p.skip.unwrap().count, 8_641 - MAX_FIRES_PER_TICK as u64);
     }
 
     #[test]

@@ -353,6 +353,20 @@ impl Node {
                                 crate::metrics::recovered(rec);
                                 alert_recovered(alerts.as_ref(), rec);
                             }
+                            // A lost node on this host left processes behind: they carry its
+                            // incarnation as their marker, which proves they are its own.
+                            let lost: std::collections::BTreeSet<String> = r.recovered.iter().filter_map(|rec| rec.node_id.clone()).collect();
+                            if !lost.is_empty() {
+                                let killed = tokio::task::spawn_blocking(move || {
+                                    let table = jobward_exec::ProcessTable::snapshot();
+                                    lost.iter().map(|id| table.sweep_owner(id).killed.len()).sum::<usize>()
+                                })
+                                .await
+                                .unwrap_or(0);
+                                if killed > 0 {
+                                    info!(killed, "killed processes that lost nodes left on this host");
+                                }
+                            }
                             if !r.recovered.is_empty() {
                                 ex.wake.notify_one();
                             }

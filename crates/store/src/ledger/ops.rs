@@ -533,8 +533,8 @@ pub(crate) async fn fire_due(tx: &mut dyn Tx, actor: &str) -> Result<FireReport>
     Ok(report)
 }
 
-/// Applies one job's fire plan: at most one skipped record for missed instants and at most
-/// one execution (or skip) for the latest instant, each only if that instant has none yet.
+/// Applies one job's fire plan: at most one skipped record for missed instants, and one
+/// execution (or skip) per on-time instant, each only if that instant has none yet.
 async fn fire_job(
     tx: &mut dyn Tx,
     spec: &JobSpec,
@@ -569,45 +569,45 @@ async fn fire_job(
         .await?;
         report.skipped.push(e.id);
     }
-    let Some((at, catch_up)) = plan.fire else {
-        return Ok(());
-    };
-    if tx.fired_already(&spec.name, at).await? {
-        return Ok(());
-    }
-    if paused {
-        let message = format!("job '{}' is paused", spec.name);
-        let e = insert_execution(
-            tx,
-            skip(Reason::Paused, message, at, format!("fired for {}", ts(at))),
-        )
-        .await?;
-        report.skipped.push(e.id);
-        return Ok(());
-    }
-    let (trigger, note) = match catch_up {
-        Some(span) => (
-            Trigger::CatchUp,
-            format!(
-                "one catch-up run for {} missed while no node was running (misfire = run_once)",
-                span.describe()
+    for (at, catch_up) in &plan.fires {
+        let at = *at;
+        if tx.fired_already(&spec.name, at).await? {
+            continue;
+        }
+        if paused {
+            let message = format!("job '{}' is paused", spec.name);
+            let e = insert_execution(
+                tx,
+                skip(Reason::Paused, message, at, format!("fired for {}", ts(at))),
+            )
+            .await?;
+            report.skipped.push(e.id);
+            continue;
+        }
+        let (trigger, note) = match catch_up {
+            Some(span) => (
+                Trigger::CatchUp,
+                format!(
+                    "one catch-up run for {} missed while no node was running (misfire = run_once)",
+                    span.describe()
+                ),
             ),
-        ),
-        None => (Trigger::Schedule, format!("fired for {}", ts(at))),
-    };
-    let origin = Origin {
-        trigger,
-        scheduled_for: Some(at),
-        payload: None,
-        idempotency_key: None,
-        note,
-    };
-    let c = create_with_overlap(tx, spec, origin, actor).await?;
-    report.replaced.extend(c.replaced);
-    match (c.execution.state, trigger) {
-        (State::Skipped, _) => report.skipped.push(c.execution.id),
-        (_, Trigger::CatchUp) => report.caught_up.push(c.execution.id),
-        _ => report.fired.push(c.execution.id),
+            None => (Trigger::Schedule, format!("fired for {}", ts(at))),
+        };
+        let origin = Origin {
+            trigger,
+            scheduled_for: Some(at),
+            payload: None,
+            idempotency_key: None,
+            note,
+        };
+        let c = create_with_overlap(tx, spec, origin, actor).await?;
+        report.replaced.extend(c.replaced);
+        match (c.execution.state, trigger) {
+            (State::Skipped, _) => report.skipped.push(c.execution.id),
+            (_, Trigger::CatchUp) => report.caught_up.push(c.execution.id),
+            _ => report.fired.push(c.execution.id),
+        }
     }
     Ok(())
 }
