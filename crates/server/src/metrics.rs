@@ -65,9 +65,11 @@ pub fn alert(result: &'static str) {
     counter!("jobward_alerts_total", "result" => result).increment(1);
 }
 
-/// Sets the ledger gauges from a snapshot and renders everything.
-pub fn render(snapshot: &MetricsSnapshot) -> String {
+/// Sets the ledger gauges from a snapshot and renders everything. `store_errors` are the
+/// database errors the store met, retried ones included.
+pub fn render(snapshot: &MetricsSnapshot, store_errors: u64) -> String {
     let h = handle();
+    counter!("jobward_database_errors_total", "kind" => "store").absolute(store_errors);
     for (state, n) in &snapshot.by_state {
         gauge!("jobward_executions", "state" => state.as_str()).set(*n as f64);
     }

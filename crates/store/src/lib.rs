@@ -37,6 +37,11 @@ pub trait Store: Send + Sync + 'static {
     /// The clock deadlines are compared with.
     fn clock(&self) -> &Clock;
 
+    /// Database errors this store met since it opened, including those its retries absorbed.
+    fn database_errors(&self) -> u64 {
+        0
+    }
+
     /// Notified when another process (or node) queued work, for backends that can tell.
     fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
         None

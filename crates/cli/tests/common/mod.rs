@@ -23,10 +23,24 @@ impl Env {
     /// A config whose `[server]` points into a fresh directory, followed by `rest`.
     pub fn new(server_extra: &str, rest: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}", dir.path().join("ledger.db").display());
+        Env::with_db(dir, &db, server_extra, rest)
+    }
+
+    /// The same, on a fresh schema of the PostgreSQL at `JOBWARD_TEST_POSTGRES` (never skipped:
+    /// an unreachable PostgreSQL fails the test).
+    pub fn postgres(server_extra: &str, rest: &str) -> (Env, PgSchema) {
+        let (schema, url) = pg_schema();
+        (
+            Env::with_db(tempfile::tempdir().unwrap(), &url, server_extra, rest),
+            schema,
+        )
+    }
+
+    fn with_db(dir: tempfile::TempDir, db: &str, server_extra: &str, rest: &str) -> Env {
         let config = dir.path().join("jobward.toml");
         let text = format!(
-            "[server]\ndb = \"sqlite://{}\"\nlog_dir = \"{}\"\nnode_name = \"test-node\"\nbind = \"127.0.0.1:0\"\npoll_interval = \"100ms\"\nreaper_interval = \"200ms\"\n{server_extra}\n{rest}",
-            dir.path().join("ledger.db").display(),
+            "[server]\ndb = \"{db}\"\nlog_dir = \"{}\"\nnode_name = \"test-node\"\nbind = \"127.0.0.1:0\"\npoll_interval = \"100ms\"\nreaper_interval = \"200ms\"\n{server_extra}\n{rest}",
             dir.path().join("logs").display()
         );
         fs::write(&config, text).unwrap();
@@ -64,6 +78,11 @@ impl Env {
     }
 
     pub fn serve(&self) -> Server {
+        self.serve_as(None)
+    }
+
+    /// A node with its own name (several nodes share one database).
+    pub fn serve_as(&self, name: Option<&str>) -> Server {
         let log = self.path(&format!(
             "serve-{}.log",
             std::time::SystemTime::now()
@@ -71,8 +90,12 @@ impl Env {
                 .unwrap()
                 .as_nanos()
         ));
+        let mut args = vec!["serve"];
+        if let Some(n) = name {
+            args.extend(["--node-name", n]);
+        }
         let child = self
-            .cmd(&["serve"])
+            .cmd(&args)
             .env("JOBWARD_LOG", "info")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
@@ -250,4 +273,91 @@ pub fn parse_time(v: &Value) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
         .unwrap()
         .with_timezone(&chrono::Utc)
+}
+
+pub fn pg_admin() -> String {
+    std::env::var("JOBWARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn pg_exec(sql: String) {
+    let out = std::process::Command::new("psql")
+        .arg(pg_admin())
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-c", &sql])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "PostgreSQL at {} refused `{sql}`: {}",
+            pg_admin(),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!("cannot run psql: {e}"),
+    }
+}
+
+/// A schema dropped when the test ends.
+pub struct PgSchema(pub String);
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .arg(pg_admin())
+            .args([
+                "-q",
+                "-c",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0),
+            ])
+            .output();
+    }
+}
+
+pub fn pg_schema() -> (PgSchema, String) {
+    let name = format!(
+        "jw_e2e_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    pg_exec(format!("CREATE SCHEMA {name}"));
+    let admin = pg_admin();
+    let sep = if admin.contains('?') { '&' } else { '?' };
+    let url = format!("{admin}{sep}options=-c%20search_path%3D{name}");
+    (PgSchema(name), url)
+}
+
+/// A plain HTTP POST with an empty body; returns the status code.
+pub fn http_post(base: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A plain HTTP GET; returns the body.
+pub fn http_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }

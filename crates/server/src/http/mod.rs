@@ -151,7 +151,7 @@ async fn method_not_allowed() -> ApiError {
               (status = "default", description = "an error", body = jobward_protocol::ErrorBody)))]
 pub async fn metrics_endpoint(State(state): State<AppState>) -> Result<Response, ApiError> {
     let snapshot = state.store.metrics().await?;
-    let text = crate::metrics::render(&snapshot);
+    let text = crate::metrics::render(&snapshot, state.store.database_errors());
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -115,6 +115,7 @@ pub struct PgStore {
     clock: Clock,
     work: Arc<Notify>,
     url: String,
+    errors: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Runs `$body` in a transaction with `$tx: &mut PgTx` whose `now` is PostgreSQL's clock.
@@ -129,15 +130,20 @@ macro_rules! pg_tx {
             let mut txn = match store.pool.begin().await {
                 Ok(t) => t,
                 Err(e) if retryable(&e) && attempt < TX_ATTEMPTS => {
+                    store.count_error();
                     tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
                     continue;
                 }
-                Err(e) => break Err(pg_err(e)),
+                Err(e) => {
+                    store.count_error();
+                    break Err(pg_err(e));
+                }
             };
             let now = match store.db_now(&mut *txn).await {
                 Ok(n) => n,
                 Err(e) if attempt < TX_ATTEMPTS => {
                     let _ = e;
+                    store.count_error();
                     tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
                     continue;
                 }
@@ -156,9 +162,13 @@ macro_rules! pg_tx {
             match result {
                 Ok(v) => match txn.commit().await {
                     Ok(()) => break Ok(v),
-                    Err(e) => break Err(pg_err(e)),
+                    Err(e) => {
+                        store.count_error();
+                        break Err(pg_err(e));
+                    }
                 },
                 Err(_) if retry && attempt < TX_ATTEMPTS => {
+                    store.count_error();
                     let _ = txn.rollback().await;
                     tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
                 }
@@ -192,6 +202,7 @@ impl PgStore {
             clock: Clock::default(),
             work: Arc::new(Notify::new()),
             url: url.to_string(),
+            errors: Arc::default(),
         };
         let opened = store.check_schema(mode).await?;
         store.spawn_listener();
@@ -265,12 +276,14 @@ impl PgStore {
     fn spawn_listener(&self) {
         let pool = self.pool.clone();
         let work = self.work.clone();
+        let errors = self.errors.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 match listen(&pool, &work).await {
                     Ok(()) => return, // the pool was closed
                     Err(e) => {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::warn!(error = %e, "work listener lost its connection; reconnecting (claims poll meanwhile)");
                         // Notifications may have been missed: let claimers look.
                         work.notify_waiters();
@@ -280,6 +293,11 @@ impl PgStore {
                 }
             }
         });
+    }
+
+    fn count_error(&self) {
+        self.errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn db_now(&self, conn: &mut PgConnection) -> Result<Timestamp> {
@@ -375,6 +393,10 @@ impl Store for PgStore {
 
     fn work_signal(&self) -> Option<Arc<Notify>> {
         Some(self.work.clone())
+    }
+
+    fn database_errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn now(&self) -> Result<Timestamp> {

@@ -77,6 +77,7 @@ pub struct SqliteStore {
     reader: SqlitePool,
     clock: Clock,
     url: String,
+    errors: std::sync::atomic::AtomicU64,
 }
 
 /// Runs `$body` in a `BEGIN IMMEDIATE` transaction with `$now` read after the write lock is
@@ -89,7 +90,12 @@ macro_rules! write_tx {
             attempt += 1;
             let mut tx = match store.writer.begin_with("BEGIN IMMEDIATE").await {
                 Ok(tx) => tx,
-                Err(e) if is_busy(&e) && attempt < BUSY_ATTEMPTS => continue,
+                Err(e) if is_busy(&e) && attempt < BUSY_ATTEMPTS => {
+                    store
+                        .errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
                 Err(e) if is_busy(&e) => break Err(StoreError::Busy(BUSY_TIMEOUT * BUSY_ATTEMPTS)),
                 Err(e) => break Err(store_err(e)),
             };
@@ -163,6 +169,7 @@ impl SqliteStore {
             reader,
             clock: Clock::default(),
             url: url.to_string(),
+            errors: Default::default(),
         };
         let opened = store.check_schema(mode, !exists).await?;
         Ok((store, opened))
@@ -257,6 +264,10 @@ impl Store for SqliteStore {
 
     fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    fn database_errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn now(&self) -> Result<Timestamp> {
