@@ -256,3 +256,53 @@ async fn a_concurrency_limit_holds_across_nodes() {
         .is_empty()
     );
 }
+
+/// NOTIFY wakes claimers at once, and a listener whose connection is killed comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_work_listener_wakes_claimers_and_survives_a_killed_connection() {
+    let (_schema, url) = fresh_schema().await;
+    let (a, _) = open(&url, OpenMode::CreateAndMigrate).await.unwrap();
+    let (b, _) = open(&url, OpenMode::Existing).await.unwrap();
+    conformance::define(&a, vec![conformance::spec("a")], &[]).await;
+    let signal = a.work_signal().expect("PostgreSQL signals work");
+    let woken = |signal: std::sync::Arc<tokio::sync::Notify>, store: DynStore| async move {
+        // Drop a wake-up stored earlier, then wait for the one this trigger causes.
+        while tokio::time::timeout(Duration::from_millis(20), signal.notified())
+            .await
+            .is_ok()
+        {}
+        let notified = signal.notified();
+        store
+            .trigger(TriggerParams {
+                job: "a".into(),
+                actor: "t".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), notified)
+            .await
+            .is_ok()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        woken(signal.clone(), b.clone()).await,
+        "a trigger on another node wakes this one"
+    );
+    let mut admin = raw(&admin_url()).await;
+    let killed: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'jobward' AND query ILIKE 'LISTEN%' \
+         AND pg_terminate_backend(pid)",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(
+        !killed.is_empty(),
+        "a listener connection was found and terminated"
+    );
+    assert!(
+        woken(signal, b).await,
+        "the listener reconnected and wakes claimers again"
+    );
+}
