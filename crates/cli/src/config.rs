@@ -309,7 +309,10 @@ fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, Confi
     {
         return Err(top.err(
             "server.db",
-            format!("unsupported database URL '{db}' (expected sqlite://PATH or postgres://USER@HOST/DATABASE)"),
+            format!(
+                "unsupported database URL '{}' (expected sqlite://PATH or postgres://USER@HOST/DATABASE)",
+                jobward_store::display_url(&db)
+            ),
         ));
     }
     let node_name = o.node_name.clone().or(server.node_name);

@@ -390,7 +390,12 @@ pub(crate) async fn create_with_overlap(
     actor: &str,
 ) -> Result<Created> {
     let now = tx.now();
-    let live = tx.live_of_job(&spec.name).await?;
+    // Only skip and replace look at what is live: loading a long queue on every trigger of an
+    // `allow` or `queue` job would make each trigger cost as much as the queue is long.
+    let live = match spec.overlap {
+        Overlap::Skip | Overlap::Replace => tx.live_of_job(&spec.name).await?,
+        Overlap::Queue | Overlap::Allow => Vec::new(),
+    };
     let mut replaced = Vec::new();
     let base = NewExecution {
         scheduled_for: origin.scheduled_for,

@@ -523,7 +523,7 @@ impl Store for PgStore {
             .await?;
         let last = self
             .rows(
-                format!("SELECT {} FROM executions WHERE job = $1 AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 1", *EXEC),
+                format!("SELECT {} FROM executions WHERE job = $1 AND finished_at IS NOT NULL ORDER BY finished_at DESC, id DESC LIMIT 1", *EXEC),
                 vec![Bind::S(name)],
             )
             .await?;

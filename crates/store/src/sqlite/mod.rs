@@ -422,13 +422,13 @@ impl Store for SqliteStore {
             .map_err(|e| crate::error::corrupt(format!("job '{name}' definition: {e}")))?;
         let live = self
             .fetch_rows(
-                format!("SELECT {EXEC_COLUMNS} FROM executions WHERE job = ? AND state IN ('queued', 'running') ORDER BY id"),
+                format!("SELECT {EXEC_COLUMNS} FROM executions INDEXED BY executions_live_job WHERE job = ? AND state IN ('queued', 'running') ORDER BY id"),
                 vec![Bind::S(name.into())],
             )
             .await?;
         let last = self
             .fetch_rows(
-                format!("SELECT {EXEC_COLUMNS} FROM executions WHERE job = ? AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 1"),
+                format!("SELECT {EXEC_COLUMNS} FROM executions WHERE job = ? AND finished_at IS NOT NULL ORDER BY finished_at DESC, id DESC LIMIT 1"),
                 vec![Bind::S(name.into())],
             )
             .await?;

@@ -217,9 +217,11 @@ impl Tx for SqliteTx<'_> {
         Ok(res.rows_affected() == 1)
     }
 
+    // INDEXED BY: without statistics SQLite prefers (job, id) for the ORDER BY and reads the
+    // job's whole history (76 ms at 50,000 executions) instead of its few live rows (0.02 ms).
     async fn live_of_job(&mut self, job: &str) -> Result<Vec<ExecutionRow>> {
         let recs: Vec<ExecRecord> =
-            sqlx::query_as(sql(format!("SELECT {EXEC_COLUMNS} FROM executions WHERE job = ? AND state IN ('queued', 'running') ORDER BY id")))
+            sqlx::query_as(sql(format!("SELECT {EXEC_COLUMNS} FROM executions INDEXED BY executions_live_job WHERE job = ? AND state IN ('queued', 'running') ORDER BY id")))
                 .bind(job)
                 .fetch_all(&mut *self.conn)
                 .await
