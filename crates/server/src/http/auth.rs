@@ -100,6 +100,11 @@ impl Token {
             digest: digest(secret),
         }
     }
+
+    /// The SHA-256 digest of its secret (what identifies a dashboard session).
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
 }
 
 /// The configured tokens. None configured means no authentication (allowed only on loopback).

@@ -1,8 +1,9 @@
-//! The HTTP server: the API, the worker protocol, `/metrics` and the OpenAPI document, with
-//! one error shape, a body limit, request timeouts and token access control.
+//! The HTTP server: the API, the worker protocol, `/metrics`, the OpenAPI document and the
+//! dashboard, with one error shape, a body limit, request timeouts and token access control.
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod openapi;
 pub mod views;
@@ -54,6 +55,8 @@ pub struct AppInner {
     pub executor: Option<Arc<Executor>>,
     pub reload: Option<Reloader>,
     pub alerts: Option<Alerts>,
+    /// Per-process secret from which the dashboard derives its CSRF tokens.
+    pub dashboard_key: [u8; 32],
     shutting_down: AtomicBool,
 }
 
@@ -78,6 +81,7 @@ impl AppState {
             executor: None,
             reload: None,
             alerts: None,
+            dashboard_key: random_key(),
             shutting_down: AtomicBool::new(false),
         }))
     }
@@ -120,6 +124,13 @@ impl AppState {
             a.send(AlertKind::Failed, json!({ "execution": views::execution(&s.execution, s.execution.finished_at.unwrap_or_default()) }));
         }
     }
+}
+
+fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key
 }
 
 async fn request_timeout(req: Request, next: Next) -> Response {
@@ -198,6 +209,7 @@ pub fn app(state: AppState) -> Router {
         .merge(operate)
         .merge(worker)
         .merge(by_lease)
+        .merge(dashboard::routes(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn(request_timeout))

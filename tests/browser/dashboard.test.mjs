@@ -1,0 +1,290 @@
+// The dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core), against a real `jobward serve` on a real SQLite file, with real children.
+//
+//   JOBWARD_BIN=target/debug/jobward node --test --test-concurrency=1 tests/browser/dashboard.test.mjs
+//
+// Screenshots of every page go to target/screenshots/ (SCREENSHOTS to change it).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:http";
+import { tmpdir } from "node:os";
+import { join, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const bin = resolve(root, process.env.JOBWARD_BIN || "target/debug/jobward");
+const shots = resolve(root, process.env.SCREENSHOTS || "target/screenshots");
+const OPERATE = "op-0d6f1e2a9b7c4d5e8f";
+const READ = "rd-5a4b3c2d1e0f9a8b7c";
+const WORKER = "wk-9e8d7c6b5a4f3e2d1c";
+
+let dir, server, api, browser, evil;
+
+function config() {
+  return `
+[server]
+db = "sqlite://${dir}/jobward.db"
+log_dir = "${dir}/logs"
+bind = "127.0.0.1:0"
+reaper_interval = "200ms"
+poll_interval = "100ms"
+
+[[token]]
+name = "ops"
+role = "operate"
+secret = "${OPERATE}"
+
+[[token]]
+name = "viewer"
+role = "read"
+secret = "${READ}"
+
+[[token]]
+name = "worker"
+role = "worker"
+secret = "${WORKER}"
+
+[[job]]
+name = "hello"
+command = "echo hello from jobward; sleep 1; echo done"
+
+[[job]]
+name = "sleeper"
+command = "sleep 300"
+
+[[job]]
+name = "flaky"
+command = "echo about to fail; exit 3"
+schedule = "0 0 3 * * *"
+
+[[job]]
+name = "ticker"
+command = "true"
+every = "5s"
+
+[[job]]
+name = "stuck"
+command = "sleep 600"
+queue = "remote"
+heartbeat_timeout = "1h"
+`;
+}
+
+async function apiCall(method, path, token, body) {
+  const r = await fetch(api + path, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body ? { "content-type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+
+async function executionsOf(job) {
+  const r = await apiCall("GET", `/api/executions?job=${job}&limit=1000`, READ);
+  return r.body.executions;
+}
+
+async function waitFor(what, fn, ms = 15000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function login(token, viewport) {
+  const context = await browser.newContext({ viewport: viewport || { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  await page.goto(api + "/jobs");
+  assert.match(page.url(), /\/login\?next=\/jobs$/, "a visitor without a session is sent to the login form");
+  await page.fill("#token", token);
+  await Promise.all([page.waitForURL(api + "/jobs"), page.click("button[type=submit]")]);
+  return { context, page };
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+}
+
+before(async () => {
+  mkdirSync(shots, { recursive: true });
+  dir = mkdtempSync(join(tmpdir(), "jobward-browser-"));
+  writeFileSync(join(dir, "jobward.toml"), config());
+  server = spawn(bin, ["serve", "--config", join(dir, "jobward.toml")], {
+    cwd: dir,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, JOBWARD_LOG: "info" },
+  });
+  let log = "";
+  server.stdout.on("data", (d) => (log += d));
+  server.stderr.on("data", (d) => (log += d));
+  api = await waitFor("the server to listen", () => (log.match(/api=(http:\/\/\S+)/) || [])[1], 30000).catch((e) => {
+    throw new Error(`${e.message}; its output:\n${log}`);
+  });
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox"],
+  });
+  // Another origin, for the cross-site forgery test.
+  evil = createServer((req, res) => {
+    res.setHeader("content-type", "text/html");
+    res.end(`<form id=f method=post action="${api}/jobs/hello/trigger"><input name=csrf value=guess></form>
+             <script>document.getElementById('f').submit()</script>`);
+  });
+  await new Promise((r) => evil.listen(0, "127.0.0.2", r));
+});
+
+after(async () => {
+  await browser?.close();
+  evil?.close();
+  if (server) {
+    server.kill("SIGTERM");
+    await new Promise((r) => server.once("exit", r));
+  }
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+test("the trigger button runs a job and its page turns completed without a reload", async () => {
+  const { context, page } = await login(OPERATE);
+  await shot(page, "jobs");
+  const row = page.locator("tr[data-job=hello]");
+  await Promise.all([page.waitForURL(/\/executions\/\d+$/), row.getByRole("button", { name: "Trigger" }).click()]);
+  await page.evaluate(() => (window.__sameDocument = true));
+  const status = page.locator("#status");
+  await status.getByText("running").or(status.getByText("completed")).waitFor({ timeout: 10000 });
+  await status.getByText("completed").waitFor({ timeout: 15000 });
+  assert.equal(await page.evaluate(() => window.__sameDocument), true, "the page updated itself, no reload");
+  await page.locator("#log pre").getByText("hello from jobward").waitFor({ timeout: 5000 });
+  const events = await page.locator("#events tbody tr").allTextContents();
+  assert.ok(events.some((t) => t.includes("dashboard:ops")), `the trigger is recorded with its actor: ${events}`);
+  await shot(page, "execution");
+  const [e] = await executionsOf("hello");
+  assert.equal(e.status, "completed");
+  await context.close();
+});
+
+test("a killed child's row turns failed on the job page, live", async () => {
+  const { context, page } = await login(OPERATE);
+  await Promise.all([
+    page.waitForURL(/\/executions\/\d+$/),
+    page.locator("tr[data-job=sleeper]").getByRole("button", { name: "Trigger" }).click(),
+  ]);
+  const id = Number(page.url().split("/").pop());
+  const running = await waitFor("the sleeper to start", async () => {
+    const r = await apiCall("GET", `/api/executions/${id}`, READ);
+    return r.body.status === "running" && r.body.pid ? r.body : null;
+  });
+  await page.goto(`${api}/jobs/sleeper`);
+  await page.evaluate(() => (window.__sameDocument = true));
+  const row = page.locator(`#history tr[data-execution="${id}"]`);
+  await row.getByText("running").waitFor();
+  await shot(page, "job-running");
+  process.kill(running.pid, "SIGKILL");
+  await row.getByText("failed").waitFor({ timeout: 10000 });
+  assert.equal(await page.evaluate(() => window.__sameDocument), true, "the row changed without a reload");
+  assert.match(await row.textContent(), /signal/, "the reason says it was a signal");
+  await shot(page, "job");
+  await page.goto(api + "/");
+  await page.locator(`#failures tr[data-execution="${id}"]`).getByText("failed").waitFor();
+  await shot(page, "overview");
+  await context.close();
+});
+
+test("stale executions: a dry-run table, then apply with a confirmation", async () => {
+  // A remote execution whose worker went silent; its lease (1 h) has not expired.
+  const t = await apiCall("POST", "/api/jobs/stuck/trigger", OPERATE);
+  assert.equal(t.status, 201);
+  const claim = await apiCall("POST", "/api/worker/claim", WORKER, { worker_id: "silent", queues: ["remote"], batch: 1, wait_ms: 0 });
+  const id = claim.body.executions[0].id;
+  await new Promise((r) => setTimeout(r, 1500));
+  const { context, page } = await login(OPERATE);
+  await page.goto(`${api}/stale?stale_after=1s`);
+  const row = page.locator(`#stale tr[data-execution="${id}"]`);
+  await row.waitFor();
+  assert.equal((await apiCall("GET", `/api/executions/${id}`, READ)).body.status, "running", "a dry run changes nothing");
+  await shot(page, "stale");
+  // Without the confirmation box the browser does not submit.
+  await page.getByRole("button", { name: "Apply cleanup" }).click();
+  assert.match(page.url(), /\/stale\?stale_after=1s$/);
+  assert.equal((await apiCall("GET", `/api/executions/${id}`, READ)).body.status, "running");
+  await page.locator("input[name=confirm]").check();
+  await Promise.all([page.waitForURL(/applied=1/), page.getByRole("button", { name: "Apply cleanup" }).click()]);
+  await page.getByText("Cleanup applied: 1").waitFor();
+  const after = (await apiCall("GET", `/api/executions/${id}`, READ)).body;
+  assert.equal(after.status, "timed_out");
+  assert.equal(after.reason, "manual_cleanup");
+  await context.close();
+});
+
+test("a read-only visitor sees no buttons, and its forged posts change nothing", async () => {
+  const { context, page } = await login(READ);
+  const [one] = await executionsOf("hello");
+  for (const path of ["/", "/jobs", "/jobs/hello", "/jobs/sleeper", `/executions/${one.id}`, "/stale?stale_after=1s"]) {
+    await page.goto(api + path);
+    // Only GET forms (the stale page's "look again") may remain: nothing that changes anything.
+    const posts = await page.locator("main form[method=post]").count();
+    const buttons = (await page.locator("main button").count()) - (await page.locator("main form[method=get] button").count());
+    assert.equal(posts + buttons, 0, `${path} shows no buttons to a read-only visitor`);
+    assert.equal(await page.getByText("read only").count(), 1);
+  }
+  await shot(page, "jobs-read-only");
+  // Even with its own valid CSRF token (from its logout form), a read session cannot operate.
+  const before = (await executionsOf("hello")).length;
+  const res = await page.evaluate(async () => {
+    const csrf = document.querySelector("form[action='/logout'] input[name=csrf]").value;
+    const r = await fetch("/jobs/hello/trigger", { method: "POST", body: new URLSearchParams({ csrf }) });
+    return { status: r.status, text: await r.text() };
+  });
+  assert.equal(res.status, 403);
+  assert.match(res.text, /role read/);
+  assert.equal((await executionsOf("hello")).length, before);
+  await context.close();
+});
+
+test("forged form posts are refused and change nothing", async () => {
+  const { context, page } = await login(OPERATE);
+  const before = (await executionsOf("hello")).length;
+  // Same origin, operator session, but no CSRF token: a form the dashboard did not render.
+  const res = await page.evaluate(async () => {
+    const r = await fetch("/jobs/hello/trigger", { method: "POST", body: new URLSearchParams({ csrf: "forged" }) });
+    return { status: r.status, text: await r.text() };
+  });
+  assert.equal(res.status, 403);
+  assert.match(res.text, /did not come from this dashboard/);
+  // Another site auto-submits a form at the dashboard in the operator's browser.
+  const { port } = evil.address();
+  await page.goto(`http://127.0.0.2:${port}/`);
+  await page.waitForURL(/\/jobs\/hello\/trigger$/);
+  const body = await page.textContent("body");
+  assert.match(body, /log in first|did not come from this dashboard/);
+  assert.equal((await executionsOf("hello")).length, before, "no execution was created");
+  // A worker token cannot log in.
+  await page.goto(api + "/login");
+  await page.fill("#token", WORKER);
+  await page.click("button[type=submit]");
+  await page.getByText("a worker token cannot open the dashboard").waitFor();
+  await context.close();
+});
+
+test("pause and resume buttons, and a narrow screen", async () => {
+  const { context, page } = await login(OPERATE, { width: 390, height: 844 });
+  await page.goto(api + "/jobs/ticker");
+  page.once("dialog", (d) => d.accept());
+  await Promise.all([page.waitForURL(/\/jobs\/ticker$/), page.getByRole("button", { name: "Pause" }).click()]);
+  await page.locator("h1").getByText("paused").waitFor();
+  assert.equal((await apiCall("GET", "/api/jobs/ticker", READ)).body.job.paused, true);
+  await page.goto(api + "/jobs");
+  const width = await page.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(width <= 390, `the page fits a 390 px screen (scroll width ${width})`);
+  await shot(page, "jobs-narrow");
+  await page.goto(api + "/jobs/ticker");
+  await Promise.all([page.waitForURL(/\/jobs\/ticker$/), page.getByRole("button", { name: "Resume" }).click()]);
+  assert.equal((await apiCall("GET", "/api/jobs/ticker", READ)).body.job.paused, false);
+  await context.close();
+});
