@@ -286,7 +286,11 @@ impl SuccessRate {
     }
 }
 
-/// A schedule in words, with its expression.
+fn is_cron(s: &Schedule) -> bool {
+    matches!(s, Schedule::Cron { .. })
+}
+
+/// A schedule in words.
 pub fn schedule_words(s: &Schedule) -> String {
     match s {
         Schedule::Manual => "only when triggered".into(),
@@ -335,7 +339,7 @@ pub fn jobs(v: &Viewer, now: Timestamp, jobs: &[(JobRow, SuccessRate)]) -> Marku
                     tbody { @for (j, rate) in jobs {
                         tr data-job=(j.spec.name) {
                             td data-label="Job" { (job_link(&j.spec.name)) @if !j.defined { " " span.tag { "removed from config" } } }
-                            td data-label="Schedule" { (schedule_words(&j.spec.schedule)) br; code.rel.hide-narrow { (j.spec.schedule.describe()) } }
+                            td data-label="Schedule" { (schedule_words(&j.spec.schedule)) @if is_cron(&j.spec.schedule) { br; code.rel.hide-narrow { (j.spec.schedule.describe()) } } }
                             td data-label="Next fire" { @if j.paused { span.muted { "paused" } } @else { (when(j.next_fire_at, now)) } }
                             td data-label="Status" { (badge(&j.status())) @if j.paused { " " (badge("paused")) } }
                             td data-label="Success" { (rate.render()) }
@@ -380,7 +384,7 @@ pub fn job(
         section.card #job-fields data-live {
             dl.fields {
                 dt { "Command" } dd { code { (s.command) } }
-                dt { "Schedule" } dd { (schedule_words(&s.schedule)) " " code.rel { (s.schedule.describe()) } }
+                dt { "Schedule" } dd { (schedule_words(&s.schedule)) @if is_cron(&s.schedule) { " " code.rel { (s.schedule.describe()) } } }
                 dt { "Next fire" } dd { @if j.paused { "paused" } @else { (when(j.next_fire_at, now)) } }
                 dt { "Runs on" } dd { @if let Some(q) = &s.queue { "remote workers, queue " code { (q) } } @else { "a node" } }
                 dt { "Overlap" } dd { (s.overlap) }
