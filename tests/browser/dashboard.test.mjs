@@ -219,6 +219,31 @@ test("stale executions: a dry-run table, then apply with a confirmation", async 
   const after = (await apiCall("GET", `/api/executions/${id}`, READ)).body;
   assert.equal(after.status, "timed_out");
   assert.equal(after.reason, "manual_cleanup");
+  // The silent worker wakes up and reports success: refused, and the page shows the refusal
+  // beside the record, which does not change.
+  const lease = claim.body.executions[0];
+  const late = await apiCall("POST", "/api/worker/complete", WORKER, {
+    worker_id: "silent", id, attempt: lease.attempt, lease_token: lease.lease_token, outcome: "completed", exit_code: 0,
+  });
+  assert.equal(late.status, 409);
+  await page.goto(`${api}/executions/${id}`);
+  await page.locator("#events tr.refused").first().waitFor();
+  assert.match(await page.locator("#status").textContent(), /timed out/);
+  await shot(page, "execution-refused");
+  await context.close();
+});
+
+test("the cancel button stops a running execution", async () => {
+  const { context, page } = await login(OPERATE);
+  await Promise.all([
+    page.waitForURL(/\/executions\/\d+$/),
+    page.locator("tr[data-job=sleeper]").getByRole("button", { name: "Trigger" }).click(),
+  ]);
+  await page.locator("#status").getByText("running").waitFor({ timeout: 10000 });
+  page.once("dialog", (d) => d.accept());
+  await page.getByRole("button", { name: "Cancel" }).click();
+  await page.locator("#status").getByText("cancelled").waitFor({ timeout: 15000 });
+  assert.equal(await page.getByRole("button", { name: "Cancel" }).count(), 0, "no cancel button once terminal");
   await context.close();
 });
 

@@ -504,7 +504,7 @@ pub fn execution(
                         td { (when(Some(ev.at), now)) }
                         td { @match ev.kind {
                             EventKind::Transition => { (ev.from.map(|s| s.to_string()).unwrap_or_else(|| "created".into())) " → " (badge(&ev.to.map(|s| s.to_string()).unwrap_or_default())) }
-                            EventKind::Refused => { span.badge.st-failed { span.sym { "⛔" } " refused" } }
+                            EventKind::Refused => { span.badge.st-failed { span.sym aria-hidden="true" { "✗" } " refused" } }
                             EventKind::Note => { span.tag { "note" } }
                         } }
                         td { (ev.reason.as_deref().unwrap_or("")) }
@@ -518,7 +518,7 @@ pub fn execution(
             h2 { "Log (last " (super::LOG_TAIL / 1024) " KB)" }
             @match log {
                 Some(l) if !l.is_empty() => pre.log { (l) },
-                _ => p.muted { "No output (yet)." },
+                _ => p.muted { @if live { "No output yet." } @else { "No output." } },
             }
         }
     };
