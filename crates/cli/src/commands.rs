@@ -9,8 +9,8 @@ use jobward_server::alerts::Alerts;
 use jobward_server::http::{AppState, Reloader, Tokens};
 use jobward_server::{Node, NodeConfig, NodeError, Reaper, default_node_name, log_path};
 use jobward_store::{
-    AuditParams, CancelOutcome, CancelParams, CleanupParams, DynStore, ExecutionFilter,
-    ExecutionRow, HealthParams, OpenMode, SyncJobs, TriggerParams,
+    AuditParams, CancelOutcome, CancelParams, DynStore, ExecutionFilter, ExecutionRow,
+    HealthParams, OpenMode, SyncJobs, TriggerParams,
 };
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
@@ -68,9 +68,11 @@ fn duration_arg(flag: &str, v: &str) -> R<Duration> {
 }
 
 async fn open_existing(s: &Settings) -> R<DynStore> {
-    Ok(jobward_store::open(&s.server.db, OpenMode::Existing)
-        .await?
-        .0)
+    Ok(
+        jobward_store::open_with(&s.server.db, OpenMode::Existing, &s.server.store)
+            .await?
+            .0,
+    )
 }
 
 pub async fn run(cli: Cli) -> R {
@@ -102,7 +104,8 @@ pub async fn run(cli: Cli) -> R {
 
 async fn migrate(cli: &Cli) -> R {
     let s = settings(cli, None)?;
-    let (_, opened) = jobward_store::open(&s.server.db, OpenMode::CreateAndMigrate).await?;
+    let (_, opened) =
+        jobward_store::open_with(&s.server.db, OpenMode::CreateAndMigrate, &s.server.store).await?;
     match (opened.created, opened.applied_migrations.is_empty()) {
         (true, _) => println!(
             "created the jobward schema in {}",
@@ -158,7 +161,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> R {
         };
         format!("http://{host}:{}", addr.port())
     });
-    let (store, opened) = jobward_store::open(&s.server.db, OpenMode::CreateAndMigrate).await?;
+    let (store, opened) =
+        jobward_store::open_with(&s.server.db, OpenMode::CreateAndMigrate, &s.server.store).await?;
     if opened.created {
         info!(db = %jobward_store::display_url(&s.server.db), "created the jobward schema in an empty database");
     } else if !opened.applied_migrations.is_empty() {
@@ -255,7 +259,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> R {
                 None => warn!("SIGHUP: there is no configuration file to reload"),
             },
             _ = node.superseded() => {
-                return Err(Failure::Check("this node was taken over by a newer incarnation with the same name; it stopped its processes".into()));
+                return Err(Failure::Check("this node was declared lost and could not rejoin (another live node holds its name, or the database refused); it stopped its processes".into()));
             }
         }
     };
@@ -436,6 +440,8 @@ struct JobJson<'a> {
     schedule: String,
     next_fire_at: Option<jobward_core::Timestamp>,
     status: String,
+    status_text: String,
+    lease_expired: bool,
     paused: bool,
     defined: bool,
     overlap: String,
@@ -448,6 +454,7 @@ async fn jobs_list(cli: &Cli, json: bool) -> R {
     let s = settings(cli, None)?;
     let store = open_existing(&s).await?;
     let jobs = store.list_jobs().await?;
+    let now = store.now().await?;
     if json {
         let out: Vec<JobJson> = jobs
             .iter()
@@ -457,6 +464,8 @@ async fn jobs_list(cli: &Cli, json: bool) -> R {
                 schedule: j.spec.schedule.describe(),
                 next_fire_at: j.next_fire_at,
                 status: j.status(),
+                status_text: jobward_server::http::views::job_status_text(j, now),
+                lease_expired: j.silent_for(now).is_some(),
                 paused: j.paused,
                 defined: j.defined,
                 overlap: j.spec.overlap.to_string(),
@@ -468,7 +477,6 @@ async fn jobs_list(cli: &Cli, json: bool) -> R {
         print_json(&out);
         return Ok(());
     }
-    let now = store.now().await?;
     let mut t = table(&[
         "JOB",
         "SCHEDULE",
@@ -480,7 +488,7 @@ async fn jobs_list(cli: &Cli, json: bool) -> R {
         "KEY",
     ]);
     for j in &jobs {
-        let mut status = j.status();
+        let mut status = jobward_server::http::views::job_status_text(j, now);
         if j.paused {
             status.push_str(" (paused)");
         }
@@ -671,8 +679,8 @@ async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
         return Ok(());
     }
     let state = match (e.reason, &e.message) {
-        (Some(r), Some(m)) => format!("{} ({r}): {m}", output::status(&e)),
-        _ => output::status(&e),
+        (Some(r), Some(m)) => format!("{} ({r}): {m}", output::status(&e, now)),
+        _ => output::status(&e, now),
     };
     println!(
         "execution {}: job '{}' run #{}, attempt {} of {}",
@@ -814,13 +822,8 @@ async fn cleanup(cli: &Cli, a: &CleanupArgs) -> R {
     let stale_after = parse_positive_duration(&a.stale_after)
         .map_err(|e| Failure::Input(format!("--stale-after: {e}")))?;
     let store = open_existing(&s).await?;
-    let report = store
-        .cleanup(CleanupParams {
-            stale_after,
-            apply: a.apply,
-            actor: actor(),
-        })
-        .await?;
+    let report =
+        jobward_server::cleanup::stale_executions(&store, stale_after, a.apply, actor()).await?;
     let now = store.now().await?;
     if a.json {
         print_json(&jobward_server::http::views::cleanup(
@@ -875,6 +878,9 @@ async fn cleanup(cli: &Cli, a: &CleanupArgs) -> R {
             report.candidates.len()
         );
     } else {
+        for c in &report.changed {
+            println!("execution {}: {}", c.id, c.message);
+        }
         let retries = report.changed.iter().filter(|c| c.retry.is_some()).count();
         println!(
             "applied: {} changed to timed_out (manual_cleanup), {} ended meanwhile and were left alone, {} retr{} scheduled",

@@ -69,6 +69,8 @@ pub struct RawServer {
     pub reaper_interval: Option<String>,
     pub poll_interval: Option<String>,
     pub retention_interval: Option<String>,
+    pub pg_idle_in_transaction_timeout: Option<String>,
+    pub pg_lock_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +145,7 @@ pub struct ServerSettings {
     pub reaper_interval: Duration,
     pub poll_interval: Duration,
     pub retention_interval: Duration,
+    pub store: jobward_store::StoreOptions,
 }
 
 /// A validated configuration.
@@ -377,6 +380,18 @@ fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, Confi
             &server.retention_interval,
             Duration::from_secs(60),
         )?,
+        store: jobward_store::StoreOptions {
+            pg_idle_in_transaction_timeout: top.pos(
+                "server.pg_idle_in_transaction_timeout",
+                &server.pg_idle_in_transaction_timeout,
+                jobward_store::StoreOptions::default().pg_idle_in_transaction_timeout,
+            )?,
+            pg_lock_timeout: top.pos(
+                "server.pg_lock_timeout",
+                &server.pg_lock_timeout,
+                jobward_store::StoreOptions::default().pg_lock_timeout,
+            )?,
+        },
     };
 
     let base = Timeouts::default();

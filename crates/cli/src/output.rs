@@ -36,11 +36,9 @@ pub fn dur(d: Option<Duration>) -> String {
     d.map(format_duration).unwrap_or_else(|| "-".into())
 }
 
-pub fn status(e: &ExecutionRow) -> String {
-    match (e.state, e.cancel_reason, e.finished_at) {
-        (jobward_core::State::Running, Some(r), None) => format!("running (cancelling: {r})"),
-        _ => e.state.to_string(),
-    }
+/// The status as every read surface says it (see `views::status_text`).
+pub fn status(e: &ExecutionRow, now: Timestamp) -> String {
+    jobward_server::http::views::status_text(e, now)
 }
 
 /// The `runs list` table.
@@ -63,7 +61,7 @@ pub fn runs_table(rows: &[ExecutionRow], now: Timestamp) -> String {
             e.job.clone(),
             format!("#{}", e.number),
             format!("{}/{}", e.attempt, e.max_attempts),
-            status(e),
+            status(e, now),
             time(e.started_at),
             time(e.finished_at),
             dur(e.runtime(now)),

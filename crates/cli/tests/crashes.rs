@@ -86,11 +86,15 @@ fn jobward_killed_then_restarted_settles_its_orphan_before_any_new_fire() {
     let id = env.trigger("long");
     env.wait_state(id, "running", Duration::from_secs(10));
     let child = env.pid_file("child.pid");
+    let killed_at = Instant::now();
     server.kill9();
-    std::thread::sleep(Duration::from_millis(300));
+    while alive(child) && killed_at.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
-        alive(child),
-        "a grandchild survives its killed jobward (no parent-death signal reaches it)"
+        killed_at.elapsed() < Duration::from_secs(1),
+        "the grandchild must die within 1 s of its jobward's SIGKILL (its supervisor kills the group), took {:?}",
+        killed_at.elapsed()
     );
     assert_eq!(
         env.execution(id)["status"],
@@ -103,9 +107,13 @@ fn jobward_killed_then_restarted_settles_its_orphan_before_any_new_fire() {
     assert_eq!(e["status"], "failed", "settled during startup: {e}");
     assert_eq!(e["reason"], "node_restarted");
     assert!(e["finished_at"].is_string());
-    assert!(e["message"].as_str().unwrap().contains("killed"), "{e}");
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(!alive(child), "the old process group is gone");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("no surviving process was found"),
+        "its processes died with the node, not at the restart: {e}"
+    );
 
     // Before any new fire: the recovery event precedes every execution the new incarnation created.
     let events = env.show(id)["events"].as_array().unwrap().clone();
@@ -166,7 +174,10 @@ fn a_frozen_node_cannot_overwrite_what_cleanup_decided() {
     // A dry run changes nothing.
     // runtime_ms is derived from the clock, not stored: leave it out of the comparison.
     let stored = |mut v: serde_json::Value| {
-        v["execution"].as_object_mut().unwrap().remove("runtime_ms");
+        let e = v["execution"].as_object_mut().unwrap();
+        for derived in ["runtime_ms", "heartbeat_age_ms", "status_text"] {
+            e.remove(derived);
+        }
         v
     };
     let before = stored(env.show(id));
@@ -198,17 +209,19 @@ fn a_frozen_node_cannot_overwrite_what_cleanup_decided() {
         (settled["status"].as_str(), settled["reason"].as_str()),
         (Some("timed_out"), Some("manual_cleanup"))
     );
-    assert!(alive(child), "the frozen node's child still runs");
+    // Cleanup ran on the host: it killed the frozen node's child (proven by its recorded pid
+    // and start time) before it recorded the execution as ended, and says so.
+    assert!(
+        !alive(child),
+        "the ledger says timed_out while the frozen node's child still runs"
+    );
+    let message = settled["message"].as_str().unwrap();
+    assert!(
+        message.contains("surviving process(es) of its group"),
+        "{message}"
+    );
 
     server.signal(Signal::SIGCONT);
-    let until = Instant::now() + Duration::from_secs(10);
-    while alive(child) {
-        assert!(
-            Instant::now() < until,
-            "the resumed node never killed its child"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     // Give the completion report time to arrive and be refused.
     let until = Instant::now() + Duration::from_secs(10);
     loop {

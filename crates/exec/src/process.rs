@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::log::LogSink;
-use crate::procfs;
+use crate::{procfs, supervisor};
 
 /// What to run and where its output goes.
 #[derive(Debug, Clone)]
@@ -86,20 +86,28 @@ pub struct Finished {
     pub ending: Ending,
     /// SIGKILL was needed because SIGTERM was not honoured within the grace.
     pub escalated: bool,
-    /// Processes of the group still alive after the main process ended, then killed.
+    /// Processes still alive after the main process ended (in its group, or descendants
+    /// that left it), then killed.
     pub leftovers_killed: usize,
+    /// The supervisor was killed from outside before it could report: the exit is the
+    /// supervisor's, and the command's group was killed by the runner.
+    pub supervisor_lost: bool,
 }
 
 /// A started command.
 pub struct Running {
+    /// The supervisor; it exits once the command and everything it left are gone.
     child: Child,
+    status: supervisor::StatusPipe,
     pub identity: Identity,
     pump: JoinHandle<io::Result<()>>,
 }
 
-/// Starts the command. An error here is a spawn error (the OS error says why).
+/// Starts the command under its supervisor (see `supervisor`). An error here is a spawn
+/// error (the OS error says why).
 pub fn spawn(launch: &Launch) -> io::Result<Running> {
     let mut sink = LogSink::create(&launch.log_path, launch.log_max_bytes)?;
+    let plan = supervisor::Plan::new()?;
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&launch.command)
@@ -107,38 +115,26 @@ pub fn spawn(launch: &Launch) -> io::Result<Running> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // The supervisor's own group; the command gets another one of its own.
         .process_group(0)
         .kill_on_drop(false);
     if let Some(dir) = &launch.cwd {
         cmd.current_dir(dir);
     }
-    let parent = std::process::id() as i32;
-    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run between fork and exec.
+    // SAFETY: the hook runs only async-signal-safe calls between fork and exec.
     unsafe {
-        cmd.pre_exec(move || {
-            // The command dies with jobward instead of running on unrecorded.
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(137);
-            }
-            Ok(())
-        });
+        cmd.pre_exec(plan.hook());
     }
     let mut child = cmd.spawn()?;
-    let pid = child
-        .id()
-        .map(|p| p as i32)
-        .ok_or_else(|| io::Error::other("the process ended before its pid was read"))?;
-    let start_ticks = procfs::stat(pid).map(|s| s.start_ticks).unwrap_or(0);
+    let status = match plan.spawned() {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = child.start_kill();
+            return Err(e);
+        }
+    };
+    let pid = status.pid;
+    let start_ticks = status.start_ticks;
     let identity = Identity {
         pid,
         pgid: pid,
@@ -166,6 +162,7 @@ pub fn spawn(launch: &Launch) -> io::Result<Running> {
     });
     Ok(Running {
         child,
+        status,
         identity,
         pump,
     })
@@ -205,11 +202,23 @@ impl Running {
                 (s, Ending::Stopped(req), esc)
             }
         };
-        let exit = status.map(Exit::from_status).unwrap_or(Exit::Code(-1));
-        let leftovers = procfs::group_members(pgid).len();
-        if leftovers > 0 {
-            signal_group(pgid, Signal::SIGKILL);
-        }
+        // The supervisor has exited: the command and everything it left are gone, and its
+        // report says how the command ended. Without a report the supervisor itself was
+        // killed: its command's group is killed here instead.
+        let (exit, leftovers, supervisor_lost) = match self.status.report() {
+            Some(r) => {
+                let exit = match r.exit {
+                    supervisor::Reported::Code(c) => Exit::Code(c),
+                    supervisor::Reported::Signal(s) => Exit::Signal(s),
+                };
+                (exit, r.leftovers as usize, false)
+            }
+            None => {
+                signal_group(pgid, Signal::SIGKILL);
+                let exit = status.map(Exit::from_status).unwrap_or(Exit::Code(-1));
+                (exit, 0, true)
+            }
+        };
         // Output still buffered in the pipes is written; a process that escaped the group may
         // hold a pipe open forever, so the wait is bounded.
         if tokio::time::timeout(Duration::from_secs(2), &mut self.pump)
@@ -223,6 +232,7 @@ impl Running {
             ending,
             escalated,
             leftovers_killed: leftovers,
+            supervisor_lost,
         }
     }
 }

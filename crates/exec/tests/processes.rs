@@ -187,3 +187,135 @@ fn survivors_are_killed_only_when_proven_ours() {
     };
     assert!(kill_survivors(Some(&other_boot), "7", "old").other_boot);
 }
+
+fn read_pid(path: &std::path::Path) -> i32 {
+    for _ in 0..200 {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && let Ok(p) = s.trim().parse()
+        {
+            return p;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} was never written", path.display());
+}
+
+/// Not a test of its own: the runner process of `a_runner_killed_with_sigkill_takes_...`.
+/// Started as a separate process (this test binary, filtered to this test, with
+/// `JOBWARD_TEST_RUNNER_DIR` set), it runs one command and waits to be killed.
+#[tokio::test]
+async fn runner_process_for_the_sigkill_test() {
+    let Ok(dir) = std::env::var("JOBWARD_TEST_RUNNER_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let l = Launch {
+        // A grandchild in the group, and one that left the group with setsid.
+        command: "sh -c 'echo $$ > grandchild.pid; exec sleep 600' & \
+                  setsid sh -c 'echo $$ > escaped.pid; exec sleep 601' & \
+                  echo $$ > command.pid; wait"
+            .into(),
+        env: vec![],
+        log_path: dir.join("runner.log"),
+        log_max_bytes: 1 << 20,
+        cwd: Some(dir.clone()),
+    };
+    let r = spawn(&l).unwrap();
+    std::fs::write(dir.join("ready"), r.identity.pid.to_string()).unwrap();
+    let (_tx, rx) = mpsc::unbounded_channel();
+    r.supervise(None, Duration::from_secs(1), rx).await;
+}
+
+#[test]
+fn a_runner_killed_with_sigkill_takes_every_process_of_its_command_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut runner = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "runner_process_for_the_sigkill_test",
+            "--nocapture",
+        ])
+        .env("JOBWARD_TEST_RUNNER_DIR", dir.path())
+        .spawn()
+        .unwrap();
+    read_pid(&dir.path().join("ready"));
+    let pids: Vec<i32> = ["command.pid", "grandchild.pid", "escaped.pid"]
+        .iter()
+        .map(|f| read_pid(&dir.path().join(f)))
+        .collect();
+    assert!(
+        pids.iter().all(|p| alive(*p)),
+        "all three run before the kill"
+    );
+    let killed_at = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = runner.wait();
+    while pids.iter().any(|p| alive(*p)) && killed_at.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = killed_at.elapsed();
+    let alive_now: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(
+        alive_now.is_empty(),
+        "processes outlived their runner: {alive_now:?}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the command's processes must be gone within 1 s of the runner's death, took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_descendant_that_left_the_group_is_killed_when_the_command_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = launch(
+        &dir,
+        "setsid sh -c 'echo $$ > escaped.pid; exec sleep 60' & sleep 0.2; exit 0",
+    );
+    l.cwd = Some(dir.path().to_path_buf());
+    let (f, _) = run(&l, None, Duration::from_secs(1)).await;
+    assert_eq!(f.exit, Exit::Code(0));
+    let escaped = read_pid(&dir.path().join("escaped.pid"));
+    assert!(
+        !alive(escaped),
+        "a process that called setsid outlived its command"
+    );
+    assert!(f.leftovers_killed >= 1, "{f:?}");
+    assert!(!f.supervisor_lost);
+}
+
+#[tokio::test]
+async fn a_killed_supervisor_still_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = launch(&dir, "sleep 60 & echo $! > bg.pid; wait");
+    l.cwd = Some(dir.path().to_path_buf());
+    let r = spawn(&l).unwrap();
+    let id = r.identity.clone();
+    let bg = read_pid(&dir.path().join("bg.pid"));
+    // The supervisor is the command's parent.
+    let supervisor = std::fs::read_to_string(format!("/proc/{}/stat", id.pid))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            rest.split(' ').nth(1)?.parse::<i32>().ok()
+        })
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (_tx, rx) = mpsc::unbounded_channel();
+    let f = r.supervise(None, Duration::from_secs(1), rx).await;
+    assert!(f.supervisor_lost, "{f:?}");
+    assert_eq!(f.exit, Exit::Signal(9));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !alive(id.pid) && !alive(bg),
+        "the command's group was killed"
+    );
+}

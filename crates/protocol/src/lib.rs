@@ -35,6 +35,14 @@ pub struct ExecutionView {
     pub max_attempts: u32,
     /// queued, running, completed, failed, timed_out, cancelled or skipped.
     pub status: String,
+    /// The status for humans: "running — no heartbeat for 15s (lease expired)",
+    /// "running (cancelling: replaced)", or the status itself.
+    pub status_text: String,
+    /// Running, but its lease expired: nobody heartbeats for it, and the reaper settles it at
+    /// its next tick (or an operator's cleanup does).
+    pub lease_expired: bool,
+    /// For a running execution: how long since its last heartbeat.
+    pub heartbeat_age_ms: Option<u64>,
     /// schedule, catch_up, manual or retry.
     pub trigger: String,
     pub scheduled_for: Option<DateTime<Utc>>,
@@ -104,6 +112,10 @@ pub struct JobView {
     pub next_fire_at: Option<DateTime<Utc>>,
     /// running, queued, the state of its latest terminal execution, or "never run".
     pub status: String,
+    /// The status for humans, e.g. "running — no heartbeat for 15s (lease expired)".
+    pub status_text: String,
+    /// One of its running executions has an expired lease (nobody heartbeats for it).
+    pub lease_expired: bool,
     pub paused: bool,
     /// False when the job is gone from the configuration (its history remains).
     pub defined: bool,

@@ -35,6 +35,7 @@ struct Handle {
 /// Settings of the executor.
 #[derive(Clone)]
 pub struct ExecutorConfig {
+    /// The incarnation it starts as (the lease owner of what it claims).
     pub node_id: String,
     pub log_dir: PathBuf,
     pub log_max_bytes: u64,
@@ -48,6 +49,11 @@ pub struct ExecutorConfig {
 pub struct Executor {
     store: DynStore,
     cfg: ExecutorConfig,
+    /// The node incarnation it claims and heartbeats as; a node that rejoins after it was
+    /// declared lost gives it a new one.
+    owner: std::sync::RwLock<String>,
+    /// While set, nothing is claimed (a rejoin is under way).
+    intake_paused: std::sync::atomic::AtomicBool,
     running: Mutex<HashMap<ExecutionId, Handle>>,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
     /// Wakes the claim loop when work may be claimable (shared with the HTTP server).
@@ -60,12 +66,30 @@ impl Executor {
     pub fn new(store: DynStore, cfg: ExecutorConfig, wake: Arc<Notify>) -> Arc<Executor> {
         Arc::new(Executor {
             store,
+            owner: std::sync::RwLock::new(cfg.node_id.clone()),
+            intake_paused: Default::default(),
             cfg,
             running: Mutex::new(HashMap::new()),
             tasks: tokio::sync::Mutex::new(JoinSet::new()),
             wake,
             finished: Notify::new(),
         })
+    }
+
+    /// The incarnation this executor claims and heartbeats as.
+    pub fn owner(&self) -> String {
+        self.owner.read().expect("executor lock").clone()
+    }
+
+    /// Claims as a new incarnation from now on (after a rejoin; nothing may be running).
+    pub fn rebind(&self, incarnation: String) {
+        *self.owner.write().expect("executor lock") = incarnation;
+    }
+
+    /// Stops (or resumes) claiming.
+    pub fn pause_intake(&self, paused: bool) {
+        self.intake_paused
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn running_count(&self) -> usize {
@@ -109,15 +133,16 @@ impl Executor {
     /// Claims what it can run now and starts it. Returns how many started.
     pub async fn claim_once(self: &Arc<Self>) -> Result<usize, StoreError> {
         let free = (self.cfg.max_running as usize).saturating_sub(self.running_count());
-        if free == 0 {
+        if free == 0 || self.intake_paused.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(0);
         }
+        let owner = self.owner();
         let claimed = self
             .store
             .claim(ClaimParams {
-                owner: self.cfg.node_id.clone(),
+                owner: owner.clone(),
                 runner: "local".into(),
-                node_id: Some(self.cfg.node_id.clone()),
+                node_id: Some(owner),
                 limit: free as u32,
             })
             .await?;
@@ -157,7 +182,7 @@ impl Executor {
             ("JOBWARD_ATTEMPT".to_string(), row.attempt.to_string()),
             (
                 jobward_exec::MARK_NODE.to_string(),
-                self.cfg.node_id.clone(),
+                row.lease_owner.clone().unwrap_or_else(|| self.owner()),
             ),
             ("JOBWARD_TRIGGER".to_string(), row.trigger.to_string()),
         ];
@@ -240,7 +265,7 @@ impl Executor {
             let params = CompleteParams {
                 lease: row.lease(),
                 outcome: outcome.clone(),
-                actor: self.cfg.node_id.clone(),
+                actor: row.lease_owner.clone().unwrap_or_else(|| self.owner()),
             };
             match self.store.complete(params).await {
                 Ok(s) => {
@@ -290,12 +315,13 @@ impl Executor {
 
     /// One batched heartbeat for every run of this node (and the node's own lease).
     pub async fn heartbeat(&self, node_lease: Duration) -> Result<HeartbeatReport, StoreError> {
+        let owner = self.owner();
         let report = self
             .store
             .heartbeat(HeartbeatParams {
-                owner: self.cfg.node_id.clone(),
+                owner: owner.clone(),
                 leases: self.leases().into_iter().map(Into::into).collect(),
-                node: Some((self.cfg.node_id.clone(), node_lease)),
+                node: Some((owner, node_lease)),
             })
             .await?;
         for lost in &report.lost {
@@ -314,7 +340,7 @@ impl Executor {
         if self.running_count() == 0 {
             return Ok(());
         }
-        for (id, reason) in self.store.cancel_requests(&self.cfg.node_id).await? {
+        for (id, reason) in self.store.cancel_requests(&self.owner()).await? {
             if self.stop(id, Stop::Graceful, Some(reason)) {
                 info!(execution = id, reason = %reason, "stopping on cancel request");
             }

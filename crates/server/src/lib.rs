@@ -5,6 +5,7 @@
 //! through `jobward_exec`; it never names a concrete database backend.
 
 pub mod alerts;
+pub mod cleanup;
 pub mod executor;
 pub mod health;
 pub mod http;

@@ -106,7 +106,8 @@ pub struct ShutdownReport {
 }
 
 pub struct Node {
-    id: String,
+    /// The current incarnation (a rejoin after being declared lost gives a new one).
+    id: Arc<std::sync::RwLock<String>>,
     store: DynStore,
     cfg: NodeConfig,
     executor: Arc<Executor>,
@@ -132,6 +133,84 @@ pub fn default_node_name() -> String {
     hostname()
 }
 
+/// Registers a fresh incarnation of the node named in `cfg`. A live incarnation of the same
+/// name is taken over only when it is provably dead (same host and boot, process gone).
+async fn register(store: &DynStore, cfg: &NodeConfig) -> Result<String, NodeError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let me = std::process::id() as i32;
+    let mut new = NewNode {
+        id: id.clone(),
+        name: cfg.name.clone(),
+        hostname: hostname(),
+        pid: me,
+        start_ticks: jobward_exec::procfs::stat(me).map(|s| s.start_ticks),
+        boot_id: jobward_exec::procfs::boot_id(),
+        lease: cfg.node_lease,
+        supersede: vec![],
+    };
+    loop {
+        match store.register_node(new.clone()).await? {
+            RegisterOutcome::Registered => return Ok(id),
+            RegisterOutcome::NameInUse {
+                node_id,
+                hostname: host,
+                pid,
+                start_ticks,
+                boot_id,
+                heartbeat_at,
+                ..
+            } => {
+                if new.supersede.contains(&node_id)
+                    || !provably_dead(&new, &host, pid, start_ticks, boot_id.as_deref())
+                {
+                    return Err(NodeError::NameInUse {
+                        name: cfg.name.clone(),
+                        pid,
+                        hostname: host,
+                        heartbeat_at: heartbeat_at.to_rfc3339(),
+                    });
+                }
+                info!(previous = %node_id, pid, "the previous incarnation of this node is dead; taking over");
+                new.supersede.push(node_id);
+            }
+        }
+    }
+}
+
+/// A node found declared lost (it was paused or cut off longer than its node lease, and
+/// another node settled its executions): it kills what it no longer owns, and comes back as
+/// a new incarnation instead of exiting. Claims stop meanwhile.
+async fn rejoin(
+    store: &DynStore,
+    cfg: &NodeConfig,
+    ex: &Executor,
+    incarnation: &std::sync::RwLock<String>,
+) -> Result<String, NodeError> {
+    let old = incarnation.read().expect("node lock").clone();
+    ex.pause_intake(true);
+    let running = ex.running_ids();
+    error!(
+        incarnation = %old, running = running.len(),
+        "this node was declared lost (no heartbeat within its node lease) and its executions were settled elsewhere; killing their processes and rejoining as a new incarnation"
+    );
+    for id in &running {
+        ex.stop(*id, Stop::Immediate, None);
+    }
+    let left = ex.wait_idle(Duration::from_secs(10)).await;
+    if !left.is_empty() {
+        warn!(executions = ?left, "some runs had not ended 10 s after SIGKILL");
+    }
+    let new = register(store, cfg).await?;
+    *incarnation.write().expect("node lock") = new.clone();
+    ex.rebind(new.clone());
+    // What the old incarnation still held (normally nothing: it was settled as node_lost),
+    // and any process of it that survived, are dealt with as at a start.
+    recover_previous(store, &cfg.name, &new).await?;
+    ex.pause_intake(false);
+    info!(previous = %old, incarnation = %new, "rejoined as a new incarnation");
+    Ok(new)
+}
+
 impl Node {
     /// Registers a new incarnation, syncs job definitions, settles what the previous
     /// incarnation left, runs the reaper once, and only then starts scheduling.
@@ -140,45 +219,7 @@ impl Node {
         cfg: NodeConfig,
         jobs: SyncJobs,
     ) -> Result<Node, NodeError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let me = std::process::id() as i32;
-        let mut new = NewNode {
-            id: id.clone(),
-            name: cfg.name.clone(),
-            hostname: hostname(),
-            pid: me,
-            start_ticks: jobward_exec::procfs::stat(me).map(|s| s.start_ticks),
-            boot_id: jobward_exec::procfs::boot_id(),
-            lease: cfg.node_lease,
-            supersede: vec![],
-        };
-        loop {
-            match store.register_node(new.clone()).await? {
-                RegisterOutcome::Registered => break,
-                RegisterOutcome::NameInUse {
-                    node_id,
-                    hostname: host,
-                    pid,
-                    start_ticks,
-                    boot_id,
-                    heartbeat_at,
-                    ..
-                } => {
-                    if new.supersede.contains(&node_id)
-                        || !provably_dead(&new, &host, pid, start_ticks, boot_id.as_deref())
-                    {
-                        return Err(NodeError::NameInUse {
-                            name: cfg.name.clone(),
-                            pid,
-                            hostname: host,
-                            heartbeat_at: heartbeat_at.to_rfc3339(),
-                        });
-                    }
-                    info!(previous = %node_id, pid, "the previous incarnation of this node is dead; taking over");
-                    new.supersede.push(node_id);
-                }
-            }
-        }
+        let id = register(&store, &cfg).await?;
         info!(node = %id, name = %cfg.name, "node registered");
         let sync = store.sync_jobs(jobs).await?;
         let recovery = recover_previous(&store, &cfg.name, &id).await?;
@@ -204,7 +245,7 @@ impl Node {
         let (intake, _) = watch::channel(false);
         let (maintenance, _) = watch::channel(false);
         let mut node = Node {
-            id,
+            id: Arc::new(std::sync::RwLock::new(id)),
             store,
             cfg,
             executor,
@@ -237,8 +278,9 @@ impl Node {
         Ok(node)
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
+    /// The current incarnation id.
+    pub fn id(&self) -> String {
+        self.id.read().expect("node lock").clone()
     }
 
     pub fn executor(&self) -> &Arc<Executor> {
@@ -283,16 +325,18 @@ impl Node {
         }
         // Scheduler.
         {
-            let sched = Scheduler {
+            let mut sched = Scheduler {
                 store: self.store.clone(),
-                actor: format!("scheduler@{}", self.id),
+                actor: String::new(),
             };
+            let incarnation = self.id.clone();
             let ex = self.executor.clone();
             let store = self.store.clone();
             let mut stop = self.intake.subscribe();
             self.intake_tasks.spawn(async move {
                 loop {
                     let mut sleep = cfg.scheduler_interval;
+                    sched.actor = format!("scheduler@{}", incarnation.read().expect("node lock"));
                     match sched.run_once().await {
                         Ok(r) => {
                             if !r.fired.is_empty() || !r.caught_up.is_empty() {
@@ -327,16 +371,23 @@ impl Node {
             let alerts = cfg.alerts.clone();
             let mut stop = self.maintenance.subscribe();
             let tick = cfg.heartbeat_interval.min(cfg.reaper_interval);
+            let incarnation = self.id.clone();
+            let mut reaper = reaper;
+            let cfg = cfg.clone();
             self.maintenance_tasks.spawn(async move {
                 loop {
                     match ex.heartbeat(cfg.node_lease).await {
                         Ok(r) if !r.node_ok => {
-                            error!("this node was taken over by another incarnation; stopping every process at once");
-                            for id in ex.running_ids() {
-                                ex.stop(id, Stop::Immediate, None);
+                            if let Err(e) = rejoin(&reaper.store, &cfg, &ex, &incarnation).await {
+                                error!(error = %e, "could not rejoin; stopping every process and exiting");
+                                for id in ex.running_ids() {
+                                    ex.stop(id, Stop::Immediate, None);
+                                }
+                                superseded.notify_waiters();
+                                superseded.notify_one();
+                                return;
                             }
-                            superseded.notify_waiters();
-                            superseded.notify_one();
+                            reaper.actor = format!("reaper@{}", incarnation.read().expect("node lock"));
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -473,7 +524,7 @@ impl Node {
                     id,
                     reason: Reason::Shutdown,
                     message,
-                    actor: self.id.clone(),
+                    actor: self.id(),
                 })
                 .await
             {
@@ -486,7 +537,7 @@ impl Node {
         self.executor.join_all().await;
         let _ = self.maintenance.send(true);
         while self.maintenance_tasks.join_next().await.is_some() {}
-        if let Err(e) = self.store.stop_node(&self.id, "graceful shutdown").await {
+        if let Err(e) = self.store.stop_node(&self.id(), "graceful shutdown").await {
             warn!(error = %e, "could not mark the node stopped");
         }
         info!(
@@ -541,8 +592,19 @@ pub async fn recover_previous(
     node_id: &str,
 ) -> Result<Recovery, StoreError> {
     let orphans = store.orphans_of(name, node_id).await?;
+    // Every earlier incarnation of this name that ran on this host: whatever their rows say
+    // now (settled by a cleanup, a reaper, another node), a process still carrying one of
+    // their markers is a survivor, and it goes.
+    let host = hostname();
+    let earlier: Vec<String> = store
+        .list_nodes()
+        .await?
+        .into_iter()
+        .filter(|n| n.name == name && n.id != node_id && n.hostname == host)
+        .map(|n| n.id)
+        .collect();
     // One read of the process table for all orphans, then one sweep per orphan.
-    let sweeps = {
+    let (sweeps, marked) = {
         let orphans = orphans.clone();
         tokio::task::spawn_blocking(move || {
             let table = jobward_exec::ProcessTable::snapshot();
@@ -562,17 +624,26 @@ pub async fn recover_previous(
                     )
                 })
                 .collect();
-            let killed: Vec<i32> = sweeps
+            let mut killed: Vec<i32> = sweeps
                 .iter()
                 .flat_map(|s: &jobward_exec::Sweep| s.killed.clone())
                 .collect();
+            let marked: Vec<i32> = earlier
+                .iter()
+                .flat_map(|id| table.sweep_owner(id).killed)
+                .filter(|pid| !killed.contains(pid))
+                .collect();
+            killed.extend(&marked);
             jobward_exec::wait_gone(&killed, Duration::from_secs(2));
-            sweeps
+            (sweeps, marked)
         })
         .await
         .unwrap_or_default()
     };
-    let killed = sweeps.iter().map(|s| s.killed.len()).sum();
+    if !marked.is_empty() {
+        warn!(killed = ?marked, "killed processes that earlier incarnations of this node left running");
+    }
+    let killed = sweeps.iter().map(|s| s.killed.len()).sum::<usize>() + marked.len();
     let settled = orphans
         .iter()
         .zip(sweeps.iter().map(Some).chain(std::iter::repeat(None)))

@@ -147,10 +147,40 @@ pub struct Opened {
     pub applied_migrations: Vec<i64>,
 }
 
-/// Opens the store named by a database URL. Only the composition root calls this.
+/// Settings of a store connection beyond its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// PostgreSQL ends a session that sits inside a transaction this long (a frozen node):
+    /// its row locks go with it, so a frozen holder cannot keep a row from the reaper longer
+    /// than its lease plus this plus one reaper tick.
+    pub pg_idle_in_transaction_timeout: std::time::Duration,
+    /// The longest a PostgreSQL statement waits for a row lock before it fails (and its
+    /// transaction is retried).
+    pub pg_lock_timeout: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            pg_idle_in_transaction_timeout: std::time::Duration::from_secs(5),
+            pg_lock_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opens the store named by a database URL, with default options.
 pub async fn open(url: &str, mode: OpenMode) -> Result<(DynStore, Opened)> {
+    open_with(url, mode, &StoreOptions::default()).await
+}
+
+/// Opens the store named by a database URL. Only the composition root calls this.
+pub async fn open_with(
+    url: &str,
+    mode: OpenMode,
+    options: &StoreOptions,
+) -> Result<(DynStore, Opened)> {
     if postgres::is_url(url) {
-        let (store, opened) = postgres::PgStore::open(url, mode).await?;
+        let (store, opened) = postgres::PgStore::open(url, mode, options).await?;
         return Ok((Arc::new(store), opened));
     }
     if let Some(path) = sqlite::path_from_url(url) {

@@ -52,7 +52,7 @@ pub(crate) const EXEC_COLUMNS: &str = "id, job, number, attempt, max_attempts, r
     queued_at, run_after, start_deadline, started_at, heartbeat_at, lease_owner, lease_token, \
     lease_expires_at, run_deadline, node_id, cancel_requested_at, cancel_reason, cancel_message, \
     cancel_deadline, pid, pgid, proc_start_ticks, boot_id, exit_code, signal, finished_at, payload, \
-    idempotency_key, progress, phase, checkpoint";
+    idempotency_key, progress, phase, checkpoint, ended_by";
 
 #[derive(FromRow)]
 pub(crate) struct ExecRecord {
@@ -103,6 +103,7 @@ pub(crate) struct ExecRecord {
     progress: Option<f64>,
     phase: Option<String>,
     checkpoint: Option<String>,
+    ended_by: Option<String>,
 }
 
 impl ExecRecord {
@@ -172,6 +173,7 @@ impl ExecRecord {
                 .checkpoint
                 .map(|p| serde_json::from_str(&p).map_err(|e| corrupt(format!("checkpoint: {e}"))))
                 .transpose()?,
+            ended_by: self.ended_by,
         })
     }
 }
@@ -275,6 +277,8 @@ pub(crate) fn summary(row: &ExecutionRow) -> ExecutionSummary {
         queued_at: row.queued_at,
         started_at: row.started_at,
         finished_at: row.finished_at,
+        heartbeat_at: row.heartbeat_at,
+        lease_expires_at: row.lease_expires_at,
     }
 }
 

@@ -109,6 +109,8 @@ pub struct ExecutionRow {
     pub phase: Option<String>,
     /// The last checkpoint its owner reported; a retry starts with its predecessor's.
     pub checkpoint: Option<serde_json::Value>,
+    /// Who moved it to its terminal state: its owner, a reaper, an operator.
+    pub ended_by: Option<String>,
 }
 
 impl ExecutionRow {
@@ -119,6 +121,12 @@ impl ExecutionRow {
             attempt: self.attempt,
             token: self.lease_token.clone().unwrap_or_default(),
         }
+    }
+
+    /// For a running execution whose lease expired (nobody heartbeats for it and the reaper
+    /// has not settled it yet): how long since its last heartbeat.
+    pub fn silent_for(&self, now: Timestamp) -> Option<Duration> {
+        silent_for(self.state, self.heartbeat_at, self.lease_expires_at, now)
     }
 
     /// Time spent running, up to `now` for a running execution.
@@ -209,9 +217,36 @@ pub struct ExecutionSummary {
     pub queued_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
+    pub heartbeat_at: Option<Timestamp>,
+    pub lease_expires_at: Option<Timestamp>,
+}
+
+/// The one rule for "running, but nobody heartbeats for it": a running execution whose lease
+/// expired and that the reaper has not settled yet. Returns the time since its last heartbeat.
+pub fn silent_for(
+    state: State,
+    heartbeat_at: Option<Timestamp>,
+    lease_expires_at: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<Duration> {
+    match (state, lease_expires_at) {
+        (State::Running, Some(lease)) if lease <= now => Some(jobward_core::deadline::between(
+            heartbeat_at.unwrap_or(lease),
+            now,
+        )),
+        _ => None,
+    }
 }
 
 impl JobRow {
+    /// The longest silence among its running executions whose lease expired.
+    pub fn silent_for(&self, now: Timestamp) -> Option<Duration> {
+        self.live
+            .iter()
+            .filter_map(|e| silent_for(e.state, e.heartbeat_at, e.lease_expires_at, now))
+            .max()
+    }
+
     /// The job's status as its executions say: running if one runs, else queued if one
     /// waits, else the state of its latest terminal execution, else `never run`.
     pub fn status(&self) -> String {
@@ -511,12 +546,16 @@ pub struct RecoverParams {
     pub actor: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CleanupParams {
     /// Running executions whose last heartbeat is older than this.
     pub stale_after: Duration,
     pub apply: bool,
     pub actor: String,
+    /// What the caller found of each candidate's processes (killed, or may still be alive
+    /// on some host), appended to its message. When given, only these executions are
+    /// settled: the ones whose processes were looked at.
+    pub process_notes: Option<std::collections::HashMap<ExecutionId, String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

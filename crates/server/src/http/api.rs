@@ -10,8 +10,7 @@ use jobward_core::duration::parse_positive_duration;
 use jobward_core::{Reason, State as ExecState, Timestamp, validate_name};
 use jobward_protocol::*;
 use jobward_store::{
-    CancelOutcome, CancelParams, CleanupParams, ExecutionFilter, HealthParams, ProgressParams,
-    TriggerParams,
+    CancelOutcome, CancelParams, ExecutionFilter, HealthParams, ProgressParams, TriggerParams,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -93,14 +92,13 @@ pub async fn cleanup(
             .map_err(|e| ApiError::bad_request(format!("stale_after: {e}")))?,
     };
     let apply = req.dry_run == Some(false);
-    let report = state
-        .store
-        .cleanup(CleanupParams {
-            stale_after,
-            apply,
-            actor: format!("api:{}", caller.name),
-        })
-        .await?;
+    let report = crate::cleanup::stale_executions(
+        &state.store,
+        stale_after,
+        apply,
+        format!("api:{}", caller.name),
+    )
+    .await?;
     report.changed.iter().for_each(metrics::recovered);
     let now = now(&state).await?;
     Ok(axum::Json(views::cleanup(&report, stale_after, now)))
@@ -130,8 +128,9 @@ pub async fn reload(State(state): State<AppState>) -> Result<axum::Json<ReloadRe
               (status = "default", description = "an error", body = ErrorBody)))]
 pub async fn jobs(State(state): State<AppState>) -> Result<axum::Json<JobList>, ApiError> {
     let jobs = state.store.list_jobs().await?;
+    let now = now(&state).await?;
     Ok(axum::Json(JobList {
-        jobs: jobs.iter().map(views::job).collect(),
+        jobs: jobs.iter().map(|j| views::job(j, now)).collect(),
     }))
 }
 
@@ -159,7 +158,7 @@ pub async fn job(
         .await?;
     let now = now(&state).await?;
     Ok(axum::Json(JobDetail {
-        job: views::job(&job),
+        job: views::job(&job, now),
         recent: recent.iter().map(|e| views::execution(e, now)).collect(),
     }))
 }

@@ -8,6 +8,31 @@ use jobward_store::{CleanupReport, EventRow, ExecutionRow, HealthMetrics, JobRow
 
 use crate::health::HealthSettings;
 
+/// How a running execution that nobody heartbeats for reads, everywhere.
+pub fn silent_text(silence: std::time::Duration) -> String {
+    format!(
+        "running — no heartbeat for {} (lease expired)",
+        jobward_core::duration::format_duration(silence)
+    )
+}
+
+/// An execution's status for humans (CLI tables, API `status_text`, dashboard badges).
+pub fn status_text(e: &ExecutionRow, now: Timestamp) -> String {
+    match (e.silent_for(now), e.state, e.cancel_reason) {
+        (Some(silence), _, _) => silent_text(silence),
+        (None, State::Running, Some(r)) => format!("running (cancelling: {r})"),
+        _ => e.state.to_string(),
+    }
+}
+
+/// A job's status for humans.
+pub fn job_status_text(j: &JobRow, now: Timestamp) -> String {
+    match j.silent_for(now) {
+        Some(silence) => silent_text(silence),
+        None => j.status(),
+    }
+}
+
 pub fn execution(e: &ExecutionRow, now: Timestamp) -> ExecutionView {
     ExecutionView {
         id: e.id,
@@ -16,6 +41,12 @@ pub fn execution(e: &ExecutionRow, now: Timestamp) -> ExecutionView {
         attempt: e.attempt,
         max_attempts: e.max_attempts,
         status: e.state.to_string(),
+        status_text: status_text(e, now),
+        lease_expired: e.silent_for(now).is_some(),
+        heartbeat_age_ms: e
+            .heartbeat_at
+            .filter(|_| e.state == State::Running)
+            .map(|h| jobward_core::deadline::between(h, now).as_millis() as u64),
         trigger: e.trigger.to_string(),
         scheduled_for: e.scheduled_for,
         queued_at: e.queued_at,
@@ -58,7 +89,7 @@ pub fn event(e: &EventRow) -> EventView {
     }
 }
 
-pub fn job(j: &JobRow) -> JobView {
+pub fn job(j: &JobRow, now: Timestamp) -> JobView {
     let s = &j.spec;
     JobView {
         name: s.name.clone(),
@@ -72,6 +103,8 @@ pub fn job(j: &JobRow) -> JobView {
         schedule: s.schedule.describe(),
         next_fire_at: j.next_fire_at,
         status: j.status(),
+        status_text: job_status_text(j, now),
+        lease_expired: j.silent_for(now).is_some(),
         paused: j.paused,
         defined: j.defined,
         overlap: s.overlap.to_string(),

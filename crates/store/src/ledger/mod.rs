@@ -76,8 +76,10 @@ pub(crate) struct NewEvent<'a> {
 
 /// The terminal fields a compare-and-set writes.
 #[derive(Debug, Clone)]
-pub(crate) struct End {
+pub(crate) struct End<'a> {
     pub state: State,
+    /// Written as `ended_by`.
+    pub actor: &'a str,
     pub reason: Option<Reason>,
     pub message: Option<String>,
     pub exit_code: Option<i32>,
@@ -99,7 +101,7 @@ pub(crate) trait Tx: Send {
     async fn insert_execution(&mut self, v: &RowValues) -> Result<ExecutionRow>;
     async fn event(&mut self, e: &NewEvent<'_>) -> Result<()>;
     /// Moves `row` (as it was read) to a terminal state.
-    async fn cas_end(&mut self, row: &ExecutionRow, end: &End) -> Result<bool>;
+    async fn cas_end(&mut self, row: &ExecutionRow, end: &End<'_>) -> Result<bool>;
     async fn cas_cancel_request(
         &mut self,
         row: &ExecutionRow,

@@ -1,7 +1,6 @@
 //! Whole operations over `Tx`. Each runs inside one write transaction of the caller.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use jobward_core::deadline::between;
 use jobward_core::duration::format_duration;
@@ -49,8 +48,17 @@ pub(crate) async fn refuse(
     what: &str,
 ) -> Result<LostLease> {
     let row = tx.load(id).await?;
+    refuse_loaded(tx, id, row.as_ref(), reporter, what).await
+}
+
+async fn refuse_loaded(
+    tx: &mut dyn Tx,
+    id: ExecutionId,
+    row: Option<&ExecutionRow>,
+    reporter: &str,
+    what: &str,
+) -> Result<LostLease> {
     let (state, reason) = row
-        .as_ref()
         .map(|r| (Some(r.state), r.reason))
         .unwrap_or((None, None));
     if row.is_some() {
@@ -74,6 +82,29 @@ pub(crate) async fn refuse(
         .await?;
     }
     Ok(LostLease { id, state, reason })
+}
+
+/// A lease that a heartbeat did not renew. It is lost (refused, with its event) unless its
+/// owner itself ended the execution under this very lease: a heartbeat that raced the owner's
+/// own completion or hand-back has nothing to refuse and nothing to stop (invariant 12).
+pub(crate) async fn not_renewed(
+    tx: &mut dyn Tx,
+    lease: &LeaseRef,
+    owner: &str,
+) -> Result<Option<LostLease>> {
+    let row = tx.load(lease.id).await?;
+    if let Some(r) = &row
+        && r.state.is_terminal()
+        && r.attempt == lease.attempt
+        && r.lease_token.as_deref() == Some(lease.token.as_str())
+        && r.lease_owner.as_deref() == Some(owner)
+        && r.ended_by.as_deref() == Some(owner)
+    {
+        return Ok(None);
+    }
+    Ok(Some(
+        refuse_loaded(tx, lease.id, row.as_ref(), owner, "heartbeat").await?,
+    ))
 }
 
 /// What a new execution row holds beyond what its job defines.
@@ -249,6 +280,7 @@ pub(crate) async fn settle(
     };
     let end = End {
         state: step.to,
+        actor: a.actor,
         reason: step.reason,
         message: message.clone(),
         exit_code: a.exit_code,
@@ -899,16 +931,27 @@ pub(crate) async fn settle_due(
 pub(crate) async fn cleanup_apply(
     tx: &mut dyn Tx,
     rows: &[ExecutionRow],
-    stale_after: Duration,
-    actor: &str,
+    p: &CleanupParams,
 ) -> Result<(Vec<Recovered>, Vec<ExecutionId>)> {
     let (mut changed, mut raced) = (Vec::new(), Vec::new());
     for row in rows {
+        let note = match &p.process_notes {
+            None => None,
+            Some(notes) => match notes.get(&row.id) {
+                Some(n) => Some(n),
+                None => continue,
+            },
+        };
         let last = row.heartbeat_at.map(ts).unwrap_or_default();
-        let message = format!(
+        let mut message = format!(
             "settled by operator cleanup: no heartbeat since {last} (stale after {})",
-            format_duration(stale_after)
+            format_duration(p.stale_after)
         );
+        if let Some(n) = note {
+            message.push_str("; ");
+            message.push_str(n);
+        }
+        let actor = p.actor.as_str();
         match settle(tx, row, Apply::new(Event::Cleanup, message, actor)).await? {
             Some(s) => changed.push(recovered(row, &s)),
             None => raced.push(row.id),

@@ -153,6 +153,7 @@ macro_rules! pg_tx {
                 let mut inner = PgTx {
                     conn: &mut *txn,
                     now,
+                    offset_ms: store.clock.offset_ms(),
                 };
                 let $tx: &mut PgTx = &mut inner;
                 let r: Result<_> = async { $body }.await;
@@ -182,14 +183,27 @@ macro_rules! pg_tx {
 }
 
 impl PgStore {
-    pub async fn open(url: &str, mode: OpenMode) -> Result<(PgStore, Opened)> {
+    pub async fn open(
+        url: &str,
+        mode: OpenMode,
+        options: &crate::StoreOptions,
+    ) -> Result<(PgStore, Opened)> {
         let open_err = |message: String| StoreError::Open {
             url: redact(url),
             message,
         };
+        let idle = options
+            .pg_idle_in_transaction_timeout
+            .as_millis()
+            .to_string();
+        let lock = options.pg_lock_timeout.as_millis().to_string();
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| open_err(e.to_string()))?
-            .application_name("jobward");
+            .application_name("jobward")
+            .options([
+                ("idle_in_transaction_session_timeout", idle.as_str()),
+                ("lock_timeout", lock.as_str()),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .min_connections(0)
@@ -749,6 +763,17 @@ impl Store for PgStore {
                     .await
                     .map_err(pg_err)?;
                 report.node_ok = res.rows_affected() == 1;
+                // No node heartbeat for a whole node lease, or PostgreSQL restarted since the
+                // last one: nobody could write. Leases count again from now.
+                sqlx::query(
+                    "UPDATE ledger_liveness SET alive_since = CASE WHEN $1 - last_beat > $2 * interval '1 millisecond' \
+                     OR last_beat < pg_postmaster_start_time() THEN $1 ELSE alive_since END, last_beat = $1 WHERE id = 1",
+                )
+                .bind(tx.now)
+                .bind(dur_ms(*lease) as f64)
+                .execute(&mut *tx.conn)
+                .await
+                .map_err(pg_err)?;
             }
             if !p.leases.is_empty() {
                 let phased: Vec<i64> = p
@@ -819,7 +844,7 @@ impl Store for PgStore {
             for b in p.leases.iter().filter(|b| !renewed.contains(&b.lease.id)) {
                 report
                     .lost
-                    .push(ops::refuse(tx, b.lease.id, &p.owner, "heartbeat").await?);
+                    .extend(ops::not_renewed(tx, &b.lease, &p.owner).await?);
             }
             Ok(report)
         })
@@ -851,6 +876,7 @@ impl Store for PgStore {
                        UNION SELECT id FROM executions WHERE state = 'running' AND run_deadline <= $1 \
                        UNION SELECT id FROM executions WHERE state = 'running' AND lease_expires_at <= $1 \
                              AND $1 >= pg_postmaster_start_time() + heartbeat_timeout_ms * interval '1 millisecond' \
+                             AND $1 >= (SELECT alive_since FROM ledger_liveness) + heartbeat_timeout_ms * interval '1 millisecond' \
                        UNION SELECT id FROM executions WHERE state = 'queued' AND start_deadline <= $1 \
                      ) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
                     *EXEC
@@ -887,7 +913,7 @@ impl Store for PgStore {
             return Ok(report);
         }
         let (changed, raced) = pg_tx!(self, |tx| {
-            ops::cleanup_apply(tx, &report.candidates, p.stale_after, &p.actor).await
+            ops::cleanup_apply(tx, &report.candidates, &p).await
         })?;
         report.changed = changed;
         report.raced = raced;

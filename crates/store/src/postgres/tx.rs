@@ -19,7 +19,10 @@ use crate::{Result, StoreError};
 
 pub(crate) struct PgTx<'c> {
     pub conn: &'c mut PgConnection,
+    /// PostgreSQL's clock when the transaction began (plus the test offset).
     pub now: Timestamp,
+    /// The store clock's offset (tests only), added to `clock_timestamp()`.
+    pub offset_ms: i64,
 }
 
 /// The compare-and-set guard of invariant 4, from parameter `$first` on.
@@ -152,39 +155,40 @@ impl Tx for PgTx<'_> {
     async fn event(&mut self, e: &NewEvent<'_>) -> Result<()> {
         sqlx::query(
             "INSERT INTO events (execution_id, at, kind, from_state, to_state, reason, message, actor) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             VALUES ($1, clock_timestamp() + $8 * interval '1 millisecond', $2, $3, $4, $5, $6, $7)",
         )
         .bind(e.id)
-        .bind(self.now)
         .bind(e.kind.as_str())
         .bind(e.from.map(|s| s.as_str()))
         .bind(e.to.map(|s| s.as_str()))
         .bind(e.reason)
         .bind(e.message)
         .bind(e.actor)
+        .bind(self.offset_ms as f64)
         .execute(&mut *self.conn)
         .await
         .map_err(pg_err)?;
         Ok(())
     }
 
-    async fn cas_end(&mut self, row: &ExecutionRow, end: &End) -> Result<bool> {
+    async fn cas_end(&mut self, row: &ExecutionRow, end: &End<'_>) -> Result<bool> {
         let res = sqlx::query(sql(format!(
-            "UPDATE executions SET state = $1, reason = $2, message = $3, finished_at = $4, \
-             exit_code = COALESCE($5, exit_code), signal = COALESCE($6, signal), \
+            "UPDATE executions SET state = $1, reason = $2, message = $3, finished_at = clock_timestamp() + $11 * interval '1 millisecond', \
+             exit_code = COALESCE($5, exit_code), signal = COALESCE($6, signal), ended_by = $4, \
              progress = CASE WHEN $1 = 'completed' AND progress IS NOT NULL THEN 1.0 ELSE progress END WHERE {}",
             cas(7)
         )))
         .bind(end.state.as_str())
         .bind(end.reason.map(Reason::as_str))
         .bind(end.message.as_deref())
-        .bind(self.now)
+        .bind(end.actor)
         .bind(end.exit_code.map(i64::from))
         .bind(end.signal.map(i64::from))
         .bind(row.id)
         .bind(row.state.as_str())
         .bind(row.attempt as i64)
         .bind(row.lease_token.as_deref())
+        .bind(self.offset_ms as f64)
         .execute(&mut *self.conn)
         .await
         .map_err(pg_err)?;
@@ -489,6 +493,7 @@ impl Tx for PgTx<'_> {
         let recs: Vec<NodeRecord> = sqlx::query_as(sql(format!(
             "SELECT {} FROM nodes WHERE stopped_at IS NULL AND lease_expires_at <= $1 \
              AND $1 >= pg_postmaster_start_time() + (lease_expires_at - heartbeat_at) \
+             AND $1 >= (SELECT alive_since FROM ledger_liveness) + (lease_expires_at - heartbeat_at) \
              ORDER BY started_at FOR UPDATE SKIP LOCKED",
             *NODE
         )))

@@ -34,6 +34,7 @@ pub const REAPER_DUE: &str = "WHERE id IN ( \
     SELECT id FROM executions WHERE state = 'running' AND cancel_deadline <= ?1 \
     UNION SELECT id FROM executions WHERE state = 'running' AND run_deadline <= ?1 \
     UNION SELECT id FROM executions WHERE state = 'running' AND lease_expires_at <= ?1 \
+          AND (SELECT alive_since FROM ledger_liveness) + heartbeat_timeout_ms <= ?1 \
     UNION SELECT id FROM executions WHERE state = 'queued' AND start_deadline <= ?1 \
     ) ORDER BY id LIMIT ?2";
 
@@ -626,6 +627,17 @@ impl Store for SqliteStore {
                     .await
                     .map_err(store_err)?;
                 report.node_ok = res.rows_affected() == 1;
+                // A whole node lease without any node heartbeat: nobody could write (this
+                // process was paused). Leases count again from now (see ledger_liveness).
+                sqlx::query(
+                    "UPDATE ledger_liveness SET alive_since = CASE WHEN ?1 - last_beat > ?2 THEN ?1 ELSE alive_since END, \
+                     last_beat = ?1 WHERE id = 1",
+                )
+                .bind(ms(now))
+                .bind(dur_ms(*lease))
+                .execute(&mut *conn)
+                .await
+                .map_err(store_err)?;
             }
             for chunk in p.leases.chunks(200) {
                 if let Some(bad) = chunk
@@ -711,18 +723,13 @@ impl Store for SqliteStore {
             }
             let renewed: HashSet<i64> = report.renewed.iter().copied().collect();
             for b in p.leases.iter().filter(|b| !renewed.contains(&b.lease.id)) {
-                report.lost.push(
-                    ops::refuse(
-                        &mut SqliteTx {
-                            conn: &mut *conn,
-                            now,
-                        },
-                        b.lease.id,
-                        &p.owner,
-                        "heartbeat",
-                    )
-                    .await?,
-                );
+                let mut tx = SqliteTx {
+                    conn: &mut *conn,
+                    now,
+                };
+                report
+                    .lost
+                    .extend(ops::not_renewed(&mut tx, &b.lease, &p.owner).await?);
             }
             Ok(report)
         })
@@ -780,13 +787,7 @@ impl Store for SqliteStore {
             return Ok(report);
         }
         let (changed, raced) = write_tx!(self, |conn, now| {
-            ops::cleanup_apply(
-                &mut SqliteTx { conn, now },
-                &report.candidates,
-                p.stale_after,
-                &p.actor,
-            )
-            .await
+            ops::cleanup_apply(&mut SqliteTx { conn, now }, &report.candidates, &p).await
         })?;
         report.changed = changed;
         report.raced = raced;

@@ -147,11 +147,12 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    async fn cas_end(&mut self, row: &ExecutionRow, end: &End) -> Result<bool> {
+    async fn cas_end(&mut self, row: &ExecutionRow, end: &End<'_>) -> Result<bool> {
         let res = sqlx::query(sql(format!(
             "UPDATE executions SET state = ?, reason = ?, message = ?, finished_at = ?, \
              exit_code = COALESCE(?, exit_code), signal = COALESCE(?, signal), \
-             progress = CASE WHEN ? = 'completed' AND progress IS NOT NULL THEN 1.0 ELSE progress END WHERE {CAS}"
+             progress = CASE WHEN ? = 'completed' AND progress IS NOT NULL THEN 1.0 ELSE progress END, \
+             ended_by = ? WHERE {CAS}"
         )))
         .bind(end.state.as_str())
         .bind(end.reason.map(Reason::as_str))
@@ -160,6 +161,7 @@ impl Tx for SqliteTx<'_> {
         .bind(end.exit_code)
         .bind(end.signal)
         .bind(end.state.as_str())
+        .bind(end.actor)
         .bind(row.id)
         .bind(row.state.as_str())
         .bind(row.attempt as i64)
@@ -456,7 +458,9 @@ impl Tx for SqliteTx<'_> {
 
     async fn expired_nodes(&mut self) -> Result<Vec<NodeRow>> {
         let recs: Vec<NodeRecord> = sqlx::query_as(sql(format!(
-            "SELECT {} FROM nodes WHERE stopped_at IS NULL AND lease_expires_at <= ? ORDER BY started_at",
+            "SELECT {} FROM nodes WHERE stopped_at IS NULL AND lease_expires_at <= ?1 \
+             AND (SELECT alive_since FROM ledger_liveness) + (lease_expires_at - heartbeat_at) <= ?1 \
+             ORDER BY started_at",
             crate::rows::NODE_COLUMNS
         )))
         .bind(ms(self.now))

@@ -695,6 +695,7 @@ pub async fn cleanup_dry_run_changes_nothing_and_apply_settles(store: DynStore) 
             stale_after: Duration::from_secs(3600),
             apply: false,
             actor: "op".into(),
+            process_notes: None,
         })
         .await
         .unwrap();
@@ -711,6 +712,7 @@ pub async fn cleanup_dry_run_changes_nothing_and_apply_settles(store: DynStore) 
             stale_after: Duration::from_secs(3600),
             apply: true,
             actor: "op".into(),
+            process_notes: None,
         })
         .await
         .unwrap();
@@ -1291,16 +1293,26 @@ pub async fn a_lost_node_is_settled_by_another(store: DynStore) {
             .is_empty(),
         "nobody is lost yet"
     );
-    store.clock().advance(Duration::from_secs(11));
-    // The worker and n2 keep heartbeating; n1 is silent.
-    store
-        .heartbeat(HeartbeatParams {
-            owner: "w".into(),
-            leases: vec![r.lease().into()],
-            node: None,
-        })
-        .await
-        .unwrap();
+    // The worker and n2 keep heartbeating for 12 s; n1 is silent.
+    for _ in 0..6 {
+        store
+            .heartbeat(HeartbeatParams {
+                owner: "w".into(),
+                leases: vec![r.lease().into()],
+                node: None,
+            })
+            .await
+            .unwrap();
+        store
+            .heartbeat(HeartbeatParams {
+                owner: "n2".into(),
+                leases: vec![],
+                node: Some(("n2".into(), Duration::from_secs(10))),
+            })
+            .await
+            .unwrap();
+        store.clock().advance(Duration::from_secs(2));
+    }
     store
         .heartbeat(HeartbeatParams {
             owner: "n2".into(),
@@ -1359,6 +1371,193 @@ pub async fn a_lost_node_is_settled_by_another(store: DynStore) {
 
 /// Expands to one test per conformance case for a backend; `$open` is an async fn returning
 /// `(guard, DynStore)`.
+fn new_node(id: &str, name: &str, lease: Duration) -> NewNode {
+    NewNode {
+        id: id.into(),
+        name: name.into(),
+        hostname: "h".into(),
+        pid: 1,
+        start_ticks: None,
+        boot_id: None,
+        lease,
+        supersede: vec![],
+    }
+}
+
+async fn node_beat(store: &DynStore, id: &str, lease: Duration) -> HeartbeatReport {
+    store
+        .heartbeat(HeartbeatParams {
+            owner: id.into(),
+            leases: vec![],
+            node: Some((id.into(), lease)),
+        })
+        .await
+        .unwrap()
+}
+
+/// Invariant 12: a heartbeat that races its owner's own completion (or hand-back) is not a
+/// refusal: nothing is refused, nothing is reported lost, and no event is written.
+pub async fn a_heartbeat_racing_its_own_completion_is_not_a_refusal(store: DynStore) {
+    define(&store, vec![spec("a")], &[]).await;
+    trigger(&store, "a").await;
+    trigger(&store, "a").await;
+    let mut claimed = claim(&store, "n", 2).await;
+    let (c, h) = (claimed.remove(0), claimed.remove(0));
+    store
+        .complete(CompleteParams {
+            lease: c.lease(),
+            outcome: Outcome::success(0),
+            actor: "n".into(),
+        })
+        .await
+        .unwrap();
+    store
+        .release(ReleaseParams {
+            owner: "n".into(),
+            leases: vec![h.lease()],
+            message: "shutting down".into(),
+            actor: "n".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(get(&store, c.id).await.ended_by.as_deref(), Some("n"));
+    let hb = store
+        .heartbeat(HeartbeatParams {
+            owner: "n".into(),
+            leases: vec![c.lease().into(), h.lease().into()],
+            node: None,
+        })
+        .await
+        .unwrap();
+    assert!(hb.renewed.is_empty());
+    assert!(
+        hb.lost.is_empty(),
+        "the owner ended them itself; its racing heartbeat lost nothing: {hb:?}"
+    );
+    for id in [c.id, h.id] {
+        let refused = store
+            .events(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Refused)
+            .count();
+        assert_eq!(refused, 0, "no refused event for execution {id}");
+    }
+    // The same heartbeat from someone else, or after a reaper settled the lease, is refused.
+    trigger(&store, "a").await;
+    let r = claim(&store, "n", 1).await.remove(0);
+    store.clock().advance(Duration::from_secs(31));
+    assert_eq!(reap(&store).await.count(Reason::HeartbeatTimeout), 1);
+    assert_eq!(get(&store, r.id).await.ended_by.as_deref(), Some("reaper"));
+    let hb = store
+        .heartbeat(HeartbeatParams {
+            owner: "n".into(),
+            leases: vec![r.lease().into()],
+            node: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(hb.lost.len(), 1, "lost to the reaper: a refusal");
+}
+
+/// Invariant 12: an outage of the ledger (no node could write for longer than a node lease)
+/// expires no lease and loses no node; leases count again from the moment it is back. A node
+/// that stays silent while others heartbeat is still lost after its lease.
+pub async fn an_outage_of_the_ledger_expires_no_lease_and_loses_no_node(store: DynStore) {
+    let mut remote = spec("remote");
+    remote.queue = Some("q".into());
+    define(&store, vec![remote], &[]).await;
+    let lease = Duration::from_secs(10);
+    store
+        .register_node(new_node("n1", "one", lease))
+        .await
+        .unwrap();
+    store
+        .register_node(new_node("n2", "two", lease))
+        .await
+        .unwrap();
+    node_beat(&store, "n1", lease).await;
+    node_beat(&store, "n2", lease).await;
+    store
+        .trigger(TriggerParams {
+            job: "remote".into(),
+            actor: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let w = store
+        .claim(ClaimParams {
+            owner: "w".into(),
+            runner: "q".into(),
+            node_id: None,
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    // Nobody can write for a minute: the worker's 30 s lease and both node leases run out.
+    store.clock().advance(Duration::from_secs(60));
+    // The ledger is back; n1 is the first to reach it.
+    node_beat(&store, "n1", lease).await;
+    assert!(
+        reap(&store).await.recovered.is_empty(),
+        "a lease that expired during the outage is not reaped at once"
+    );
+    assert!(
+        store
+            .settle_lost_nodes("n1")
+            .await
+            .unwrap()
+            .recovered
+            .is_empty()
+            && store
+                .list_nodes()
+                .await
+                .unwrap()
+                .iter()
+                .all(|n| n.stopped_at.is_none()),
+        "n2 could not heartbeat either: it is not lost"
+    );
+    store.clock().advance(Duration::from_secs(2));
+    let hb = store
+        .heartbeat(HeartbeatParams {
+            owner: "w".into(),
+            leases: vec![w.lease().into()],
+            node: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(hb.renewed, vec![w.id], "the worker keeps its execution");
+    assert!(
+        node_beat(&store, "n2", lease).await.node_ok,
+        "n2 keeps its place"
+    );
+
+    // Without an outage, a silent node is lost after its lease: n1 beats, n2 does not.
+    for _ in 0..6 {
+        store.clock().advance(Duration::from_secs(2));
+        node_beat(&store, "n1", lease).await;
+        store
+            .heartbeat(HeartbeatParams {
+                owner: "w".into(),
+                leases: vec![w.lease().into()],
+                node: None,
+            })
+            .await
+            .unwrap();
+    }
+    store.settle_lost_nodes("n1").await.unwrap();
+    let nodes = store.list_nodes().await.unwrap();
+    let n2 = nodes.iter().find(|n| n.id == "n2").unwrap();
+    assert!(
+        n2.stopped_at.is_some(),
+        "a node silent while others beat is lost"
+    );
+    assert!(!node_beat(&store, "n2", lease).await.node_ok);
+}
+
 #[macro_export]
 macro_rules! conformance_tests {
     ($open:path) => {
@@ -1389,7 +1588,9 @@ macro_rules! conformance_tests {
             heartbeats_carry_progress_phase_and_checkpoint,
             a_handed_back_execution_runs_again_at_once,
             metrics_count_states_and_slots,
-            a_lost_node_is_settled_by_another
+            a_lost_node_is_settled_by_another,
+            a_heartbeat_racing_its_own_completion_is_not_a_refusal,
+            an_outage_of_the_ledger_expires_no_lease_and_loses_no_node
         );
     };
     (@each $open:path; $($name:ident),* $(,)?) => {

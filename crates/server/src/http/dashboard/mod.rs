@@ -421,6 +421,7 @@ async fn stale(
             stale_after: d,
             apply: false,
             actor: format!("dashboard:{}", viewer.name),
+            process_notes: None,
         })
         .await?;
     let now = state.store.now().await?;

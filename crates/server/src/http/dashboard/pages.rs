@@ -79,6 +79,27 @@ pub fn badge(state: &str) -> Markup {
     html! { span class={ "badge st-" (class) } { span.sym aria-hidden="true" { (sym) } " " (words) } }
 }
 
+/// An execution's badge; a running one that nobody heartbeats for says so.
+fn exec_badge(e: &ExecutionRow, now: Timestamp) -> Markup {
+    silent_badge(&e.state.to_string(), e.silent_for(now))
+}
+
+/// A job's badge (its status is derived from its executions).
+fn job_badge(j: &jobward_store::JobRow, now: Timestamp) -> Markup {
+    silent_badge(&j.status(), j.silent_for(now))
+}
+
+fn silent_badge(state: &str, silence: Option<Duration>) -> Markup {
+    html! {
+        (badge(state))
+        @if let Some(d) = silence {
+            " " span.tag.stale title="its lease expired: nobody heartbeats for it; the reaper settles it at its next tick" {
+                "no heartbeat for " (dur(d)) " (lease expired)"
+            }
+        }
+    }
+}
+
 /// `2h 03m`, `4m 05s`, `12.3s`, `850ms`.
 pub fn dur(d: Duration) -> String {
     let s = d.as_secs();
@@ -208,7 +229,7 @@ pub fn overview(
                     tbody { @for e in running {
                         tr data-execution=(e.id) {
                             td data-label="Job" { (job_link(&e.job)) }
-                            td data-label="Run" { (exec_link(e)) " " (badge(&e.state.to_string())) }
+                            td data-label="Run" { (exec_link(e)) " " (exec_badge(e, now)) }
                             td.num data-label="Attempt" { (e.attempt) " of " (e.max_attempts) }
                             td.num data-label="Runtime" { (e.runtime(now).map(dur).unwrap_or_default()) }
                             td.num data-label="Heartbeat" { (ago(e.heartbeat_at, now)) }
@@ -341,7 +362,7 @@ pub fn jobs(v: &Viewer, now: Timestamp, jobs: &[(JobRow, SuccessRate)]) -> Marku
                             td data-label="Job" { (job_link(&j.spec.name)) @if !j.defined { " " span.tag { "removed from config" } } }
                             td data-label="Schedule" { (schedule_words(&j.spec.schedule)) @if is_cron(&j.spec.schedule) { br; code.rel.hide-narrow { (j.spec.schedule.describe()) } } }
                             td data-label="Next fire" { @if j.paused { span.muted { "paused" } } @else { (when(j.next_fire_at, now)) } }
-                            td data-label="Status" { (badge(&j.status())) @if j.paused { " " (badge("paused")) } }
+                            td data-label="Status" { (job_badge(j, now)) @if j.paused { " " (badge("paused")) } }
                             td data-label="Success" { (rate.render()) }
                             @if v.can_operate { td data-label="Actions" { (job_buttons(v, j)) } }
                         }
@@ -379,7 +400,7 @@ pub fn job(
 ) -> Markup {
     let s = &j.spec;
     let body = html! {
-        h1 #title data-live { (s.name) " " (badge(&j.status())) @if j.paused { (badge("paused")) } }
+        h1 #title data-live { (s.name) " " (job_badge(j, now)) @if j.paused { (badge("paused")) } }
         @if v.can_operate { div.actions { (job_buttons(v, j)) } }
         section.card #job-fields data-live {
             dl.fields {
@@ -408,7 +429,7 @@ pub fn job(
                         tr data-execution=(e.id) {
                             td data-label="Run" { (exec_link(e)) }
                             td.num data-label="Attempt" { (e.attempt) }
-                            td data-label="Status" { (badge(&e.state.to_string())) }
+                            td data-label="Status" { (exec_badge(e, now)) }
                             td data-label="Started" { (when(e.started_at, now)) }
                             td data-label="Finished" { (when(e.finished_at, now)) }
                             td.num data-label="Duration" { (e.runtime(now).map(dur).unwrap_or_default()) }
@@ -467,14 +488,14 @@ pub fn execution(
 ) -> Markup {
     let live = e.state.is_live();
     let body = html! {
-        h1 { (job_link(&e.job)) " #" (e.number) " " span #status data-live { (badge(&e.state.to_string())) } }
+        h1 { (job_link(&e.job)) " #" (e.number) " " span #status data-live { (exec_badge(e, now)) } }
         section.card #fields data-live {
             @if live && v.can_operate {
                 div.actions { (button(v, &format!("/executions/{}/cancel", e.id), "Cancel", "danger", Some("Cancel this execution? A running process gets SIGTERM, then SIGKILL."))) }
             }
             dl.fields {
                 dt { "Execution" } dd { (e.id) " (attempt " (e.attempt) " of " (e.max_attempts) ")" @if let Some(r) = e.retry_of { ", retry of " a href={ "/executions/" (r) } { (r) } } }
-                dt { "Status" } dd { (badge(&e.state.to_string())) @if e.cancel_reason.is_some() && live { " " span.tag { "cancel requested" } } }
+                dt { "Status" } dd { (exec_badge(e, now)) @if e.cancel_reason.is_some() && live { " " span.tag { "cancel requested" } } }
                 dt { "Reason" } dd { (reason(e)) }
                 @if let Some(m) = &e.message { dt { "Message" } dd { (m) } }
                 dt { "Trigger" } dd { (e.trigger) @if let Some(s) = e.scheduled_for { " for " (when(Some(s), now)) } }
