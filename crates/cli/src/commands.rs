@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::config::{self, Overrides, Settings};
+use jobward::config::{self, Overrides, Settings};
 use crate::output::{self, ago, dur, print_json, run_json, table, time};
 use crate::{
     AuditArgs, CleanupArgs, Cli, Command, Failure, HealthArgs, HeartbeatArgs, JobsCommand,

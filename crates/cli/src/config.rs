@@ -250,6 +250,11 @@ pub fn load(path: Option<&Path>, o: &Overrides) -> Result<Settings, ConfigError>
     validate(&source, raw, o)
 }
 
+/// Parses and validates configuration text (`file` names it in errors).
+pub fn load_str(file: &str, text: &str, o: &Overrides) -> Result<Settings, ConfigError> {
+    validate(file, parse(file, text)?, o)
+}
+
 /// Parses TOML, turning a parse error into "file:line:col: message" on one line.
 pub fn parse(file: &str, text: &str) -> Result<RawConfig, ConfigError> {
     toml::from_str::<RawConfig>(text).map_err(|e| {

@@ -3,8 +3,9 @@
 //! line and an exit code: 0 fine, 1 a check failed, 2 bad usage or input.
 
 mod commands;
-mod config;
 mod output;
+
+use jobward::config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
