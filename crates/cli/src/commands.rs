@@ -16,12 +16,12 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use jobward::config::{self, Overrides, Settings};
 use crate::output::{self, ago, dur, print_json, run_json, table, time};
 use crate::{
     AuditArgs, CleanupArgs, Cli, Command, Failure, HealthArgs, HeartbeatArgs, JobsCommand,
     NodesCommand, RemoteArgs, RunsCommand, RunsListArgs, ServeArgs, WorkerArgs,
 };
+use jobward::config::{self, Overrides, Settings};
 
 type R<T = ()> = Result<T, Failure>;
 

@@ -289,6 +289,17 @@ fn main() -> ExitCode {
             return ExitCode::from(code.clamp(0, 255) as u8);
         }
     };
+    // Fault injection for the fault tests: nothing happens unless FAILPOINTS names a point
+    // ("name=action;name=action", the fail crate's syntax, e.g. "complete_before_commit=sleep(3000)").
+    if let Ok(points) = std::env::var("FAILPOINTS") {
+        for point in points.split(';').filter(|p| !p.trim().is_empty()) {
+            let (name, action) = point.split_once('=').unwrap_or((point, ""));
+            if let Err(e) = fail::cfg(name.trim(), action.trim()) {
+                eprintln!("jobward: error: FAILPOINTS: '{point}': {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let serving = matches!(cli.command, Command::Serve(_));
     let filter = std::env::var("JOBWARD_LOG").unwrap_or_else(|_| {
         if serving {

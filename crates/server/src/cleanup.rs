@@ -63,24 +63,28 @@ fn kill_local(rows: &[ExecutionRow], hosts: &HashMap<String, String>) -> HashMap
                 .as_ref()
                 .and_then(|n| hosts.get(n).cloned())
                 .unwrap_or_else(|| format!("the host of worker '{owner}'"));
-            let note = match &row.process {
-                Some(p) if p.boot_id.is_some() && p.boot_id == here => {
-                    let recorded = Recorded {
-                        pid: p.pid,
-                        pgid: p.pgid,
-                        start_ticks: p.start_ticks,
-                        boot_id: p.boot_id.clone(),
-                    };
-                    let sweep = table.sweep(Some(&recorded), &row.id.to_string(), &owner);
-                    killed.extend(sweep.killed.iter().copied());
-                    format!("on {this_host}: {}", sweep.describe())
-                }
-                Some(p) => format!(
+            // The recorded process is only provable here if it started in this boot; the
+            // execution's environment markers prove any process of it, wherever it runs.
+            let recorded = row
+                .process
+                .as_ref()
+                .filter(|p| p.boot_id.is_some() && p.boot_id == here)
+                .map(|p| Recorded {
+                    pid: p.pid,
+                    pgid: p.pgid,
+                    start_ticks: p.start_ticks,
+                    boot_id: p.boot_id.clone(),
+                });
+            let sweep = table.sweep(recorded.as_ref(), &row.id.to_string(), &owner);
+            killed.extend(sweep.killed.iter().copied());
+            let note = match (&recorded, &row.process, sweep.killed.is_empty()) {
+                (Some(_), _, _) | (None, _, false) => format!("on {this_host}: {}", sweep.describe()),
+                (None, Some(p), true) => format!(
                     "its process (pid {}) may still be alive on {host}: it could not be checked from {this_host}",
                     p.pid
                 ),
-                None => format!(
-                    "no process was recorded for it; if one was started, it may still be alive on {host}"
+                (None, None, true) => format!(
+                    "no process of it was found on {this_host}; if one was started elsewhere, it may still be alive on {host}"
                 ),
             };
             (row.id, note)

@@ -361,3 +361,78 @@ pub fn http_get(base: &str, path: &str) -> String {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
 }
+
+/// A TCP proxy on a free loopback port that the test can cut: while cut, it forwards nothing
+/// (connections stay open, bytes wait), as a network partition would leave them.
+pub struct Cuttable {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cuttable {
+    pub fn to(target: &str) -> Cuttable {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let target = target.to_string();
+        let flag = cut.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let Ok(up) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (conn.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, conn),
+                ] {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            while flag.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Cuttable { port, cut }
+    }
+
+    pub fn cut(&self, on: bool) {
+        self.cut.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Env {
+    /// Like `postgres`, but every connection of this environment goes through `proxy`.
+    pub fn postgres_through(proxy: &Cuttable, server_extra: &str, rest: &str) -> (Env, PgSchema) {
+        let (schema, url) = pg_schema();
+        let (scheme, rest_url) = url.split_once('@').unwrap();
+        let path = &rest_url[rest_url.find('/').unwrap()..];
+        let url = format!("{scheme}@127.0.0.1:{}{path}", proxy.port);
+        (
+            Env::with_db(tempfile::tempdir().unwrap(), &url, server_extra, rest),
+            schema,
+        )
+    }
+}
+
+/// Where the test PostgreSQL listens (host:port of `pg_admin()`).
+pub fn pg_address() -> String {
+    let admin = pg_admin();
+    let after = admin.split_once('@').map(|(_, r)| r).unwrap_or(&admin);
+    after.split('/').next().unwrap().to_string()
+}

@@ -463,8 +463,12 @@ impl Store for PgStore {
     }
 
     async fn complete(&self, p: CompleteParams) -> Result<Settled> {
-        let result: Result<std::result::Result<Settled, StoreError>> =
-            pg_tx!(self, |tx| { ops::complete(tx, &p).await });
+        let result: Result<std::result::Result<Settled, StoreError>> = pg_tx!(self, |tx| {
+            let r = ops::complete(tx, &p).await;
+            // The fault tests freeze a node here, inside the transaction, row lock held.
+            fail::fail_point!("complete_before_commit");
+            r
+        });
         result?
     }
 
