@@ -192,7 +192,21 @@ impl Tx for PgTx<'_> {
         .execute(&mut *self.conn)
         .await
         .map_err(pg_err)?;
-        Ok(res.rows_affected() == 1)
+        let done = res.rows_affected() == 1;
+        // A run that held a concurrency slot (or blocked a queued overlap) frees it: every
+        // node's claimers hear of it, not only the owner's own, so the next run goes to
+        // whichever node is free rather than always to the one that finished.
+        if done
+            && row.state == jobward_core::State::Running
+            && (row.concurrency_key.is_some() || row.overlap == jobward_core::Overlap::Queue)
+        {
+            sqlx::query("SELECT pg_notify('jobward_work', $1)")
+                .bind(&row.runner)
+                .execute(&mut *self.conn)
+                .await
+                .map_err(pg_err)?;
+        }
+        Ok(done)
     }
 
     async fn cas_cancel_request(
