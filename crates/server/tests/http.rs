@@ -567,3 +567,65 @@ async fn a_shutting_down_server_hands_out_no_work_and_ends_long_polls() {
         .await;
     assert_eq!(v["executions"], json!([]));
 }
+
+/// Every read surface marks a running execution whose lease expired (its owner is silent and
+/// no reaper has settled it yet): the API's fields and the dashboard's words.
+#[tokio::test]
+async fn a_running_execution_with_an_expired_lease_says_so() {
+    let a = api(false).await;
+    let (s, _) = a
+        .call(Method::POST, "/api/jobs/remote/trigger", None, None)
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, claimed) = a
+        .call(
+            Method::POST,
+            "/api/worker/claim",
+            None,
+            Some(json!({"worker_id": "w", "queues": ["q1"], "batch": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{claimed}");
+    let id = claimed["executions"][0]["id"].as_i64().unwrap();
+    let (_, fresh) = a
+        .call(Method::GET, &format!("/api/executions/{id}"), None, None)
+        .await;
+    assert_eq!(fresh["lease_expired"], false, "{fresh}");
+    assert_eq!(fresh["status_text"], "running");
+    // The worker goes silent past its lease; no reaper runs in this test.
+    a.store.clock().advance(Duration::from_secs(45));
+    let (_, e) = a
+        .call(Method::GET, &format!("/api/executions/{id}"), None, None)
+        .await;
+    assert_eq!(e["status"], "running");
+    assert_eq!(e["lease_expired"], true, "{e}");
+    assert!(e["heartbeat_age_ms"].as_u64().unwrap() >= 45_000, "{e}");
+    assert!(
+        e["status_text"]
+            .as_str()
+            .unwrap()
+            .starts_with("running — no heartbeat for"),
+        "{e}"
+    );
+    let (_, running) = a
+        .call(Method::GET, "/api/system/executions/running", None, None)
+        .await;
+    assert_eq!(running["executions"][0]["lease_expired"], true);
+    let (_, jobs) = a.call(Method::GET, "/api/jobs", None, None).await;
+    let remote = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "remote")
+        .unwrap();
+    assert_eq!(remote["lease_expired"], true, "{remote}");
+    for page in [format!("/executions/{id}"), "/".into(), "/jobs".into()] {
+        let (s, html) = a.raw(Method::GET, &page, None, None, false).await;
+        assert_eq!(s, StatusCode::OK);
+        let html = html.as_str().unwrap();
+        assert!(
+            html.contains("no heartbeat for") && html.contains("(lease expired)"),
+            "{page} does not say the lease expired"
+        );
+    }
+}

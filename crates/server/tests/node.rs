@@ -231,3 +231,66 @@ async fn health_turning_warning_posts_one_alert() {
     );
     node.shutdown().await;
 }
+
+/// Invariant 11: a starting node kills every proven survivor of its name's earlier
+/// incarnations, whatever their rows say now (here: the execution was already settled by an
+/// operator from another host, while its process ran on here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_kills_survivors_of_earlier_incarnations_whatever_their_rows_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let (store, _) = jobward_store::open(&url, OpenMode::CreateAndMigrate)
+        .await
+        .unwrap();
+    let host = jobward_server::default_node_name();
+    // An earlier incarnation of "node-test" on this host, long stopped.
+    store
+        .register_node(jobward_store::NewNode {
+            id: "earlier-incarnation".into(),
+            name: "node-test".into(),
+            hostname: host,
+            pid: 1,
+            start_ticks: None,
+            boot_id: None,
+            lease: Duration::from_secs(1),
+            supersede: vec![],
+        })
+        .await
+        .unwrap();
+    store
+        .stop_node("earlier-incarnation", "settled elsewhere")
+        .await
+        .unwrap();
+    // A process it left running: it carries that incarnation's marker.
+    let mut survivor = std::process::Command::new("/bin/sh");
+    survivor
+        .args(["-c", "exec sleep 600"])
+        .env("JOBWARD_EXECUTION_ID", "4242")
+        .env("JOBWARD_NODE_ID", "earlier-incarnation");
+    std::os::unix::process::CommandExt::process_group(&mut survivor, 0);
+    let mut survivor = survivor.spawn().unwrap();
+    // And an unrelated process with a marker of some other node: never touched.
+    let mut stranger = std::process::Command::new("/bin/sh");
+    stranger
+        .args(["-c", "exec sleep 600"])
+        .env("JOBWARD_EXECUTION_ID", "4242")
+        .env("JOBWARD_NODE_ID", "someone-else");
+    let mut stranger = stranger.spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(store);
+
+    let (_store, node) = node(&dir, vec![]).await;
+    let gone = survivor.try_wait().unwrap().is_some() || {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        survivor.try_wait().unwrap().is_some()
+    };
+    assert!(gone, "the earlier incarnation's process survived the start");
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "a process of another node was killed"
+    );
+    assert!(node.recovery.processes_killed >= 1);
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    node.shutdown().await;
+}
