@@ -84,6 +84,19 @@ impl Schedule {
             .build()
             .parse(pattern)
             .map_err(|e| cron_err(e.to_string()))?;
+        // A field such as "," parses as selecting nothing; searching for its next instant
+        // then walks a year of seconds (tens of seconds of CPU) before giving up.
+        let p = &cron.pattern;
+        for (field, c) in [
+            ("second", &p.seconds),
+            ("minute", &p.minutes),
+            ("hour", &p.hours),
+            ("month", &p.months),
+        ] {
+            if c.values().is_empty() && !c.has_modifiers() {
+                return Err(cron_err(format!("its {field} field selects no value")));
+            }
+        }
         let s = Schedule::Cron {
             pattern: pattern.trim().to_string(),
             cron: Box::new(cron),
@@ -417,6 +430,21 @@ mod tests {
             Err(ScheduleError::TimeZone(_))
         ));
         assert!(Schedule::every(Duration::from_millis(10)).is_err());
+    }
+
+    #[test]
+    fn a_field_that_selects_nothing_is_refused_at_once() {
+        // Found by fuzzing (fuzz/regressions/cron): "," parsed as an empty second field, and
+        // the never-fires probe spun for tens of seconds.
+        for pattern in [", */6 * * * *", "0 , * * * *", "0 0 , * * *", "0 0 0 1 , *"] {
+            let started = std::time::Instant::now();
+            let e = Schedule::cron(pattern, "UTC").unwrap_err();
+            assert!(
+                matches!(&e, ScheduleError::Cron { problem, .. } if problem.contains("selects no value")),
+                "{pattern}: {e}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(1), "{pattern}");
+        }
     }
 
     #[test]

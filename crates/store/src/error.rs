@@ -50,6 +50,9 @@ pub enum StoreError {
     Clock(String),
     #[error("unsupported database URL '{0}' (expected sqlite://PATH or postgres://...)")]
     UnsupportedUrl(String),
+    /// The operation is not one this backend does; the message says what to use instead.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl StoreError {

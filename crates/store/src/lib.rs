@@ -50,6 +50,13 @@ pub trait Store: Send + Sync + 'static {
     /// The store's `now`.
     async fn now(&self) -> Result<Timestamp>;
 
+    /// Proves the database answers (a round trip on a pooled connection).
+    async fn ping(&self) -> Result<()>;
+
+    /// Writes an online, consistent copy of the whole ledger to `dest` (a new file). SQLite
+    /// only: PostgreSQL answers `Unsupported`, naming `pg_dump`.
+    async fn backup(&self, dest: &std::path::Path) -> Result<()>;
+
     // ---- nodes ----
 
     /// Records a new incarnation, unless another live incarnation holds the same name.

@@ -306,3 +306,16 @@ async fn the_work_listener_wakes_claimers_and_survives_a_killed_connection() {
         "the listener reconnected and wakes claimers again"
     );
 }
+
+#[tokio::test]
+async fn backup_names_pg_dump_and_ping_answers() {
+    let (_guard, store) = open_postgres().await;
+    store.ping().await.unwrap();
+    let err = store
+        .backup(std::path::Path::new("/tmp/never-written.db"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported(_)));
+    assert!(err.to_string().contains("pg_dump"), "{err}");
+    assert!(!std::path::Path::new("/tmp/never-written.db").exists());
+}

@@ -324,3 +324,24 @@ async fn two_processes_share_one_file_without_busy_errors_or_overbooking() {
         .unwrap();
     assert_eq!(running.len(), 4);
 }
+
+/// `jobward backup`: an online, consistent copy that opens as a ledger of its own.
+#[tokio::test]
+async fn a_backup_is_a_consistent_ledger_of_its_own() {
+    let (dir, store) = open_sqlite().await;
+    let done = one_completed(&store).await;
+    store.ping().await.unwrap();
+    let dest = dir.path().join("copy.db");
+    store.backup(&dest).await.unwrap();
+    let url = format!("sqlite://{}", dest.display());
+    let (copy, _) = open(&url, OpenMode::Existing).await.unwrap();
+    assert_eq!(
+        copy.get_execution(done.id).await.unwrap().unwrap(),
+        done,
+        "the copy holds the record"
+    );
+    assert!(
+        matches!(store.backup(&dest).await, Err(StoreError::Invalid(_))),
+        "an existing file is never overwritten"
+    );
+}

@@ -418,6 +418,21 @@ impl Store for PgStore {
         self.db_now(&mut conn).await
     }
 
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn backup(&self, _dest: &std::path::Path) -> Result<()> {
+        Err(StoreError::Unsupported(format!(
+            "jobward backup copies SQLite ledgers; for PostgreSQL use pg_dump, e.g. `pg_dump --format=custom --file=jobward.dump '{}'`",
+            self.url()
+        )))
+    }
+
     async fn register_node(&self, node: NewNode) -> Result<RegisterOutcome> {
         pg_tx!(self, |tx| { ops::register_node(tx, &node).await })
     }

@@ -275,6 +275,33 @@ impl Store for SqliteStore {
         Ok(self.clock.now())
     }
 
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn backup(&self, dest: &Path) -> Result<()> {
+        if dest.exists() {
+            return Err(StoreError::Invalid(format!(
+                "{} already exists; a backup is written to a new file",
+                dest.display()
+            )));
+        }
+        let text = dest.to_str().ok_or_else(|| {
+            StoreError::Invalid(format!("{} is not a UTF-8 path", dest.display()))
+        })?;
+        // VACUUM INTO reads one consistent snapshot while writers carry on (WAL).
+        sqlx::query("VACUUM INTO ?")
+            .bind(text)
+            .execute(&self.reader)
+            .await
+            .map_err(|e| StoreError::Database(format!("backup to {text} failed: {e}")))?;
+        Ok(())
+    }
+
     async fn register_node(&self, node: NewNode) -> Result<RegisterOutcome> {
         write_tx!(self, |conn, now| {
             ops::register_node(&mut SqliteTx { conn, now }, &node).await
