@@ -35,6 +35,7 @@ echo "chaos: seed=$SEED duration=${DURATION}s (reproduce: scripts/chaos.sh --see
 
 # ---------------------------------------------------------------- settings
 TOL=6              # s past a deadline a live row may be seen: heartbeat timeout (3 s) + 3 reaper ticks (1 s)
+OUTLIVE_GRACE=5    # s a process may outlive its terminal record once its owner can know (check 11)
 SETTLE_MAX=90      # s to wait at the end for every live execution to end
 NODES=3
 WORKERS=4
@@ -267,7 +268,6 @@ queue = "qb"
 overlap = "allow"
 concurrency_key = "remote"
 EOF
-SCHEDULED_JOBS="tick tick-overlap cron-flaky slot-tick r-tick"
 MANUAL_JOBS=(m-fast m-fast m-flaky m-slot m-long m-timeout r-fast r-fast r-long r-slot r-slot)
 
 # Network cuts: a socat proxy per path (node i -> PostgreSQL, worker j -> its server) and one
@@ -301,6 +301,7 @@ start_node() { # i
     JOBWARD_LOG=info setsid "$BIN" --config "$CFG" --db "$url" serve --node-name "$TAG-n$i" \
         --bind "127.0.0.1:${API_PORT[$i]}" --log-dir "$RUN/logs-n$i" </dev/null >>"$RUN/n$i.log" 2>&1 &
     NODE_PID[$i]=$!
+    printf 'n%s\t%s\n' "$i" "$!" >>"$RUN/node_pids.tsv"
 }
 WORKER_QUEUES=("" "--queue qa --queue qb" "--queue qa" "--queue qb --queue qa" "--queue qa --queue qb")
 WORKER_CONC=(0 3 2 2 2)
@@ -328,6 +329,7 @@ for t in $(seq 1 100); do
     sleep 0.3
 done
 for j in $(seq 1 $WORKERS); do
+    printf 'w%s\tn%s\n' "$j" "$(( (j - 1) % NODES + 1 ))" >>"$RUN/worker_server.tsv"
     start_proxy "${WPROXY_PORT[$j]}" "${API_PORT[$(( (j - 1) % NODES + 1 ))]}" "proxy-w$j"
     start_worker "$j"
 done
@@ -412,6 +414,24 @@ sampler() {
 sampler &
 BG_PID+=($!)
 
+# ---------------------------------------------------------------- process sampler (check 11)
+# Every second: every process on the machine whose environment has JOBWARD_EXECUTION_ID, with
+# its owner (JOBWARD_NODE_ID or JOBWARD_WORKER_ID). Filtered to this run's owners at the end.
+# Line: epoch pid execution_id owner
+proc_sampler() {
+    local t
+    while [ ! -e "$RUN/stop_sampler" ] && [ ! -e "$RUN/stop" ]; do
+        t=$EPOCHREALTIME
+        grep -aoE 'JOBWARD_(EXECUTION_ID|NODE_ID|WORKER_ID)=[^[:cntrl:]]*' /proc/[0-9]*/environ 2>/dev/null \
+            | awk -F: -v t="$t" '{ split($1, a, "/"); split($2, kv, "=");
+                  if (kv[1] == "JOBWARD_EXECUTION_ID") ex[a[3]] = kv[2]; else ow[a[3]] = kv[2] }
+                  END { for (p in ex) printf "%s\t%s\t%s\t%s\n", t, p, ex[p], ((p in ow) ? ow[p] : "?") }' >>"$RUN/procs.tsv"
+        sleep 1
+    done
+}
+proc_sampler &
+BG_PID+=($!)
+
 # ---------------------------------------------------------------- trigger stream
 # Keyed triggers over HTTP to a random node (retried on other nodes with the same key until one
 # answers); a third of the keys are sent again to a different node. Unkeyed triggers with the
@@ -486,8 +506,20 @@ watch_processes() {
         fi
     done
 }
+# Impairment intervals (for check 11): target kind start end, targets n1.. w1.. pg.
+declare -A IMP_START=()
+imp_begin() { IMP_START[$1]=$EPOCHREALTIME; }
+imp_end() { # target kind
+    [ -n "${IMP_START[$1]:-}" ] || return 0
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "${IMP_START[$1]}" "$EPOCHREALTIME" >>"$RUN/impair.tsv"
+    unset "IMP_START[$1]"
+}
 apply() { # action kind target
-    local action=$1 kind=$2 x=$3
+    local action=$1 kind=$2 x=$3 tgt
+    case $kind in node_*) tgt=n$x ;; worker_*) tgt=w$x ;; *) tgt=pg ;; esac
+    case "$action:$kind" in
+        start:*kill) imp_begin "$tgt" ;; start:*stop*) imp_begin "$tgt" ;; start:*cut) imp_begin "$tgt" ;;
+    esac
     case "$action:$kind" in
         start:node_kill) kill -KILL "${NODE_PID[$x]}"; wait "${NODE_PID[$x]}" 2>/dev/null; NODE_DOWN[$x]=1
             NODE_IMPAIRED[$x]=1; log "fault: SIGKILL node n$x (pid ${NODE_PID[$x]})" ;;
@@ -505,9 +537,11 @@ apply() { # action kind target
         end:worker_cut) cut_off "${WPROXY_PORT[$x]}"; log "heal: worker w$x <-> server restored" ;;
         start:pg_restart)
             log "fault: PostgreSQL restart (-m fast) under load"
+            imp_begin pg
             pg_restart || log "pg_ctlcluster restart failed (see $RUN/pg_ctl.log)"
-            pg_ensure_up; log "heal: PostgreSQL is back" ;;
+            pg_ensure_up; imp_end pg restart; log "heal: PostgreSQL is back" ;;
     esac
+    if [ "$action" = end ]; then case $kind in *kill) imp_end "$tgt" kill ;; *stop*) imp_end "$tgt" stop ;; *cut) imp_end "$tgt" cut ;; esac; fi
     [ "$action" = start ] && FAULTS[$kind]=$(( ${FAULTS[$kind]:-0} + 1 ))
     update_health
 }
@@ -530,24 +564,38 @@ log "faults over; healing everything and settling"
 for i in $(seq 1 $NODES); do kill -CONT "${NODE_PID[$i]}" 2>/dev/null; cut_off "${DBPROXY_PORT[$i]}"; NODE_IMPAIRED[$i]=0; done
 for j in $(seq 1 $WORKERS); do kill -CONT "${WORKER_PID[$j]}" 2>/dev/null; cut_off "${WPROXY_PORT[$j]}"; done
 pg_ensure_up
+for tgt in "${!IMP_START[@]}"; do imp_end "$tgt" healed_at_end; done
 watch_processes
 update_health
 touch "$RUN/stop_triggers"
 for t in $(seq 1 120); do kill -0 $TRIGGER_PID 2>/dev/null || break; sleep 0.5; done
 kill $TRIGGER_PID 2>/dev/null
-# Stop the schedules (their fires are recorded skipped/paused) so the ledger can drain.
-for job in $SCHEDULED_JOBS; do
-    for i in $(seq 1 $NODES) $(seq 1 $NODES); do
-        code=$(curl -sS -m 5 -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:${API_PORT[$i]}/api/jobs/$job/pause" 2>/dev/null)
+# Stop the schedules so the ledger can drain: the nodes reload a configuration in which the
+# scheduled jobs are manual (pausing them instead would hold their queued retries until their
+# queue timeout: claims skip paused jobs).
+sed -E '/^(every|schedule) = /d' "$CFG" >"$CFG.tmp" && mv "$CFG.tmp" "$CFG"
+for i in $(seq 1 $NODES); do
+    code=000
+    for t in 1 2 3 4 5; do
+        code=$(curl -sS -m 10 -o "$RUN/reload-n$i.json" -w '%{http_code}' -X POST "http://127.0.0.1:${API_PORT[$i]}/api/system/reload" 2>/dev/null)
         [ "$code" = 200 ] && break
+        sleep 1
     done
-    [ "$code" = 200 ] || log "could not pause $job (last status $code)"
+    [ "$code" = 200 ] || log "reload of node n$i failed (status $code)"
 done
 SETTLE_T0=$EPOCHSECONDS
 while :; do
     live=$(q -c "SELECT count(*) FROM executions WHERE state IN ('queued','running')" 2>/dev/null)
     [ "$live" = 0 ] && break
-    if [ $(( EPOCHSECONDS - SETTLE_T0 )) -ge $SETTLE_MAX ]; then log "still $live live executions after ${SETTLE_MAX}s"; break; fi
+    waited=$(( EPOCHSECONDS - SETTLE_T0 ))
+    if [ $waited -ge $SETTLE_MAX ] || [ $waited = 15 ]; then
+        log "still $live live executions after ${waited}s:"
+        q -F ' ' -c "SELECT id, job, state, runner, COALESCE(lease_owner, '-'), 'queued ' || round(extract(epoch FROM clock_timestamp() - queued_at)) || 's ago',
+                            'lease ' || COALESCE(round(extract(epoch FROM lease_expires_at - clock_timestamp()))::text, '-')
+                     FROM executions WHERE state IN ('queued', 'running') ORDER BY id LIMIT 10" 2>/dev/null | sed 's/^/           /'
+        [ $waited -ge $SETTLE_MAX ] && break
+        sleep 1
+    fi
     sleep 1; watch_processes
 done
 log "settled in $(( EPOCHSECONDS - SETTLE_T0 ))s (live: ${live:-?})"

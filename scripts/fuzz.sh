@@ -3,6 +3,7 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]      (default 30)
 #   FUZZ_TARGETS="cron config" scripts/fuzz.sh 600
+#   FUZZ_TARGET_DIR=/var/cache/jobward-fuzz scripts/fuzz.sh 30     (reuse a build)
 #
 # Builds every target in fuzz/ (its own cargo project, not a member of the workspace), replays
 # the saved crashing inputs in fuzz/regressions/<target>/, then runs each target for
@@ -22,7 +23,8 @@ SECS=${1:-30}
 case $SECS in '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS_PER_TARGET]" >&2; exit 2 ;; esac
 TARGETS=${FUZZ_TARGETS:-cron duration config api_bodies}
 # Never the workspace's target dir: the fuzz build has its own flags and would thrash it.
-export CARGO_TARGET_DIR=$FUZZ/target
+# FUZZ_TARGET_DIR may point elsewhere (e.g. a cache kept between CI runs on one machine).
+export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$FUZZ/target}
 export CARGO_TERM_COLOR=never
 TRIPLE=x86_64-unknown-linux-gnu
 BUILD_FLAGS=(-O -a -s none --codegen-units 16)
@@ -34,7 +36,11 @@ fi
 
 start=$SECONDS
 echo "== building fuzz targets: $TARGETS"
-(cd "$FUZZ" && for t in $TARGETS; do cargo fuzz build "${BUILD_FLAGS[@]}" "$t"; done)
+if [ -z "${FUZZ_TARGETS:-}" ]; then
+  (cd "$FUZZ" && cargo fuzz build "${BUILD_FLAGS[@]}")
+else
+  (cd "$FUZZ" && for t in $TARGETS; do cargo fuzz build "${BUILD_FLAGS[@]}" "$t"; done)
+fi
 echo "== built in $((SECONDS - start))s"
 
 failed=0

@@ -51,7 +51,12 @@ enum Param {
 /// (method, path with `{}` for its parameter, parameter kind, body is a query string)
 const ENDPOINTS: &[(&str, &str, Param, bool)] = &[
     ("POST", "/api/jobs/{}/trigger", Param::Name, false),
-    ("POST", "/api/system/cleanup/stale-executions", Param::None, false),
+    (
+        "POST",
+        "/api/system/cleanup/stale-executions",
+        Param::None,
+        false,
+    ),
     ("POST", "/api/worker/claim", Param::None, false),
     ("POST", "/api/worker/heartbeat", Param::None, false),
     ("POST", "/api/worker/complete", Param::None, false),

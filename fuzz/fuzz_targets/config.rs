@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
                 !msg.contains('\n'),
                 "a config error must be one line, got: {msg:?}"
             );
-            assert!(msg.starts_with("fuzz.toml"), "error does not name the file: {msg:?}");
+            assert!(
+                msg.starts_with("fuzz.toml"),
+                "error does not name the file: {msg:?}"
+            );
         }
     }
 });

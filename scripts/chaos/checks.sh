@@ -1,5 +1,5 @@
 # The end-of-run checks of scripts/chaos.sh (sourced by it; uses its variables and helpers:
-# RUN, DB_URL, BIN, CFG, TOL, FAULTS, UNEXPECTED, STOP_RC, q, our_execution_pids).
+# RUN, DB_URL, BIN, CFG, TOL, OUTLIVE_GRACE, TAG, FAULTS, UNEXPECTED, STOP_RC, q, our_execution_pids).
 # Each check prints one line: PASS/FAIL, its number and name, and its counts.
 
 CHECKS_FAILED=0
@@ -19,9 +19,10 @@ run_checks() {
     checked=$(awk -F'|' '$2 >= 0' "$RUN/samples.txt" 2>/dev/null | grep -c .)
     viol=$(awk -F'|' '$2 > 0' "$RUN/samples.txt" 2>/dev/null | grep -c .)
     first=$(awk -F'|' '$2 > 0 {print "at " $1 ": " $3; exit}' "$RUN/samples.txt" 2>/dev/null)
+    local late; late=$(awk -F'|' '$6 + 0 > m {m = $6 + 0} END {printf "%.1f", m}' "$RUN/samples.txt" 2>/dev/null)
     local failed_samples; failed_samples=$(grep -c 'sample failed' "$RUN/sampler.err" 2>/dev/null)
     check 1 "no live row past its deadline" "$([ "$viol" = 0 ] && [ "$checked" -gt 0 ] && echo 1)" \
-        "$checked samples with a healthy node ($samples in all, ${failed_samples:-0} failed while PostgreSQL was away), $viol with a row past deadline+${TOL}s${first:+; first: $first}"
+        "$checked samples with a healthy node ($samples in all, ${failed_samples:-0} failed while PostgreSQL was away), $viol with a row past deadline+${TOL}s (largest lateness seen ${late}s)${first:+; first: $first}"
 
     # 2. Nothing lost: every trigger got exactly one execution; everything is terminal.
     awk 'BEGIN {OFS = "\t"} {for (i = NF + 1; i <= 6; i++) $i = "\\N"; $1 = $1; print}' "$RUN/triggers.txt" >"$RUN/triggers.tsv" 2>/dev/null
@@ -128,6 +129,93 @@ SQL
     local bad_rc=0 s; for s in "${STOP_RC[@]}"; do [ "${s#*=}" = 0 ] || bad_rc=$(( bad_rc + 1 )); done
     check 10 "no crash, graceful stop" "$([ "$UNEXPECTED" = 0 ] && [ $bad_rc = 0 ] && echo 1)" \
         "$UNEXPECTED unexpected exits$([ -s "$RUN/unexpected.txt" ] && echo " ($(tr '\n' ';' <"$RUN/unexpected.txt"))"); SIGTERM exit statuses: ${STOP_RC[*]}"
+
+    # 11. No process outlives its record (invariant 11), sampled every second during the run. A
+    # process seen alive after its execution became terminal is excused while its owner was
+    # stopped or cut off (a worker also while its server node was killed, stopped or cut, and
+    # everyone while PostgreSQL restarted): an owner that cannot hear it lost the lease cannot
+    # kill. Counted from the later of the record's finished_at and the end of such an
+    # impairment, it may live at most OUTLIVE_GRACE s (a heartbeat interval, the kill, the
+    # sampling period). A SIGKILLed owner excuses nothing: its lifeline kills its processes.
+    touch "$RUN/procs.tsv" "$RUN/impair.tsv"
+    q >/dev/null <<SQL
+CREATE TABLE chaos.procs (t float8, pid bigint, exec bigint, owner text);
+CREATE TABLE chaos.impair (target text, kind text, s float8, e float8);
+CREATE TABLE chaos.node_pids (target text, pid bigint);
+CREATE TABLE chaos.worker_server (worker text, server text);
+\copy chaos.procs FROM '$RUN/procs.tsv'
+\copy chaos.impair FROM '$RUN/impair.tsv'
+\copy chaos.node_pids FROM '$RUN/node_pids.tsv'
+\copy chaos.worker_server FROM '$RUN/worker_server.tsv'
+SQL
+    r=$(q -F ' ' <<SQL
+WITH p AS (
+    SELECT pr.t, pr.pid, pr.exec, e.job, e.state, COALESCE(e.reason, '-') AS reason,
+           extract(epoch FROM e.finished_at)::float8 AS f,
+           CASE WHEN pr.owner LIKE '$TAG-w%' THEN substr(pr.owner, length('$TAG-') + 1)
+                ELSE (SELECT np.target FROM nodes n JOIN chaos.node_pids np ON np.pid = n.pid WHERE n.id = pr.owner LIMIT 1)
+           END AS target
+    FROM chaos.procs pr JOIN executions e ON e.id = pr.exec
+    WHERE e.finished_at IS NOT NULL AND (pr.owner LIKE '$TAG-w%' OR pr.owner IN (SELECT id FROM nodes))
+), x AS (
+    SELECT p.*, GREATEST(p.f, COALESCE((
+        SELECT max(i.e) FROM chaos.impair i
+        WHERE i.s <= p.t AND ((i.target = p.target AND i.kind <> 'kill') OR i.target = 'pg'
+              OR i.target = (SELECT server FROM chaos.worker_server w WHERE w.worker = p.target))), 0)) AS base
+    FROM p
+), per AS (
+    SELECT exec, min(job) AS job, min(state || '/' || reason) AS sr, min(target) AS target,
+           max(t - f) AS outlived, max(t - base) AS unexcused
+    FROM x WHERE t > f GROUP BY exec
+)
+SELECT (SELECT count(*) FROM (SELECT DISTINCT t FROM chaos.procs) s),
+       count(*), COALESCE(round(max(outlived)::numeric, 1), 0),
+       count(*) FILTER (WHERE unexcused > $OUTLIVE_GRACE),
+       COALESCE(string_agg(exec || ':' || job || ':' || sr || ':' || target || ':+' || round(unexcused::numeric, 1) || 's', ' ')
+                FILTER (WHERE unexcused > $OUTLIVE_GRACE), '')
+FROM per
+SQL
+    )
+    local psamples outl maxout unexc list11; read -r psamples outl maxout unexc list11 <<<"$r"
+    local r12; r12=$(q -F '|' <<SQL
+WITH o AS (
+    SELECT DISTINCT e.id, e.reason, e.message FROM chaos.procs pr JOIN executions e ON e.id = pr.exec
+    WHERE e.finished_at IS NOT NULL AND pr.t > extract(epoch FROM e.finished_at)
+      AND (pr.owner LIKE '$TAG-w%' OR pr.owner IN (SELECT id FROM nodes))
+      AND e.reason IN ('heartbeat_timeout', 'node_lost', 'manual_cleanup')
+)
+SELECT count(*), count(*) FILTER (WHERE message !~* '(may|might|could) (still )?be (alive|running)|still (alive|running)'),
+       COALESCE((SELECT string_agg(reason || '=' || n, ' ') FROM (SELECT reason, count(*) n FROM o
+                 WHERE message !~* '(may|might|could) (still )?be (alive|running)|still (alive|running)' GROUP BY 1) x), ''),
+       COALESCE((SELECT id || ': ' || message FROM o WHERE message !~* '(may|might|could) (still )?be (alive|running)|still (alive|running)' ORDER BY id LIMIT 1), '')
+FROM o
+SQL
+    )
+    local settled_alive silent silent_by example12; IFS='|' read -r settled_alive silent silent_by example12 <<<"$r12"
+    check 11 "no process outlives its record" "$([ "${unexc:-1}" = 0 ] && [ "${psamples:-0}" -gt 0 ] && echo 1)" \
+        "$psamples process samples; $outl executions seen alive after their record ended (longest ${maxout}s), $unexc of them more than ${OUTLIVE_GRACE}s beyond what their owner's faults excuse${list11:+ [$(cut -c1-400 <<<"$list11")]}"
+
+    # 12. A record settled by someone else while its process was still alive says so (invariant 11).
+    check 12 "settled-while-alive says so" "$([ "${silent:-1}" = 0 ] && echo 1)" \
+        "$settled_alive executions settled by a reaper/cleanup while a process of theirs was seen alive, $silent of them with a message that does not say it may still be alive${silent_by:+ ($silent_by)}${example12:+; e.g. $example12}"
+
+    # 13. A refusal means a lost lease (invariant 12): each refused report came after its
+    # execution's terminal transition, and that transition was made by someone else.
+    r=$(q -F ' ' -c "
+        WITH r AS (
+            SELECT ev.id, ev.execution_id, ev.actor,
+                   (SELECT t.id FROM events t WHERE t.execution_id = ev.execution_id AND t.kind = 'transition'
+                        AND t.to_state IN $TERMINAL ORDER BY t.id LIMIT 1) AS tid,
+                   (SELECT t.actor FROM events t WHERE t.execution_id = ev.execution_id AND t.kind = 'transition'
+                        AND t.to_state IN $TERMINAL ORDER BY t.id LIMIT 1) AS tactor
+            FROM events ev WHERE ev.kind = 'refused')
+        SELECT count(*), count(*) FILTER (WHERE tid IS NULL OR tid > id OR tactor = actor),
+               COALESCE(string_agg(execution_id || ':' || actor || '/' || COALESCE(tactor, 'live'), ' ')
+                        FILTER (WHERE tid IS NULL OR tid > id OR tactor = actor), '')
+        FROM r")
+    local nref badref list13; read -r nref badref list13 <<<"$r"
+    check 13 "refusals only for lost leases" "$([ "${badref:-1}" = 0 ] && echo 1)" \
+        "$nref refused reports, $badref refused before their execution ended or after it ended by the refused owner itself${list13:+ [$(cut -c1-300 <<<"$list13")]}"
 
     echo "chaos: totals"
     echo "  executions by state:  $(q -c "SELECT string_agg(state || '=' || n, ' ' ORDER BY n DESC) FROM (SELECT state, count(*) n FROM executions GROUP BY 1) x")"

@@ -1,7 +1,7 @@
 -- One sample of the chaos run (scripts/chaos.sh), taken every ~0.5 s on the ledger itself.
 -- psql variables: hs = epoch seconds since when at least one node has been continuously able to
 -- run its reaper as far as the script knows (0 = no such node now); tol = tolerance in seconds.
--- Output, one line: epoch|overdue|overdue_detail|slots|postmaster_start_epoch
+-- Output, one line: epoch|overdue|overdue_detail|slots|postmaster_start_epoch|max_lateness
 --   overdue: live rows past their effective deadline + tol, counted only from the later of
 --            (deadline, hs, PostgreSQL's start); -1 when no node is healthy (not checked).
 --   The effective lease deadline is the one the reaper uses (crates/store/src/postgres/mod.rs
@@ -9,6 +9,7 @@
 --   max(lease_expires_at, pg_postmaster_start_time() + heartbeat timeout,
 --       ledger_liveness.alive_since + heartbeat timeout).
 --   slots:   key=running/limit for every concurrency limit (running rows of that key).
+--   max_lateness: the largest lateness (s) of any live row past its deadline (within tol or not).
 WITH s AS (
     SELECT clock_timestamp() AS now,
            CASE WHEN :hs > 0 THEN GREATEST(to_timestamp(:hs), pg_postmaster_start_time()) END AS hs,
@@ -38,4 +39,6 @@ SELECT extract(epoch FROM s.now)::numeric(16,3)
                                            || '/' || c.max_running, ',' ORDER BY c.key)
                         FROM concurrency_limits c), '')
     || '|' || extract(epoch FROM pg_postmaster_start_time())::numeric(16,3)
+    || '|' || COALESCE((SELECT max(extract(epoch FROM s.now - GREATEST(l.due, s.hs)))::numeric(10,1)
+                        FROM live l WHERE s.hs IS NOT NULL AND s.now > GREATEST(l.due, s.hs))::text, '0')
 FROM s;

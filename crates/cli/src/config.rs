@@ -295,7 +295,25 @@ fn enclosing_job(text: &str, offset: usize) -> Option<String> {
     })
 }
 
+/// Validates parsed configuration. Its errors quote values from the file (names, URLs,
+/// patterns), which may hold newlines: those are shown escaped, so every error is one line.
 fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigError> {
+    validate_fields(file, raw, o).map_err(|e| ConfigError(escape_controls(&e.0)))
+}
+
+fn escape_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn validate_fields(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigError> {
     let top = Ctx { file, job: None };
     let RawConfig {
         server,
@@ -959,6 +977,34 @@ retry = { max_attempts = 3, backoff = "10s", max_backoff = "10m" }
             (job("queue = \"a b\""), "field 'queue': invalid queue name"),
         ];
         for (text, want) in cases {
+            let e = one_line_error(&text);
+            assert!(e.contains(want), "expected {want:?} in: {e}");
+        }
+    }
+
+    #[test]
+    fn values_with_newlines_still_give_one_line() {
+        // Caught by the config fuzz target's one-line check (fuzz/regressions/config).
+        let job = |extra: &str| format!("[[job]]\nname = \"j\"\ncommand = \"true\"\n{extra}\n");
+        for (text, want) in [
+            (job(r#"schedule = "a\nb""#), r"invalid cron pattern 'a\nb'"),
+            (
+                job("schedule = \"* * * * *\"\ntimezone = \"x\\ny\""),
+                r"unknown time zone 'x\ny'",
+            ),
+            (job(r#"every = "x\ny""#), r"invalid duration 'x\ny'"),
+            (job(r#"overlap = "x\ny""#), r"x\ny"),
+            (job(r#"queue = "x\ny""#), r"x\ny"),
+            (
+                "[[job]]\nname = \"a\\nb\"\ncommand = \"true\"\n".into(),
+                r"a\nb",
+            ),
+            ("[server]\nbind = \"a\\nb\"\n".into(), r"'a\nb'"),
+            (
+                "[[token]]\nrole = \"a\\nb\"\nsecret = \"0123456789abcdef\"\n".into(),
+                r"a\nb",
+            ),
+        ] {
             let e = one_line_error(&text);
             assert!(e.contains(want), "expected {want:?} in: {e}");
         }

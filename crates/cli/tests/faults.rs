@@ -237,15 +237,14 @@ heartbeat_timeout = "1s"
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum();
     assert_eq!(refused, 0.0, "refusals counted without a fault");
-    let url = format!("sqlite://{}", env.path("ledger.db").display());
-    let refused_events: i64 = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE kind = 'refused'")
-            .fetch_one(&mut c)
-            .await
-            .unwrap()
-    });
+    let refused_events: i64 = rusqlite::Connection::open(env.path("ledger.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'refused'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(refused_events, 0, "refused events without a fault");
     for run in env.runs(&[]).iter().take(50) {
         let show = env.show(run["id"].as_i64().unwrap());
@@ -280,7 +279,7 @@ fn a_node_frozen_inside_a_transaction_cannot_hold_a_row_from_recovery() {
         let child = env
             .cmd(&["serve", "--node-name", "a"])
             .env("JOBWARD_LOG", "info")
-            .env("FAILPOINTS", "complete_before_commit=sleep(20000)")
+            .env("FAILPOINTS", "complete_before_commit=1*sleep(20000)")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

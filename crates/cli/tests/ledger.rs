@@ -190,19 +190,14 @@ fn audit_finds_a_hand_corrupted_row_and_repair_applies_the_reaper_rules() {
     let id = env.trigger("a");
     assert!(env.run(&["audit"]).status.success());
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let url = format!("sqlite://{}", env.path("ledger.db").display());
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        let past = chrono::Utc::now().timestamp_millis() - 3_600_000;
-        sqlx::query("UPDATE executions SET start_deadline = ? WHERE id = ?")
-            .bind(past)
-            .bind(id)
-            .execute(&mut c)
-            .await
-            .unwrap();
-    });
+    let c = rusqlite::Connection::open(env.path("ledger.db")).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    let past = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    c.execute(
+        "UPDATE executions SET start_deadline = ?1 WHERE id = ?2",
+        [past, id],
+    )
+    .unwrap();
     let out = env.run(&["audit"]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -222,23 +217,12 @@ fn audit_finds_a_hand_corrupted_row_and_repair_applies_the_reaper_rules() {
     assert_eq!(env.execution(id)["reason"], "queue_timeout");
 
     // Corruption the schema would refuse, written with its checks switched off.
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("PRAGMA ignore_check_constraints = ON")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        sqlx::query("DROP TRIGGER executions_terminal_is_final")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        sqlx::query("UPDATE executions SET message = NULL WHERE id = ?")
-            .bind(id)
-            .execute(&mut c)
-            .await
-            .unwrap();
-    });
+    c.execute_batch(
+        "PRAGMA ignore_check_constraints = ON; DROP TRIGGER executions_terminal_is_final;",
+    )
+    .unwrap();
+    c.execute("UPDATE executions SET message = NULL WHERE id = ?1", [id])
+        .unwrap();
     let out = env.run(&["audit", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -413,15 +397,13 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
     assert_eq!(out.status.code(), Some(2));
 
     // A database of a newer schema is refused and left as it was.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", env.path("ledger.db").display())).await.unwrap();
-        sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (999, 'future', 1, x'00', 0)")
-            .execute(&mut c)
-            .await
-            .unwrap();
-    });
+    rusqlite::Connection::open(env.path("ledger.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (999, 'future', 1, x'00', 0)",
+            [],
+        )
+        .unwrap();
     assert_input_error(&env.run(&["serve"]), "newer than this jobward");
     assert_input_error(&env.run(&["runs", "list"]), "newer than this jobward");
 }

@@ -2,12 +2,28 @@
 
 use std::time::Duration;
 
-/// A duration string that could not be read.
+/// A duration string that could not be read. Its message is one line: control characters
+/// of the input (a newline in a TOML or JSON string) are shown escaped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration '{input}': {problem} (examples: 90s, 10m, 24h, 30d)")]
+#[error(
+    "invalid duration '{}': {problem} (examples: 90s, 10m, 24h, 30d)",
+    escape_controls(input)
+)]
 pub struct DurationError {
     pub input: String,
     pub problem: String,
+}
+
+fn escape_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The longest duration jobward accepts anywhere; longer values are typos, and they would
@@ -141,6 +157,17 @@ mod tests {
             assert!(e.starts_with("invalid duration"), "{e}");
         }
         assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn control_characters_of_the_input_are_escaped() {
+        // Caught by the config fuzz target's one-line check (fuzz/regressions/config): a
+        // newline inside the quoted input made the error two lines.
+        let e = parse_duration("x\ny\r\t").unwrap_err().to_string();
+        assert!(!e.contains('\n') && !e.contains('\r'), "{e}");
+        assert!(e.starts_with(r"invalid duration 'x\ny\r\t'"), "{e}");
+        let e = parse_duration("5µ").unwrap_err().to_string();
+        assert!(e.starts_with("invalid duration '5µ'"), "{e}");
     }
 
     #[test]

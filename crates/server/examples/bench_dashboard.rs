@@ -12,7 +12,6 @@ use axum::http::{Request, StatusCode};
 use jobward_core::{History, JobSpec, Overlap, Schedule};
 use jobward_server::http::{AppState, Tokens, app};
 use jobward_store::{OpenMode, SyncJobs};
-use sqlx::Connection;
 use tower::ServiceExt;
 
 const JOBS: u64 = 20;
@@ -58,14 +57,14 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
 
-    let mut c = sqlx::SqliteConnection::connect(&url).await?;
+    let c = rusqlite::Connection::open(&path)?;
     let now = chrono::Utc::now().timestamp_millis();
     let t = Instant::now();
     let cols = "job, number, attempt, max_attempts, trigger, state, command, overlap, heartbeat_timeout_ms, run_timeout_ms, \
                 queue_timeout_ms, kill_grace_ms, backoff_ms, max_backoff_ms, queued_at, run_after";
     let terminal = total - running;
     // Oldest first, one execution per second back from now, round-robin over the jobs.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    c.execute_batch(&format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {terminal}) \
          INSERT INTO executions ({cols}, started_at, finished_at, reason, message, exit_code) \
          SELECT 'job-' || (i % {JOBS}), i, 1, 1, 'schedule', \
@@ -76,26 +75,20 @@ async fn main() -> anyhow::Result<()> {
            CASE WHEN i % 10 = 0 THEN 'exit_code' WHEN i % 17 = 0 THEN 'heartbeat_timeout' ELSE NULL END, \
            CASE WHEN i % 10 = 0 OR i % 17 = 0 THEN 'seeded failure' ELSE NULL END, \
            CASE WHEN i % 10 = 0 THEN 1 WHEN i % 17 = 0 THEN NULL ELSE 0 END FROM n"
-    )))
-    .execute(&mut c)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    ))?;
+    c.execute_batch(&format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {running}) \
          INSERT INTO executions ({cols}, started_at, heartbeat_at, lease_owner, lease_token, lease_expires_at, run_deadline, node_id, progress, phase) \
          SELECT 'job-' || (i % {JOBS}), {terminal} + i, 1, 1, 'manual', 'running', 'true', 'allow', 30000, 86400000, 3600000, \
            10000, 10000, 600000, {now}, {now}, {now}, {now}, 'worker-' || (i % 5), 'tok-' || i, {now} + 3600000, \
            {now} + 86400000, NULL, 0.5, 'copying' FROM n"
-    )))
-    .execute(&mut c)
-    .await?;
+    ))?;
     // An event log for the execution page.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    c.execute_batch(&format!(
         "INSERT INTO events (execution_id, at, kind, from_state, to_state, reason, message, actor) \
          SELECT id, {now}, 'note', NULL, NULL, NULL, 'seeded note', 'bench' FROM executions WHERE id > {terminal} - 200"
-    )))
-    .execute(&mut c)
-    .await?;
-    sqlx::query("ANALYZE").execute(&mut c).await?;
+    ))?;
+    c.execute_batch("ANALYZE")?;
     println!(
         "seeded {total} executions ({running} running) over {JOBS} jobs in {:?} ({} MB file)",
         t.elapsed(),

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use jobward_core::{History, JobSpec, Overlap};
 use jobward_server::Reaper;
 use jobward_store::{OpenMode, SyncJobs};
-use sqlx::Connection;
 
 fn spec() -> JobSpec {
     JobSpec {
@@ -53,12 +52,12 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
 
-    let mut c = sqlx::SqliteConnection::connect(&url).await?;
+    let c = rusqlite::Connection::open(&path)?;
     let now = chrono::Utc::now().timestamp_millis();
     let t = Instant::now();
     let cols = "job, number, attempt, max_attempts, trigger, state, command, overlap, heartbeat_timeout_ms, run_timeout_ms, \
                 queue_timeout_ms, kill_grace_ms, backoff_ms, max_backoff_ms, queued_at, run_after";
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    c.execute_batch(&format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {terminal}) \
          INSERT INTO executions ({cols}, started_at, finished_at, reason, message, exit_code) \
          SELECT 'bench', i, 1, 1, 'schedule', CASE i % 3 WHEN 0 THEN 'completed' WHEN 1 THEN 'failed' ELSE 'timed_out' END, \
@@ -66,18 +65,14 @@ async fn main() -> anyhow::Result<()> {
            {now} - i * 1000, {now} - i * 1000 + 500, \
            CASE i % 3 WHEN 0 THEN NULL WHEN 1 THEN 'exit_code' ELSE 'heartbeat_timeout' END, \
            CASE i % 3 WHEN 0 THEN NULL ELSE 'seeded' END, CASE i % 3 WHEN 1 THEN 1 ELSE 0 END FROM n"
-    )))
-    .execute(&mut c)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    ))?;
+    c.execute_batch(&format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {running}) \
          INSERT INTO executions ({cols}, started_at, heartbeat_at, lease_owner, lease_token, lease_expires_at, run_deadline, node_id) \
          SELECT 'bench', {terminal} + i, 1, 1, 'manual', 'running', 'true', 'allow', 30000, 86400000, 3600000, 10000, 10000, \
            600000, {now}, {now}, {now}, {now}, 'worker-' || (i % 50), 'tok-' || i, {now} + 3600000, {now} + 86400000, NULL FROM n"
-    )))
-    .execute(&mut c)
-    .await?;
-    sqlx::query("ANALYZE").execute(&mut c).await?;
+    ))?;
+    c.execute_batch("ANALYZE")?;
     let size = std::fs::metadata(&path)?.len();
     println!(
         "seeded {terminal} terminal and {running} running executions in {:?} ({} MB file)",
@@ -86,15 +81,14 @@ async fn main() -> anyhow::Result<()> {
     );
 
     println!("query plan of the reaper's selection:");
-    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let mut plan = c.prepare(&format!(
         "EXPLAIN QUERY PLAN SELECT id FROM executions {}",
-        jobward_store::sqlite::REAPER_DUE
-    )))
-    .bind(now)
-    .bind(500)
-    .fetch_all(&mut c)
-    .await?;
-    for (_, _, _, detail) in plan {
+        jobward_store::REAPER_DUE
+    ))?;
+    let details: Vec<String> = plan
+        .query_map(rusqlite::params![now, 500], |r| r.get(3))?
+        .collect::<Result<_, _>>()?;
+    for detail in details {
         println!("  {detail}");
     }
 
@@ -113,11 +107,10 @@ async fn main() -> anyhow::Result<()> {
     println!("run_once with nothing due: {}", stats(idle));
 
     for due in [100, 1000] {
-        sqlx::query("UPDATE executions SET lease_expires_at = ? WHERE id IN (SELECT id FROM executions WHERE state = 'running' LIMIT ?)")
-            .bind(now - 1000)
-            .bind(due)
-            .execute(&mut c)
-            .await?;
+        c.execute(
+            "UPDATE executions SET lease_expires_at = ?1 WHERE id IN (SELECT id FROM executions WHERE state = 'running' LIMIT ?2)",
+            [now - 1000, due],
+        )?;
         let t = Instant::now();
         let r = reaper.run_once().await?;
         println!(

@@ -5,7 +5,7 @@ use jobward_core::{Reason, Refusal, State, Timestamp};
 
 use crate::types::ExecutionId;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A heartbeat or completion whose lease is no longer current (invariant 4). The report
     /// was refused, written to the event log, and changed nothing else.
@@ -65,16 +65,6 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
-            // SQLITE_BUSY / SQLITE_LOCKED and their extended codes.
-            sqlx::Error::Database(db)
-                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
-                    && db
-                        .code()
-                        .and_then(|c| c.parse::<i32>().ok())
-                        .is_some_and(|c| c & 0xff == 5 || c & 0xff == 6) =>
-            {
-                StoreError::Busy(std::time::Duration::ZERO)
-            }
             sqlx::Error::Database(db) => StoreError::Database(db.message().to_string()),
             sqlx::Error::PoolTimedOut => {
                 StoreError::Database("timed out waiting for a database connection".into())

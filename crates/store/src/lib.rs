@@ -14,8 +14,11 @@ pub mod error;
 mod ledger;
 pub mod postgres;
 mod rows;
+mod sql;
 pub mod sqlite;
 pub mod types;
+
+pub use ledger::ops::REAPER_DUE;
 
 use std::sync::Arc;
 
@@ -187,12 +190,12 @@ pub async fn open_with(
     options: &StoreOptions,
 ) -> Result<(DynStore, Opened)> {
     if postgres::is_url(url) {
-        let (store, opened) = postgres::PgStore::open(url, mode, options).await?;
-        return Ok((Arc::new(store), opened));
+        let (db, opened) = postgres::PgBackend::open(url, mode, options).await?;
+        return Ok((Arc::new(ledger::Ledger { db }), opened));
     }
     if let Some(path) = sqlite::path_from_url(url) {
-        let (store, opened) = sqlite::SqliteStore::open(url, &path, mode).await?;
-        return Ok((Arc::new(store), opened));
+        let (db, opened) = sqlite::SqliteBackend::open(url, &path, mode)?;
+        return Ok((Arc::new(ledger::Ledger { db }), opened));
     }
     Err(StoreError::UnsupportedUrl(url.to_string()))
 }
@@ -203,6 +206,6 @@ pub fn display_url(url: &str) -> String {
 }
 
 /// SQL built at run time (column lists, placeholders); never from user input.
-pub(crate) fn sql(s: String) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(s)
+pub(crate) fn sql_text(s: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(s.to_string())
 }

@@ -148,8 +148,8 @@ async fn the_database_refuses_to_change_a_terminal_execution_and_checks_invarian
             "INSERT INTO executions (job, number, attempt, max_attempts, trigger, state, command, overlap, \
              heartbeat_timeout_ms, run_timeout_ms, queue_timeout_ms, kill_grace_ms, backoff_ms, max_backoff_ms, \
              queued_at, run_after, start_deadline, finished_at, reason, message) \
-             VALUES ('a', 99, 1, 1, 'manual', $1, 'true', 'allow', 1, 1, 1, 0, 0, 0, now(), now(), now(), \
-             CASE WHEN $2 THEN now() END, $3, $4)",
+             VALUES ('a', 99, 1, 1, 'manual', $1, 'true', 'allow', 1, 1, 1, 0, 0, 0, jw_now_ms(), jw_now_ms(), \
+             jw_now_ms(), CASE WHEN $2 THEN jw_now_ms() END, $3, $4)",
         )
         .bind(state)
         .bind(finished)

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use jobward_core::State;
 use jobward_store::*;
-use sqlx::Connection;
 
 async fn open_sqlite() -> (tempfile::TempDir, DynStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -21,13 +20,10 @@ async fn open_sqlite() -> (tempfile::TempDir, DynStore) {
 conformance_tests!(open_sqlite);
 
 /// A raw connection to the same file, as another process (or a careless operator) would have.
-async fn raw(dir: &tempfile::TempDir) -> sqlx::SqliteConnection {
-    sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("ledger.db").display()
-    ))
-    .await
-    .unwrap()
+async fn raw(dir: &tempfile::TempDir) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(dir.path().join("ledger.db")).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c
 }
 
 async fn one_completed(store: &DynStore) -> ExecutionRow {
@@ -66,20 +62,19 @@ async fn one_completed(store: &DynStore) -> ExecutionRow {
 async fn the_database_refuses_to_change_a_terminal_execution() {
     let (dir, store) = open_sqlite().await;
     let done = one_completed(&store).await;
-    let mut conn = raw(&dir).await;
-    let err =
-        sqlx::query("UPDATE executions SET state = 'running', finished_at = NULL WHERE id = ?")
-            .bind(done.id)
-            .execute(&mut conn)
-            .await
-            .unwrap_err();
+    let conn = raw(&dir).await;
+    let err = conn
+        .execute(
+            "UPDATE executions SET state = 'running', finished_at = NULL WHERE id = ?1",
+            [done.id],
+        )
+        .unwrap_err();
     assert!(
         err.to_string().contains("terminal execution is immutable"),
         "{err}"
     );
-    let err = sqlx::query("UPDATE events SET message = 'rewritten'")
-        .execute(&mut conn)
-        .await
+    let err = conn
+        .execute("UPDATE events SET message = 'rewritten'", [])
         .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
 }
@@ -88,23 +83,20 @@ async fn the_database_refuses_to_change_a_terminal_execution() {
 async fn check_constraints_enforce_invariant_1() {
     let (dir, store) = open_sqlite().await;
     one_completed(&store).await;
-    let mut conn = raw(&dir).await;
+    let conn = raw(&dir).await;
     let insert = |state: &'static str,
                   finished: Option<i64>,
                   reason: Option<&'static str>,
                   message: Option<&'static str>| {
-        sqlx::query(
+        conn.execute(
             "INSERT INTO executions (job, number, attempt, max_attempts, trigger, state, command, overlap, \
              heartbeat_timeout_ms, run_timeout_ms, queue_timeout_ms, kill_grace_ms, backoff_ms, max_backoff_ms, \
              queued_at, run_after, start_deadline, finished_at, reason, message) \
-             VALUES ('a', 99, 1, 1, 'manual', ?, 'true', 'allow', 1, 1, 1, 0, 0, 0, 0, 0, 0, ?, ?, ?)",
+             VALUES ('a', 99, 1, 1, 'manual', ?1, 'true', 'allow', 1, 1, 1, 0, 0, 0, 0, 0, 0, ?2, ?3, ?4)",
+            rusqlite::params![state, finished, reason, message],
         )
-        .bind(state)
-        .bind(finished)
-        .bind(reason)
-        .bind(message)
     };
-    for (what, q) in [
+    for (what, r) in [
         (
             "failed without finished_at",
             insert("failed", None, Some("exit_code"), Some("x")),
@@ -131,7 +123,7 @@ async fn check_constraints_enforce_invariant_1() {
         ),
         ("an unknown state", insert("stuck", None, None, None)),
     ] {
-        let err = q.execute(&mut conn).await.expect_err(what);
+        let err = r.expect_err(what);
         assert!(err.to_string().contains("CHECK"), "{what}: {err}");
     }
     let ok = insert(
@@ -139,9 +131,7 @@ async fn check_constraints_enforce_invariant_1() {
         Some(1),
         Some("exit_code"),
         Some("exited with code 1"),
-    )
-    .execute(&mut conn)
-    .await;
+    );
     assert!(ok.is_ok(), "{ok:?}");
 }
 
@@ -158,21 +148,17 @@ async fn audit_finds_hand_corrupted_rows() {
             .unwrap()
     };
     assert!(audit().await.is_empty());
-    let mut conn = raw(&dir).await;
+    let conn = raw(&dir).await;
     // An operator switches the checks off and writes a row the schema would refuse.
-    sqlx::query("PRAGMA ignore_check_constraints = ON")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query("DROP TRIGGER executions_terminal_is_final")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE executions SET finished_at = NULL WHERE id = ?")
-        .bind(done.id)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    conn.execute_batch(
+        "PRAGMA ignore_check_constraints = ON; DROP TRIGGER executions_terminal_is_final;",
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE executions SET finished_at = NULL WHERE id = ?1",
+        [done.id],
+    )
+    .unwrap();
     let v = audit().await;
     assert!(
         v.iter().any(|v| v.invariant == 1
@@ -181,11 +167,11 @@ async fn audit_finds_hand_corrupted_rows() {
         "{v:?}"
     );
     // Two running executions on a key limited to one.
-    sqlx::query("UPDATE executions SET finished_at = 1 WHERE id = ?")
-        .bind(done.id)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    conn.execute(
+        "UPDATE executions SET finished_at = 1 WHERE id = ?1",
+        [done.id],
+    )
+    .unwrap();
     let mut s = conformance::spec("k");
     s.concurrency_key = Some("k".into());
     conformance::define(&store, vec![conformance::spec("a"), s], &[("k", 1)]).await;
@@ -209,11 +195,12 @@ async fn audit_finds_hand_corrupted_rows() {
         })
         .await
         .unwrap();
-    sqlx::query("UPDATE executions SET state = 'running', started_at = 1, heartbeat_at = 1, lease_owner = 'x', lease_token = 'y', \
-                 lease_expires_at = 9999999999999, run_deadline = 9999999999999 WHERE job = 'k' AND state = 'queued'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    conn.execute(
+        "UPDATE executions SET state = 'running', started_at = 1, heartbeat_at = 1, lease_owner = 'x', lease_token = 'y', \
+         lease_expires_at = 9999999999999, run_deadline = 9999999999999 WHERE job = 'k' AND state = 'queued'",
+        [],
+    )
+    .unwrap();
     let v = audit().await;
     assert!(
         v.iter()
@@ -227,15 +214,17 @@ async fn a_newer_schema_is_refused_and_left_untouched() {
     let (dir, store) = open_sqlite().await;
     drop(store);
     let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    let mut conn = raw(&dir).await;
-    sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', 1, x'00', 0)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let conn = raw(&dir).await;
+    conn.execute(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', 1, x'00', 0)",
+        [],
+    )
+    .unwrap();
+    let count = || -> i64 {
+        conn.query_row("SELECT count(*) FROM _sqlx_migrations", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = count();
     for mode in [OpenMode::CreateAndMigrate, OpenMode::Existing] {
         let err = open(&url, mode)
             .await
@@ -247,11 +236,7 @@ async fn a_newer_schema_is_refused_and_left_untouched() {
         );
         assert!(!err.to_string().contains('\n'));
     }
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(before, after);
+    assert_eq!(before, count());
 }
 
 #[tokio::test]

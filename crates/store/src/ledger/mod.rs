@@ -1,21 +1,64 @@
-//! The ledger's domain logic, written once for every backend.
+//! The ledger, written once for every backend: every operation of the `Store` trait, its
+//! statements (`table`), its state changes (`ops`) and its reads (`reads`), over the one
+//! row-level interface `crate::sql::Conn`.
 //!
-//! A backend provides `Tx`: row-level primitives inside one write transaction (load a row,
-//! read and lock a job, insert an execution, append an event, the compare-and-set updates).
-//! Everything a state change means (the transition decided by `jobward_core::transition`, its
-//! event, the retry it owes, overlap, fire plans, fencing refusals) is composed here from those
-//! primitives, so SQLite and PostgreSQL cannot drift apart. Backends keep only what truly
-//! differs: how they claim, batch heartbeats, select due rows, and read.
+//! A backend (`Backend`) only runs an operation: inside one write transaction (with its own
+//! locking, retries and commit), or on a connection for reads. Everything a state change means
+//! (the transition decided by `jobward_core::transition`, its compare-and-set, its event, the
+//! retry it owes, overlap, fire plans, fencing refusals) is composed here, so SQLite and
+//! PostgreSQL cannot drift apart.
 
 pub(crate) mod ops;
+pub(crate) mod reads;
+mod store;
+pub(crate) mod table;
 
-use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use jobward_core::{JobSpec, Reason, RetryPolicy, State, Timeouts, Timestamp};
+use tokio::sync::Notify;
 
-use crate::Result;
+use crate::sql::Conn;
 use crate::types::*;
+use crate::{Clock, Result};
+
+pub(crate) use store::Ledger;
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One operation of the ledger, as a backend runs it: given a connection (a write
+/// transaction, or a connection for reads), it returns its result. `FnMut` so that a backend
+/// may run it again after a transient failure of the whole transaction.
+pub(crate) type Op<T> = Box<dyn for<'c> FnMut(&'c mut dyn Conn) -> BoxFuture<'c, Result<T>> + Send>;
+
+/// Boxes an operation; taking the closure through this bound is what lets the compiler see
+/// that its future may borrow the connection.
+pub(crate) fn op<T, F>(f: F) -> Op<T>
+where
+    F: for<'c> FnMut(&'c mut dyn Conn) -> BoxFuture<'c, Result<T>> + Send + 'static,
+{
+    Box::new(f)
+}
+
+/// What differs between databases: how an operation is run. Everything else is the ledger's.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// "sqlite" or "postgres".
+    fn name(&self) -> &'static str;
+    fn clock(&self) -> &Clock;
+    /// Database errors met since opening, including those retries absorbed.
+    fn errors(&self) -> u64;
+    /// Notified when work may have become claimable (written by any process or node).
+    fn work_signal(&self) -> Arc<Notify>;
+    /// Runs `op` inside one write transaction and commits it; retried on transient failures
+    /// that happened before the commit began.
+    fn write<T: Send + 'static>(&self, op: Op<T>) -> BoxFuture<'_, Result<T>>;
+    /// Runs `op` on a connection for reads (no transaction is held open).
+    fn read<T: Send + 'static>(&self, op: Op<T>) -> BoxFuture<'_, Result<T>>;
+    /// Writes an online copy of the whole ledger to a new file.
+    fn backup<'a>(&'a self, dest: &'a std::path::Path) -> BoxFuture<'a, Result<()>>;
+}
 
 /// A job as the write path reads it.
 #[derive(Debug, Clone)]
@@ -37,6 +80,8 @@ pub(crate) struct StoredJob {
 /// Every column of a new execution row.
 #[derive(Debug, Clone)]
 pub(crate) struct RowValues {
+    /// Who created it (written as `ended_by` when it is born terminal).
+    pub actor: String,
     pub job: String,
     pub number: i64,
     pub attempt: u32,
@@ -84,92 +129,6 @@ pub(crate) struct End<'a> {
     pub message: Option<String>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-}
-
-/// Row-level operations of one write transaction. Every compare-and-set is guarded by
-/// (id, expected state, attempt, lease token) and returns whether exactly one row changed.
-#[async_trait]
-pub(crate) trait Tx: Send {
-    /// The store's `now`, read once when the transaction began (invariant 5).
-    fn now(&self) -> Timestamp;
-
-    async fn load(&mut self, id: ExecutionId) -> Result<Option<ExecutionRow>>;
-    /// Reads a job for a write; backends that run writers concurrently lock its row, so the
-    /// executions of one job are created one at a time (overlap, numbering).
-    async fn load_job(&mut self, name: &str) -> Result<Option<JobState>>;
-    async fn next_number(&mut self, job: &str) -> Result<i64>;
-    async fn insert_execution(&mut self, v: &RowValues) -> Result<ExecutionRow>;
-    async fn event(&mut self, e: &NewEvent<'_>) -> Result<()>;
-    /// Moves `row` (as it was read) to a terminal state.
-    async fn cas_end(&mut self, row: &ExecutionRow, end: &End<'_>) -> Result<bool>;
-    async fn cas_cancel_request(
-        &mut self,
-        row: &ExecutionRow,
-        reason: Reason,
-        message: &str,
-        deadline: Timestamp,
-    ) -> Result<bool>;
-    async fn cas_progress(
-        &mut self,
-        lease: &LeaseRef,
-        progress: Option<f64>,
-        phase: Option<&str>,
-        checkpoint: Option<&serde_json::Value>,
-    ) -> Result<bool>;
-    async fn live_of_job(&mut self, job: &str) -> Result<Vec<ExecutionRow>>;
-    async fn by_idempotency_key(&mut self, job: &str, key: &str) -> Result<Option<ExecutionRow>>;
-    /// The attempt that followed `id` (its retry), if any.
-    async fn next_attempt_of(
-        &mut self,
-        id: ExecutionId,
-        attempt: u32,
-    ) -> Result<Option<ExecutionRow>>;
-    /// Whether an instant of a job already has its execution (invariant 9).
-    async fn fired_already(&mut self, job: &str, at: Timestamp) -> Result<bool>;
-    /// Whether the key's slots are all held by running executions.
-    async fn key_full(&mut self, key: &str) -> Result<bool>;
-
-    // ---- jobs ----
-    async fn stored_jobs(&mut self) -> Result<Vec<StoredJob>>;
-    async fn insert_job(
-        &mut self,
-        name: &str,
-        spec: &str,
-        schedule: &str,
-        first: Option<Timestamp>,
-    ) -> Result<()>;
-    async fn update_job(
-        &mut self,
-        name: &str,
-        spec: &str,
-        schedule: &str,
-        reset_cursor: bool,
-        first: Option<Timestamp>,
-    ) -> Result<()>;
-    async fn undefine_job(&mut self, name: &str) -> Result<()>;
-    async fn replace_limits(&mut self, limits: &BTreeMap<String, u32>) -> Result<()>;
-    /// Jobs whose scheduler cursor is due, locked for this transaction (others skip them).
-    async fn due_jobs(&mut self) -> Result<Vec<(String, Timestamp)>>;
-    /// Moves a job's cursor from `old` to `new` (compare-and-set).
-    async fn move_cursor(
-        &mut self,
-        name: &str,
-        old: Timestamp,
-        new: Option<Timestamp>,
-    ) -> Result<bool>;
-    async fn earliest_cursor(&mut self) -> Result<Option<Timestamp>>;
-
-    // ---- nodes ----
-    /// A live incarnation with this name other than `except`.
-    async fn live_node_named(&mut self, name: &str, except: &str) -> Result<Option<NodeRow>>;
-    async fn insert_node(&mut self, node: &NewNode) -> Result<()>;
-    /// Marks incarnations stopped: `id` alone, or every other one with `name`.
-    async fn stop_nodes(&mut self, which: StopNodes<'_>, reason: &str) -> Result<()>;
-    /// Live incarnations whose node lease has expired, locked for this transaction (another
-    /// node settling them at the same time skips them).
-    async fn expired_nodes(&mut self) -> Result<Vec<NodeRow>>;
-    /// Executions a node's own executor runs.
-    async fn running_on_node(&mut self, node_id: &str) -> Result<Vec<ExecutionRow>>;
 }
 
 /// Which incarnations to mark stopped.

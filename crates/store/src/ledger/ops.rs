@@ -9,16 +9,17 @@ use jobward_core::{
     Deadline, Event, JobSpec, Overlap, Reason, State, Timestamp, deadline, plan_fires, transition,
 };
 
-use super::{End, JobState, NewEvent, RowValues, StopNodes, Tx};
+use super::{End, JobState, NewEvent, RowValues, StopNodes, table};
 use crate::error::ts;
 use crate::rows::to_core;
+use crate::sql::Conn;
 use crate::types::*;
 use crate::{Result, StoreError};
 
 /// Appends one event (invariant 6).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn event(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     id: ExecutionId,
     kind: EventKind,
     from: Option<State>,
@@ -27,32 +28,35 @@ pub(crate) async fn event(
     message: &str,
     actor: &str,
 ) -> Result<()> {
-    tx.event(&NewEvent {
-        id,
-        kind,
-        from,
-        to,
-        reason,
-        message,
-        actor,
-    })
+    table::event(
+        tx,
+        &NewEvent {
+            id,
+            kind,
+            from,
+            to,
+            reason,
+            message,
+            actor,
+        },
+    )
     .await
 }
 
 /// Writes the `refused` event for a report whose lease is not (or no longer) the reporter's,
 /// and says what the execution is now. Nothing else changes.
 pub(crate) async fn refuse(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     id: ExecutionId,
     reporter: &str,
     what: &str,
 ) -> Result<LostLease> {
-    let row = tx.load(id).await?;
+    let row = table::load(tx, id).await?;
     refuse_loaded(tx, id, row.as_ref(), reporter, what).await
 }
 
 async fn refuse_loaded(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     id: ExecutionId,
     row: Option<&ExecutionRow>,
     reporter: &str,
@@ -88,11 +92,11 @@ async fn refuse_loaded(
 /// owner itself ended the execution under this very lease: a heartbeat that raced the owner's
 /// own completion or hand-back has nothing to refuse and nothing to stop (invariant 12).
 pub(crate) async fn not_renewed(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     lease: &LeaseRef,
     owner: &str,
 ) -> Result<Option<LostLease>> {
-    let row = tx.load(lease.id).await?;
+    let row = table::load(tx, lease.id).await?;
     if let Some(r) = &row
         && r.state.is_terminal()
         && r.attempt == lease.attempt
@@ -159,11 +163,14 @@ impl<'a> NewExecution<'a> {
 }
 
 /// Inserts an execution and its creation event.
-pub(crate) async fn insert_execution(tx: &mut dyn Tx, n: NewExecution<'_>) -> Result<ExecutionRow> {
+pub(crate) async fn insert_execution(
+    tx: &mut dyn Conn,
+    n: NewExecution<'_>,
+) -> Result<ExecutionRow> {
     let now = tx.now();
     let number = match n.number {
         Some(v) => v,
-        None => tx.next_number(&n.spec.name).await?,
+        None => table::next_number(tx, &n.spec.name).await?,
     };
     let (timeouts, retry, command, key, runner) = match n.from_previous {
         Some(p) => (
@@ -215,8 +222,9 @@ pub(crate) async fn insert_execution(tx: &mut dyn Tx, n: NewExecution<'_>) -> Re
         payload: n.payload.cloned(),
         idempotency_key: n.idempotency_key.map(str::to_string),
         checkpoint: n.checkpoint.cloned(),
+        actor: n.actor.to_string(),
     };
-    let row = tx.insert_execution(&values).await?;
+    let row = table::insert_execution(tx, &values).await?;
     let text = match &message {
         Some(m) => format!("{}; {m}", n.note),
         None => n.note.clone(),
@@ -260,7 +268,7 @@ impl<'a> Apply<'a> {
 /// Applies a terminal event to `row` as it was read. `None` when the row changed in between
 /// (nothing was written). Writes the transition event and, when the policy owes one, the retry.
 pub(crate) async fn settle(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     row: &ExecutionRow,
     a: Apply<'_>,
 ) -> Result<Option<Settled>> {
@@ -286,7 +294,7 @@ pub(crate) async fn settle(
         exit_code: a.exit_code,
         signal: a.signal,
     };
-    if !tx.cas_end(row, &end).await? {
+    if !table::cas_end(tx, row, &end).await? {
         return Ok(None);
     }
     let text = message.unwrap_or_else(|| match a.exit_code {
@@ -309,8 +317,7 @@ pub(crate) async fn settle(
         Some(reason) => schedule_retry(tx, row, reason, a.actor).await?,
         None => None,
     };
-    let execution = tx
-        .load(row.id)
+    let execution = table::load(tx, row.id)
         .await?
         .ok_or(StoreError::ExecutionNotFound(row.id))?;
     Ok(Some(Settled {
@@ -321,7 +328,7 @@ pub(crate) async fn settle(
 }
 
 async fn schedule_retry(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     row: &ExecutionRow,
     reason: Reason,
     actor: &str,
@@ -343,14 +350,14 @@ async fn schedule_retry(
 /// Queues the attempt that follows `row`, not before `run_after`: same number, same command
 /// and limits, its payload and its last checkpoint. `None` when the job no longer exists.
 pub(crate) async fn queue_next_attempt(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     row: &ExecutionRow,
     run_after: Timestamp,
     max_attempts: Option<u32>,
     note: String,
     actor: &str,
 ) -> Result<Option<ExecutionRow>> {
-    let Some(job) = tx.load_job(&row.job).await? else {
+    let Some(job) = table::load_job(tx, &row.job, false).await? else {
         return Ok(None);
     };
     let new = NewExecution {
@@ -370,7 +377,7 @@ pub(crate) async fn queue_next_attempt(
 /// Asks the owner of a running execution to stop it: sets the cancel fields (compare-and-set)
 /// and writes a note. False when the row changed in between.
 pub(crate) async fn request_cancel(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     row: &ExecutionRow,
     reason: Reason,
     message: &str,
@@ -381,10 +388,7 @@ pub(crate) async fn request_cancel(
         return Ok(true);
     }
     let deadline = row.timeouts.cancel_deadline(tx.now());
-    if !tx
-        .cas_cancel_request(row, reason, message, deadline)
-        .await?
-    {
+    if !table::cas_cancel_request(tx, row, reason, message, deadline).await? {
         return Ok(false);
     }
     let text = format!(
@@ -416,7 +420,7 @@ pub(crate) struct Origin<'a> {
 
 /// Creates an execution under the job's overlap policy (triggers and the scheduler).
 pub(crate) async fn create_with_overlap(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     spec: &JobSpec,
     origin: Origin<'_>,
     actor: &str,
@@ -425,7 +429,11 @@ pub(crate) async fn create_with_overlap(
     // Only skip and replace look at what is live: loading a long queue on every trigger of an
     // `allow` or `queue` job would make each trigger cost as much as the queue is long.
     let live = match spec.overlap {
-        Overlap::Skip | Overlap::Replace => tx.live_of_job(&spec.name).await?,
+        Overlap::Skip | Overlap::Replace => {
+            // What is live, and what this creates, are decided one creator at a time.
+            table::lock_job(tx, &spec.name).await?;
+            table::live_of_job(tx, &spec.name).await?
+        }
         Overlap::Queue | Overlap::Allow => Vec::new(),
     };
     let mut replaced = Vec::new();
@@ -498,12 +506,12 @@ pub(crate) async fn create_with_overlap(
 }
 
 /// A manual trigger.
-pub(crate) async fn trigger(tx: &mut dyn Tx, p: &TriggerParams) -> Result<Created> {
+pub(crate) async fn trigger(tx: &mut dyn Conn, p: &TriggerParams) -> Result<Created> {
     let Some(JobState {
         spec,
         defined,
         paused,
-    }) = tx.load_job(&p.job).await?
+    }) = table::load_job(tx, &p.job, false).await?
     else {
         return Err(StoreError::JobNotFound(p.job.clone()));
     };
@@ -511,7 +519,7 @@ pub(crate) async fn trigger(tx: &mut dyn Tx, p: &TriggerParams) -> Result<Create
         return Err(StoreError::JobUndefined(p.job.clone()));
     }
     if let Some(key) = &p.idempotency_key
-        && let Some(execution) = tx.by_idempotency_key(&p.job, key).await?
+        && let Some(execution) = table::by_idempotency_key(tx, &p.job, key).await?
     {
         return Ok(Created {
             execution,
@@ -545,11 +553,11 @@ pub(crate) async fn trigger(tx: &mut dyn Tx, p: &TriggerParams) -> Result<Create
 }
 
 /// One scheduler tick over the due jobs this transaction holds.
-pub(crate) async fn fire_due(tx: &mut dyn Tx, actor: &str) -> Result<FireReport> {
+pub(crate) async fn fire_due(tx: &mut dyn Conn, actor: &str) -> Result<FireReport> {
     let now = tx.now();
     let mut report = FireReport::default();
-    for (name, cursor) in tx.due_jobs().await? {
-        let Some(job) = tx.load_job(&name).await? else {
+    for (name, cursor) in table::due_jobs(tx).await? {
+        let Some(job) = table::load_job(tx, &name, false).await? else {
             continue;
         };
         let plan = plan_fires(
@@ -560,20 +568,20 @@ pub(crate) async fn fire_due(tx: &mut dyn Tx, actor: &str) -> Result<FireReport>
             job.spec.misfire,
         );
         fire_job(tx, &job.spec, job.paused, &plan, actor, &mut report).await?;
-        if !tx.move_cursor(&name, cursor, plan.next_fire_at).await? {
+        if !table::move_cursor(tx, &name, cursor, plan.next_fire_at).await? {
             return Err(StoreError::Database(format!(
                 "scheduler cursor of job '{name}' moved during a tick"
             )));
         }
     }
-    report.next_fire_at = tx.earliest_cursor().await?;
+    report.next_fire_at = table::earliest_cursor(tx).await?;
     Ok(report)
 }
 
 /// Applies one job's fire plan: at most one skipped record for missed instants, and one
 /// execution (or skip) per on-time instant, each only if that instant has none yet.
 async fn fire_job(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     spec: &JobSpec,
     paused: bool,
     plan: &jobward_core::FirePlan,
@@ -588,7 +596,7 @@ async fn fire_job(
     };
     if let Some(missed) = plan.skip
         && let Some(last) = missed.last
-        && !tx.fired_already(&spec.name, last).await?
+        && !table::fired_already(tx, &spec.name, last).await?
     {
         let message = format!(
             "missed {} while no node was running (misfire = skip)",
@@ -608,7 +616,7 @@ async fn fire_job(
     }
     for (at, catch_up) in &plan.fires {
         let at = *at;
-        if tx.fired_already(&spec.name, at).await? {
+        if table::fired_already(tx, &spec.name, at).await? {
             continue;
         }
         if paused {
@@ -665,10 +673,10 @@ fn describe_outcome(o: &Outcome) -> String {
 /// An owner's completion. The outer error is the store's; the inner one is the refusal, whose
 /// event must still be committed.
 pub(crate) async fn complete(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     p: &CompleteParams,
 ) -> Result<std::result::Result<Settled, StoreError>> {
-    let Some(row) = tx.load(p.lease.id).await? else {
+    let Some(row) = table::load(tx, p.lease.id).await? else {
         return Err(StoreError::ExecutionNotFound(p.lease.id));
     };
     let same_lease = row.attempt == p.lease.attempt
@@ -689,8 +697,7 @@ pub(crate) async fn complete(
             return Ok(Ok(s));
         }
     }
-    let row = tx
-        .load(p.lease.id)
+    let row = table::load(tx, p.lease.id)
         .await?
         .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
     let repeat = same_lease
@@ -699,7 +706,7 @@ pub(crate) async fn complete(
         && row.exit_code == p.outcome.exit_code;
     if repeat {
         // Answer as the first time: with the retry it scheduled, if any.
-        let retry = tx.next_attempt_of(row.id, row.attempt).await?;
+        let retry = table::next_attempt_of(tx, row.id, row.attempt).await?;
         return Ok(Ok(Settled {
             execution: row,
             retry,
@@ -715,9 +722,8 @@ pub(crate) async fn complete(
     }))
 }
 
-pub(crate) async fn cancel(tx: &mut dyn Tx, p: &CancelParams) -> Result<CancelOutcome> {
-    let row = tx
-        .load(p.id)
+pub(crate) async fn cancel(tx: &mut dyn Conn, p: &CancelParams) -> Result<CancelOutcome> {
+    let row = table::load(tx, p.id)
         .await?
         .ok_or(StoreError::ExecutionNotFound(p.id))?;
     if p.reason.state() != State::Cancelled {
@@ -743,8 +749,7 @@ pub(crate) async fn cancel(tx: &mut dyn Tx, p: &CancelParams) -> Result<CancelOu
         },
         State::Running => {
             request_cancel(tx, &row, p.reason, &p.message, &p.actor).await?;
-            let execution = tx
-                .load(p.id)
+            let execution = table::load(tx, p.id)
                 .await?
                 .ok_or(StoreError::ExecutionNotFound(p.id))?;
             Ok(CancelOutcome::Requested { execution })
@@ -755,7 +760,7 @@ pub(crate) async fn cancel(tx: &mut dyn Tx, p: &CancelParams) -> Result<CancelOu
 
 /// Notes a change of phase reported for an execution.
 pub(crate) async fn note_phase(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     id: ExecutionId,
     phase: &str,
     actor: &str,
@@ -775,21 +780,20 @@ pub(crate) async fn note_phase(
 }
 
 pub(crate) async fn report_progress(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     p: &ProgressParams,
 ) -> Result<std::result::Result<ExecutionRow, StoreError>> {
-    let before = tx
-        .load(p.lease.id)
+    let before = table::load(tx, p.lease.id)
         .await?
         .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
-    if !tx
-        .cas_progress(
-            &p.lease,
-            p.progress,
-            p.phase.as_deref(),
-            p.checkpoint.as_ref(),
-        )
-        .await?
+    if !table::cas_progress(
+        tx,
+        &p.lease,
+        p.progress,
+        p.phase.as_deref(),
+        p.checkpoint.as_ref(),
+    )
+    .await?
     {
         let lost = refuse(tx, p.lease.id, &p.actor, "progress report").await?;
         return Ok(Err(StoreError::LeaseLost {
@@ -803,17 +807,16 @@ pub(crate) async fn report_progress(
     {
         note_phase(tx, p.lease.id, phase, &p.actor).await?;
     }
-    let row = tx
-        .load(p.lease.id)
+    let row = table::load(tx, p.lease.id)
         .await?
         .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
     Ok(Ok(row))
 }
 
-pub(crate) async fn release(tx: &mut dyn Tx, p: &ReleaseParams) -> Result<ReleaseReport> {
+pub(crate) async fn release(tx: &mut dyn Conn, p: &ReleaseParams) -> Result<ReleaseReport> {
     let mut report = ReleaseReport::default();
     for lease in &p.leases {
-        let row = tx.load(lease.id).await?;
+        let row = table::load(tx, lease.id).await?;
         let current = row.as_ref().filter(|r| {
             r.state == State::Running
                 && r.attempt == lease.attempt
@@ -904,7 +907,7 @@ pub(crate) fn recovered(row: &ExecutionRow, s: &Settled) -> Recovered {
 
 /// The reaper's rule for rows selected as past a deadline: the earliest deadline decides.
 pub(crate) async fn settle_due(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     rows: Vec<ExecutionRow>,
     actor: &str,
 ) -> Result<Vec<Recovered>> {
@@ -915,7 +918,7 @@ pub(crate) async fn settle_due(
             continue;
         };
         let full = match (&row.concurrency_key, d) {
-            (Some(k), Deadline::Queue) => tx.key_full(k).await?,
+            (Some(k), Deadline::Queue) => table::key_full(tx, k).await?,
             _ => false,
         };
         let a = Apply::new(Event::Expire(d), reap_message(&row, d, now, full), actor);
@@ -929,7 +932,7 @@ pub(crate) async fn settle_due(
 /// `cleanup --apply`: settles each candidate through the same compare-and-set; candidates
 /// that ended meanwhile are left alone (raced).
 pub(crate) async fn cleanup_apply(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     rows: &[ExecutionRow],
     p: &CleanupParams,
 ) -> Result<(Vec<Recovered>, Vec<ExecutionId>)> {
@@ -963,14 +966,14 @@ pub(crate) async fn cleanup_apply(
 /// Settles what earlier incarnations of a node left (only rows still running under the
 /// lease they had), and marks those incarnations stopped.
 pub(crate) async fn settle_orphans(
-    tx: &mut dyn Tx,
+    tx: &mut dyn Conn,
     p: &RecoverParams,
     orphans: &[(LeaseRef, String)],
     reason: Reason,
 ) -> Result<ReapReport> {
     let mut report = ReapReport::default();
     for (lease, message) in orphans {
-        let Some(row) = tx.load(lease.id).await? else {
+        let Some(row) = table::load(tx, lease.id).await? else {
             continue;
         };
         if row.state != State::Running || row.lease_token.as_deref() != Some(lease.token.as_str()) {
@@ -987,7 +990,8 @@ pub(crate) async fn settle_orphans(
         }
     }
     let why = format!("superseded by incarnation {}", p.node_id);
-    tx.stop_nodes(
+    table::stop_nodes(
+        tx,
         StopNodes::AllNamedExcept {
             name: &p.name,
             except: &p.node_id,
@@ -1001,10 +1005,9 @@ pub(crate) async fn settle_orphans(
 /// Makes the job table match a configuration: new jobs start at their next instant; a changed
 /// schedule restarts its cursor; jobs gone from the configuration stop firing and keep their
 /// history.
-pub(crate) async fn sync_jobs(tx: &mut dyn Tx, p: &SyncJobs) -> Result<SyncReport> {
+pub(crate) async fn sync_jobs(tx: &mut dyn Conn, p: &SyncJobs) -> Result<SyncReport> {
     let now = tx.now();
-    let existing: HashMap<String, super::StoredJob> = tx
-        .stored_jobs()
+    let existing: HashMap<String, super::StoredJob> = table::stored_jobs(tx)
         .await?
         .into_iter()
         .map(|j| (j.name.clone(), j))
@@ -1020,14 +1023,12 @@ pub(crate) async fn sync_jobs(tx: &mut dyn Tx, p: &SyncJobs) -> Result<SyncRepor
         let first = first_fire(&job.schedule, now);
         match existing.get(&job.name) {
             None => {
-                tx.insert_job(&job.name, &spec_json, &sched_json, first)
-                    .await?;
+                table::insert_job(tx, &job.name, &spec_json, &sched_json, first).await?;
                 report.added.push(job.name.clone());
             }
             Some(old) if old.spec_json != spec_json || !old.defined => {
                 let reset = old.schedule_json != sched_json || !old.defined;
-                tx.update_job(&job.name, &spec_json, &sched_json, reset, first)
-                    .await?;
+                table::update_job(tx, &job.name, &spec_json, &sched_json, reset, first).await?;
                 report.changed.push(job.name.clone());
             }
             Some(_) => report.unchanged += 1,
@@ -1040,7 +1041,7 @@ pub(crate) async fn sync_jobs(tx: &mut dyn Tx, p: &SyncJobs) -> Result<SyncRepor
         .collect();
     removed.sort();
     for name in &removed {
-        tx.undefine_job(name).await?;
+        table::undefine_job(tx, name).await?;
     }
     report.removed = removed;
     if let Some((key, _)) = p.limits.iter().find(|(_, v)| **v == 0) {
@@ -1048,16 +1049,17 @@ pub(crate) async fn sync_jobs(tx: &mut dyn Tx, p: &SyncJobs) -> Result<SyncRepor
             "concurrency limit of '{key}' must be at least 1"
         )));
     }
-    tx.replace_limits(&p.limits).await?;
+    table::replace_limits(tx, &p.limits).await?;
     Ok(report)
 }
 
 /// Records a new incarnation, unless another live one holds the name (incarnations the caller
 /// proved dead are marked stopped first).
-pub(crate) async fn register_node(tx: &mut dyn Tx, node: &NewNode) -> Result<RegisterOutcome> {
+pub(crate) async fn register_node(tx: &mut dyn Conn, node: &NewNode) -> Result<RegisterOutcome> {
     for old in &node.supersede {
         let why = format!("found dead by its successor {}", node.id);
-        tx.stop_nodes(
+        table::stop_nodes(
+            tx,
             StopNodes::One {
                 id: old,
                 name: Some(&node.name),
@@ -1066,7 +1068,7 @@ pub(crate) async fn register_node(tx: &mut dyn Tx, node: &NewNode) -> Result<Reg
         )
         .await?;
     }
-    if let Some(n) = tx.live_node_named(&node.name, &node.id).await? {
+    if let Some(n) = table::live_node_named(tx, &node.name, &node.id).await? {
         return Ok(RegisterOutcome::NameInUse {
             node_id: n.id,
             hostname: n.hostname,
@@ -1077,16 +1079,16 @@ pub(crate) async fn register_node(tx: &mut dyn Tx, node: &NewNode) -> Result<Reg
             lease_expires_at: n.lease_expires_at,
         });
     }
-    tx.insert_node(node).await?;
+    table::insert_node(tx, node).await?;
     Ok(RegisterOutcome::Registered)
 }
 
 /// Settles the executions of nodes whose lease expired (reason `node_lost`) and marks those
 /// nodes stopped, so that if one comes back it learns it was replaced and stops its processes.
 /// Leases held by remote workers are not the node's and are left alone.
-pub(crate) async fn settle_lost_nodes(tx: &mut dyn Tx, actor: &str) -> Result<ReapReport> {
+pub(crate) async fn settle_lost_nodes(tx: &mut dyn Conn, actor: &str) -> Result<ReapReport> {
     let mut report = ReapReport::default();
-    for node in tx.expired_nodes().await? {
+    for node in table::expired_nodes(tx).await? {
         let message = format!(
             "node '{}' (incarnation {}, pid {} on {}) stopped heartbeating at {}; settled by {actor}",
             node.name,
@@ -1095,7 +1097,7 @@ pub(crate) async fn settle_lost_nodes(tx: &mut dyn Tx, actor: &str) -> Result<Re
             node.hostname,
             ts(node.heartbeat_at)
         );
-        for row in tx.running_on_node(&node.id).await? {
+        for row in table::running_on_node(tx, &node.id).await? {
             if let Some(s) = settle(
                 tx,
                 &row,
@@ -1110,7 +1112,8 @@ pub(crate) async fn settle_lost_nodes(tx: &mut dyn Tx, actor: &str) -> Result<Re
             "lost: no heartbeat since {}; settled by {actor}",
             ts(node.heartbeat_at)
         );
-        tx.stop_nodes(
+        table::stop_nodes(
+            tx,
             StopNodes::One {
                 id: &node.id,
                 name: None,
@@ -1120,4 +1123,334 @@ pub(crate) async fn settle_lost_nodes(tx: &mut dyn Tx, actor: &str) -> Result<Re
         .await?;
     }
     Ok(report)
+}
+
+/// Takes up to `limit` claimable executions, honouring concurrency limits and overlap.
+pub(crate) async fn claim(tx: &mut dyn Conn, p: &ClaimParams) -> Result<Vec<ExecutionRow>> {
+    if p.limit == 0 {
+        return Ok(vec![]);
+    }
+    let now = tx.now();
+    // Candidates are taken with SKIP LOCKED, so concurrent claimers never wait for each
+    // other's rows. The occupancy filter here is only a hint; the authority is the per-key
+    // row lock below (SQLite has one writer: the hint is already exact).
+    let sql = format!(
+        "WITH c AS (SELECT e.id FROM executions e WHERE e.state = 'queued' AND e.runner = $1 \
+           AND e.run_after <= $2 \
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.name = e.job AND j.paused) \
+           AND (e.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM concurrency_limits l \
+                WHERE l.key = e.concurrency_key AND (SELECT count(*) FROM executions r \
+                WHERE r.state = 'running' AND r.concurrency_key = e.concurrency_key) >= l.max_running)) \
+           AND (e.overlap <> 'queue' OR NOT EXISTS (SELECT 1 FROM executions r \
+                WHERE r.job = e.job AND r.state = 'running')) \
+           ORDER BY e.run_after, e.id LIMIT $3 /*pg: FOR UPDATE SKIP LOCKED*/) \
+         SELECT {} FROM executions WHERE id IN (SELECT id FROM c) ORDER BY run_after, id",
+        crate::rows::EXEC_COLUMNS
+    );
+    let candidates = crate::rows::executions(
+        tx.fetch(
+            &sql,
+            &[
+                p.runner.as_str().into(),
+                now.into(),
+                (i64::from(p.limit) * 4).into(),
+            ],
+        )
+        .await?,
+    )?;
+    // Occupancy per key, read once under the key's row lock and counted up as this batch
+    // claims: a slot is counted from the running rows (invariant 3).
+    let mut slots: HashMap<String, Option<(i64, i64)>> = HashMap::new();
+    let mut queue_jobs: HashMap<String, bool> = HashMap::new();
+    let mut claimed = Vec::new();
+    for row in candidates {
+        if claimed.len() as u32 >= p.limit {
+            break;
+        }
+        if let Some(key) = &row.concurrency_key {
+            if !slots.contains_key(key) {
+                let occupancy = table::key_occupancy(tx, key).await?;
+                slots.insert(key.clone(), occupancy);
+            }
+            if let Some(Some((limit, running))) = slots.get(key)
+                && running >= limit
+            {
+                continue;
+            }
+        }
+        if row.overlap == Overlap::Queue {
+            if !queue_jobs.contains_key(&row.job) {
+                let busy = table::job_busy(tx, &row.job).await?;
+                queue_jobs.insert(row.job.clone(), busy);
+            }
+            if queue_jobs.insert(row.job.clone(), true) == Some(true) {
+                continue;
+            }
+        }
+        transition(row.state, None, Event::Claim)?;
+        let token = uuid::Uuid::new_v4().to_string();
+        let sql = format!(
+            "UPDATE executions SET state = 'running', started_at = $1, heartbeat_at = $1, \
+             lease_owner = $2, lease_token = $3, lease_expires_at = $1 + heartbeat_timeout_ms, \
+             run_deadline = $1 + run_timeout_ms + kill_grace_ms + $4, node_id = $5 \
+             WHERE id = $6 AND state = 'queued' AND attempt = $7 AND lease_token IS NULL \
+             RETURNING {}",
+            crate::rows::EXEC_COLUMNS
+        );
+        let Some(r) = tx
+            .one(
+                &sql,
+                &[
+                    now.into(),
+                    p.owner.as_str().into(),
+                    token.as_str().into(),
+                    crate::rows::dur_ms(jobward_core::deadline::OWNER_MARGIN).into(),
+                    p.node_id.as_deref().into(),
+                    row.id.into(),
+                    row.attempt.into(),
+                ],
+            )
+            .await?
+        else {
+            continue;
+        };
+        let claimed_row = crate::rows::execution(&r)?;
+        if let Some(Some((_, running))) =
+            row.concurrency_key.as_ref().and_then(|k| slots.get_mut(k))
+        {
+            *running += 1;
+        }
+        let text = format!(
+            "claimed by {} (lease until {})",
+            p.owner,
+            claimed_row.lease_expires_at.map(ts).unwrap_or_default()
+        );
+        event(
+            tx,
+            row.id,
+            EventKind::Transition,
+            Some(State::Queued),
+            Some(State::Running),
+            None,
+            &text,
+            &p.owner,
+        )
+        .await?;
+        claimed.push(claimed_row);
+    }
+    Ok(claimed)
+}
+
+/// Records the process an owner started; refused when the lease is no longer current.
+pub(crate) async fn record_process(
+    tx: &mut dyn Conn,
+    lease: &LeaseRef,
+    process: &ProcessInfo,
+) -> Result<()> {
+    if !table::set_process(tx, lease, process).await? {
+        let row = table::load(tx, lease.id)
+            .await?
+            .ok_or(StoreError::ExecutionNotFound(lease.id))?;
+        return Err(StoreError::LeaseLost {
+            id: lease.id,
+            state: row.state,
+            reason: row.reason,
+        });
+    }
+    let text = format!(
+        "process started: pid {} in process group {}",
+        process.pid, process.pgid
+    );
+    event(
+        tx,
+        lease.id,
+        EventKind::Note,
+        None,
+        None,
+        None,
+        &text,
+        "executor",
+    )
+    .await
+}
+
+/// Renews many leases (and a node's own lease) at once: one statement for the whole batch.
+pub(crate) async fn heartbeat(tx: &mut dyn Conn, p: &HeartbeatParams) -> Result<HeartbeatReport> {
+    let mut report = HeartbeatReport {
+        node_ok: true,
+        ..Default::default()
+    };
+    if let Some((node_id, lease)) = &p.node {
+        report.node_ok = table::node_beat(tx, node_id, *lease).await?;
+    }
+    if p.leases.is_empty() {
+        return Ok(report);
+    }
+    let now = tx.now();
+    let batch: Vec<serde_json::Value> = p
+        .leases
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "bid": b.lease.id,
+                "battempt": b.lease.attempt,
+                "btoken": b.lease.token,
+                "bprogress": b.progress,
+                "bphase": b.phase,
+                "bcheckpoint": b.checkpoint.as_ref().map(|c| c.to_string()),
+            })
+        })
+        .collect();
+    let batch = serde_json::Value::Array(batch).to_string();
+    let source = crate::sql::batch(
+        tx.dialect(),
+        3,
+        &[
+            ("bid", "bigint"),
+            ("battempt", "bigint"),
+            ("btoken", "text"),
+            ("bprogress", "float8"),
+            ("bphase", "text"),
+            ("bcheckpoint", "text"),
+        ],
+    );
+    let phased: HashMap<i64, Option<String>> = if p.leases.iter().any(|b| b.phase.is_some()) {
+        let ids = crate::sql::batch(tx.dialect(), 1, &[("bid", "bigint"), ("bphase", "text")]);
+        let sql = format!(
+            "SELECT id, phase FROM executions WHERE id IN (SELECT bid FROM {ids} WHERE bphase IS NOT NULL)"
+        );
+        tx.fetch(&sql, &[batch.as_str().into()])
+            .await?
+            .iter()
+            .map(|r| Ok((r.i64(0)?, r.opt_text(1)?)))
+            .collect::<Result<_>>()?
+    } else {
+        HashMap::new()
+    };
+    let sql = format!(
+        "UPDATE executions SET heartbeat_at = $1, lease_expires_at = $1 + heartbeat_timeout_ms, \
+         progress = COALESCE(v.bprogress, progress), phase = COALESCE(v.bphase, phase), \
+         checkpoint = COALESCE(v.bcheckpoint, checkpoint) \
+         FROM {source} \
+         WHERE id = v.bid AND attempt = v.battempt AND lease_token = v.btoken \
+           AND state = 'running' AND lease_owner = $2 \
+         RETURNING id, cancel_reason, phase"
+    );
+    let renewed = tx
+        .fetch(
+            &sql,
+            &[now.into(), p.owner.as_str().into(), batch.as_str().into()],
+        )
+        .await?;
+    for r in &renewed {
+        let id = r.i64(0)?;
+        report.renewed.push(id);
+        if let Some(reason) = r.opt_text(1)?.and_then(|c| c.parse::<Reason>().ok()) {
+            report.cancel_requested.push((id, reason));
+        }
+        if let (Some(old), Some(new)) = (phased.get(&id), r.opt_text(2)?)
+            && old.as_deref() != Some(new.as_str())
+        {
+            note_phase(tx, id, &new, &p.owner).await?;
+        }
+    }
+    let renewed: HashSet<i64> = report.renewed.iter().copied().collect();
+    for b in p.leases.iter().filter(|b| !renewed.contains(&b.lease.id)) {
+        report
+            .lost
+            .extend(not_renewed(tx, &b.lease, &p.owner).await?);
+    }
+    Ok(report)
+}
+
+/// The reaper's selection of live executions past a deadline (`$1` = now, `$2` = batch). Each
+/// branch reads one partial index over live rows only, so the cost follows what is due, not
+/// the size of the history. A lease counts from when the ledger was last reachable for every
+/// owner (an outage alone expires none). Public so that benchmarks can show its query plan.
+pub const REAPER_DUE: &str = "WHERE id IN ( \
+    SELECT id FROM executions WHERE state = 'running' AND cancel_deadline <= $1 \
+    UNION SELECT id FROM executions WHERE state = 'running' AND run_deadline <= $1 \
+    UNION SELECT id FROM executions WHERE state = 'running' AND lease_expires_at <= $1 \
+          AND (SELECT alive_since FROM ledger_liveness) + heartbeat_timeout_ms <= $1 \
+          /*pg: AND jw_ms(pg_postmaster_start_time()) + heartbeat_timeout_ms <= $1*/ \
+    UNION SELECT id FROM executions WHERE state = 'queued' AND start_deadline <= $1 \
+    ) ORDER BY id LIMIT $2";
+
+/// One reaper batch: settles up to `batch` executions past a deadline.
+pub(crate) async fn reap_batch(
+    tx: &mut dyn Conn,
+    actor: &str,
+    batch: u32,
+) -> Result<Vec<Recovered>> {
+    let now = tx.now();
+    let sql = format!(
+        "SELECT {} FROM executions {REAPER_DUE} /*pg: FOR UPDATE SKIP LOCKED*/",
+        crate::rows::EXEC_COLUMNS
+    );
+    let due = crate::rows::executions(
+        tx.fetch(&sql, &[now.into(), i64::from(batch.max(1)).into()])
+            .await?,
+    )?;
+    settle_due(tx, due, actor).await
+}
+
+/// Terminal executions of one job beyond its history limits, deleted with their events (one
+/// batch per criterion). Returns the deleted ids.
+pub(crate) async fn prune_job(
+    tx: &mut dyn Conn,
+    job: &str,
+    history: &jobward_core::History,
+    batch: u32,
+) -> Result<Vec<ExecutionId>> {
+    let now = tx.now();
+    let mut deleted = Vec::new();
+    if let Some(keep) = history.keep_last {
+        deleted.extend(
+            tx.fetch(
+                "DELETE FROM executions WHERE id IN (SELECT id FROM executions WHERE job = $1 \
+                 AND finished_at IS NOT NULL ORDER BY id DESC LIMIT $2 OFFSET $3) RETURNING id",
+                &[job.into(), i64::from(batch).into(), i64::from(keep).into()],
+            )
+            .await?
+            .iter()
+            .map(|r| r.i64(0))
+            .collect::<Result<Vec<_>>>()?,
+        );
+    }
+    if let Some(age) = history.max_age {
+        deleted.extend(
+            tx.fetch(
+                "DELETE FROM executions WHERE id IN (SELECT id FROM executions WHERE job = $1 \
+                 AND finished_at IS NOT NULL AND finished_at < $2 LIMIT $3) RETURNING id",
+                &[
+                    job.into(),
+                    jobward_core::deadline::sub(now, age).into(),
+                    i64::from(batch).into(),
+                ],
+            )
+            .await?
+            .iter()
+            .map(|r| r.i64(0))
+            .collect::<Result<Vec<_>>>()?,
+        );
+    }
+    Ok(deleted)
+}
+
+pub(crate) async fn set_paused(tx: &mut dyn Conn, name: &str, paused: bool) -> Result<()> {
+    if !table::set_paused(tx, name, paused).await? {
+        return Err(StoreError::JobNotFound(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Stops an incarnation (graceful shutdown).
+pub(crate) async fn stop_node(tx: &mut dyn Conn, id: &str, reason: &str) -> Result<()> {
+    table::stop_nodes(tx, StopNodes::One { id, name: None }, reason).await
+}
+
+/// Serialises `sync_jobs` across nodes starting together, then syncs.
+pub(crate) async fn sync_jobs_locked(tx: &mut dyn Conn, p: &SyncJobs) -> Result<SyncReport> {
+    tx.lock("jobward:sync").await?;
+    sync_jobs(tx, p).await
 }

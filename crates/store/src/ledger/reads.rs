@@ -1,0 +1,295 @@
+//! The ledger's reads, written once: lists, single rows, health, metrics and the audit.
+
+use std::time::Duration;
+
+use jobward_core::deadline::sub;
+use jobward_core::{JobSpec, Reason, State};
+
+use super::table;
+use crate::Result;
+use crate::error::corrupt;
+use crate::rows::{self, EVENT_COLUMNS, dur_ms, ms, summary};
+use crate::sql::{Arg, Conn};
+use crate::types::*;
+
+/// Running executions of earlier incarnations with this node name.
+pub(crate) async fn orphans_of(
+    tx: &mut dyn Conn,
+    name: &str,
+    node_id: &str,
+) -> Result<Vec<ExecutionRow>> {
+    table::executions(
+        tx,
+        "state = 'running' AND node_id IN (SELECT id FROM nodes WHERE name = $1 AND id <> $2) \
+         ORDER BY id",
+        &[name.into(), node_id.into()],
+    )
+    .await
+}
+
+pub(crate) async fn job_names(tx: &mut dyn Conn) -> Result<Vec<String>> {
+    tx.fetch("SELECT name FROM jobs ORDER BY name", &[])
+        .await?
+        .iter()
+        .map(|r| r.text(0))
+        .collect()
+}
+
+pub(crate) async fn get_job(tx: &mut dyn Conn, name: &str) -> Result<Option<JobRow>> {
+    let Some(r) = tx
+        .one(
+            "SELECT spec, defined, paused, next_fire_at FROM jobs WHERE name = $1",
+            &[name.into()],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let spec: JobSpec = serde_json::from_str(&r.text(0)?)
+        .map_err(|e| corrupt(format!("job '{name}' definition: {e}")))?;
+    let live = table::live_of_job(tx, name).await?;
+    // The job's latest terminal execution, from its (job, finished_at) index.
+    let last = table::executions(
+        tx,
+        "job = $1 AND finished_at IS NOT NULL ORDER BY finished_at DESC, id DESC LIMIT 1",
+        &[name.into()],
+    )
+    .await?;
+    Ok(Some(JobRow {
+        spec,
+        defined: r.bool(1)?,
+        paused: r.bool(2)?,
+        next_fire_at: r.opt_time(3)?,
+        live: live.iter().map(summary).collect(),
+        last_finished: last.first().map(summary),
+    }))
+}
+
+pub(crate) async fn list_executions(
+    tx: &mut dyn Conn,
+    f: &ExecutionFilter,
+) -> Result<Vec<ExecutionRow>> {
+    let now = tx.now();
+    let mut condition = String::from("1 = 1");
+    let mut args: Vec<Arg<'_>> = Vec::new();
+    fn arg<'a>(args: &mut Vec<Arg<'a>>, a: Arg<'a>) -> String {
+        args.push(a);
+        format!("${}", args.len())
+    }
+    if let Some(job) = &f.job {
+        let n = arg(&mut args, job.as_str().into());
+        condition.push_str(&format!(" AND job = {n}"));
+    }
+    if !f.states.is_empty() {
+        let list: Vec<String> = f
+            .states
+            .iter()
+            .map(|s| arg(&mut args, s.as_str().into()))
+            .collect();
+        condition.push_str(&format!(" AND state IN ({})", list.join(", ")));
+    }
+    if let Some(d) = f.stale_after {
+        let n = arg(&mut args, sub(now, d).into());
+        condition.push_str(&format!(" AND state = 'running' AND heartbeat_at <= {n}"));
+    }
+    if let Some(since) = f.since {
+        let n = arg(&mut args, since.into());
+        condition.push_str(&format!(" AND queued_at >= {n}"));
+    }
+    if let Some(until) = f.until {
+        let n = arg(&mut args, until.into());
+        condition.push_str(&format!(" AND queued_at < {n}"));
+    }
+    if let Some(before) = f.before_id {
+        let n = arg(&mut args, before.into());
+        condition.push_str(&format!(" AND id < {n}"));
+    }
+    let n = arg(&mut args, i64::from(f.limit.max(1)).into());
+    condition.push_str(&format!(" ORDER BY id DESC LIMIT {n}"));
+    table::executions(tx, &condition, &args).await
+}
+
+pub(crate) async fn events(tx: &mut dyn Conn, id: ExecutionId) -> Result<Vec<EventRow>> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE execution_id = $1 ORDER BY id");
+    tx.fetch(&sql, &[id.into()])
+        .await?
+        .iter()
+        .map(rows::event)
+        .collect()
+}
+
+/// Running executions of `owner` whose cancel was requested: (id, reason).
+pub(crate) async fn cancel_requests(
+    tx: &mut dyn Conn,
+    owner: &str,
+) -> Result<Vec<(ExecutionId, Reason)>> {
+    Ok(tx
+        .fetch(
+            "SELECT id, cancel_reason FROM executions WHERE state = 'running' \
+             AND cancel_deadline IS NOT NULL AND lease_owner = $1",
+            &[owner.into()],
+        )
+        .await?
+        .iter()
+        .filter_map(|r| {
+            let id = r.i64(0).ok()?;
+            let reason = r.opt_text(1).ok()??.parse().ok()?;
+            Some((id, reason))
+        })
+        .collect())
+}
+
+/// Running executions whose last heartbeat is older than `stale_after`.
+pub(crate) async fn stale(tx: &mut dyn Conn, stale_after: Duration) -> Result<Vec<ExecutionRow>> {
+    let cutoff = sub(tx.now(), stale_after);
+    table::executions(
+        tx,
+        "state = 'running' AND heartbeat_at <= $1 ORDER BY id",
+        &[cutoff.into()],
+    )
+    .await
+}
+
+/// Every job's name and history limits, for retention.
+pub(crate) async fn histories(tx: &mut dyn Conn) -> Result<Vec<(String, jobward_core::History)>> {
+    Ok(tx
+        .fetch("SELECT name, spec FROM jobs ORDER BY name", &[])
+        .await?
+        .iter()
+        .filter_map(|r| {
+            let name = r.text(0).ok()?;
+            let spec: JobSpec = serde_json::from_str(&r.text(1).ok()?).ok()?;
+            Some((name, spec.history))
+        })
+        .collect())
+}
+
+pub(crate) async fn health(tx: &mut dyn Conn, p: &HealthParams) -> Result<HealthMetrics> {
+    let now = tx.now();
+    let count = async |tx: &mut dyn Conn, sql: &str, at: jobward_core::Timestamp| -> Result<u64> {
+        Ok(tx.scalar_i64(sql, &[at.into()]).await? as u64)
+    };
+    let stale = match p.stale_after {
+        Some(d) => {
+            count(
+                tx,
+                "SELECT count(*) FROM executions WHERE state = 'running' AND heartbeat_at <= $1",
+                sub(now, d),
+            )
+            .await?
+        }
+        None => count(
+            tx,
+            "SELECT count(*) FROM executions WHERE state = 'running' AND lease_expires_at <= $1",
+            now,
+        )
+        .await?,
+    };
+    Ok(HealthMetrics {
+        running_executions: tx
+            .scalar_i64(
+                "SELECT count(*) FROM executions WHERE state = 'running'",
+                &[],
+            )
+            .await? as u64,
+        queued_executions: tx
+            .scalar_i64(
+                "SELECT count(*) FROM executions WHERE state = 'queued'",
+                &[],
+            )
+            .await? as u64,
+        long_running_executions: count(
+            tx,
+            "SELECT count(*) FROM executions WHERE state = 'running' AND started_at <= $1",
+            sub(now, p.long_running_after),
+        )
+        .await?,
+        stale_executions: stale,
+        overdue_queued_executions: count(
+            tx,
+            "SELECT count(*) FROM executions WHERE state = 'queued' AND start_deadline <= $1",
+            now,
+        )
+        .await?,
+        recent_executions_24h: count(
+            tx,
+            "SELECT count(*) FROM executions WHERE queued_at >= $1",
+            sub(now, Duration::from_secs(86_400)),
+        )
+        .await?,
+        live_nodes: count(
+            tx,
+            "SELECT count(*) FROM nodes WHERE stopped_at IS NULL AND lease_expires_at > $1",
+            now,
+        )
+        .await?,
+        timestamp: now,
+    })
+}
+
+pub(crate) async fn metrics(tx: &mut dyn Conn) -> Result<MetricsSnapshot> {
+    let by_state: Vec<(String, i64)> = tx
+        .fetch("SELECT state, count(*) FROM executions GROUP BY state", &[])
+        .await?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.i64(1)?)))
+        .collect::<Result<_>>()?;
+    let oldest = tx
+        .one(
+            "SELECT MIN(heartbeat_at) FROM executions WHERE state = 'running'",
+            &[],
+        )
+        .await?
+        .map(|r| r.opt_time(0))
+        .transpose()?
+        .flatten();
+    let slots = tx
+        .fetch(
+            "SELECT l.key, (SELECT count(*) FROM executions e WHERE e.state = 'running' \
+             AND e.concurrency_key = l.key), l.max_running FROM concurrency_limits l ORDER BY l.key",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(SlotUse {
+                key: r.text(0)?,
+                used: r.i64(1)? as u64,
+                limit: r.i64(2)? as u64,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(MetricsSnapshot {
+        by_state: State::ALL
+            .into_iter()
+            .map(|st| {
+                let n = by_state
+                    .iter()
+                    .find(|(s, _)| s == st.as_str())
+                    .map(|(_, n)| *n as u64)
+                    .unwrap_or(0);
+                (st, n)
+            })
+            .collect(),
+        oldest_heartbeat_at: oldest,
+        slots,
+        now: tx.now(),
+    })
+}
+
+pub(crate) async fn audit(tx: &mut dyn Conn, p: &AuditParams) -> Result<Vec<Violation>> {
+    let now = ms(tx.now());
+    let late = now - dur_ms(p.tolerance);
+    let q = crate::audit::QUERIES;
+    let all = async |tx: &mut dyn Conn, sql: &str, args: &[Arg<'_>]| tx.fetch(sql, args).await;
+    let rows = crate::audit::Rows {
+        bad_state: all(tx, q.bad_state, &[]).await?,
+        bad_reason: all(tx, q.bad_reason, &[]).await?,
+        overdue: all(tx, q.overdue, &[late.into()]).await?,
+        leaseless: all(tx, q.leaseless, &[]).await?,
+        over_limit: all(tx, q.over_limit, &[]).await?,
+        dead_owner: all(tx, q.dead_owner, &[]).await?,
+        silent: all(tx, q.silent, &[]).await?,
+    };
+    crate::audit::violations(rows, now, late)
+}

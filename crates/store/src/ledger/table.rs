@@ -1,0 +1,679 @@
+//! The ledger's row-level statements, written once for every backend (see `crate::sql` for
+//! how a statement is spelled per database). Every compare-and-set is guarded by (id,
+//! expected state, attempt, lease token) and reports whether exactly one row changed.
+
+use std::collections::BTreeMap;
+
+use jobward_core::{Reason, State, Timestamp};
+
+use super::{End, JobState, NewEvent, RowValues, StopNodes, StoredJob};
+use crate::error::corrupt;
+use crate::rows::{self, EXEC_COLUMNS, NODE_COLUMNS, dur_ms};
+use crate::sql::{Arg, Conn};
+use crate::types::*;
+use crate::{Result, StoreError};
+
+/// The compare-and-set guard of invariant 4, its parameters from `$first` on.
+fn cas(first: usize) -> String {
+    format!(
+        "id = ${} AND state = ${} AND attempt = ${} AND lease_token IS NOT DISTINCT FROM ${}",
+        first,
+        first + 1,
+        first + 2,
+        first + 3
+    )
+}
+
+fn cas_args<'a>(row: &'a ExecutionRow) -> [Arg<'a>; 4] {
+    [
+        row.id.into(),
+        row.state.as_str().into(),
+        row.attempt.into(),
+        row.lease_token.as_deref().into(),
+    ]
+}
+
+/// Executions selected by `condition` (a WHERE clause and what follows it).
+pub(crate) async fn executions(
+    tx: &mut dyn Conn,
+    condition: &str,
+    args: &[Arg<'_>],
+) -> Result<Vec<ExecutionRow>> {
+    let sql = format!("SELECT {EXEC_COLUMNS} FROM executions WHERE {condition}");
+    rows::executions(tx.fetch(&sql, args).await?)
+}
+
+async fn one(tx: &mut dyn Conn, condition: &str, args: &[Arg<'_>]) -> Result<Option<ExecutionRow>> {
+    Ok(executions(tx, condition, args).await?.into_iter().next())
+}
+
+pub(crate) async fn load(tx: &mut dyn Conn, id: ExecutionId) -> Result<Option<ExecutionRow>> {
+    one(tx, "id = $1", &[id.into()]).await
+}
+
+/// Reads a job for a write. `lock` takes its row lock on backends with concurrent writers,
+/// so that what is created under an overlap policy that looks at live executions (skip,
+/// replace) is decided one at a time.
+pub(crate) async fn load_job(
+    tx: &mut dyn Conn,
+    name: &str,
+    lock: bool,
+) -> Result<Option<JobState>> {
+    let sql = if lock {
+        "SELECT spec, defined, paused FROM jobs WHERE name = $1 /*pg: FOR UPDATE*/"
+    } else {
+        "SELECT spec, defined, paused FROM jobs WHERE name = $1"
+    };
+    let Some(r) = tx.one(sql, &[name.into()]).await? else {
+        return Ok(None);
+    };
+    let spec = serde_json::from_str(&r.text(0)?)
+        .map_err(|e| corrupt(format!("job '{name}' definition: {e}")))?;
+    Ok(Some(JobState {
+        spec,
+        defined: r.bool(1)?,
+        paused: r.bool(2)?,
+    }))
+}
+
+pub(crate) async fn next_number(tx: &mut dyn Conn, job: &str) -> Result<i64> {
+    tx.one(
+        "UPDATE jobs SET next_number = next_number + 1 WHERE name = $1 RETURNING next_number - 1",
+        &[job.into()],
+    )
+    .await?
+    .ok_or_else(|| StoreError::JobNotFound(job.to_string()))?
+    .i64(0)
+}
+
+pub(crate) async fn insert_execution(tx: &mut dyn Conn, v: &RowValues) -> Result<ExecutionRow> {
+    let sql = format!(
+        "INSERT INTO executions (job, number, attempt, max_attempts, retry_of, trigger, scheduled_for, state, \
+         command, runner, concurrency_key, overlap, heartbeat_timeout_ms, run_timeout_ms, queue_timeout_ms, \
+         kill_grace_ms, backoff_ms, max_backoff_ms, queued_at, run_after, start_deadline, finished_at, reason, \
+         message, payload, idempotency_key, checkpoint, ended_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
+         $21, $22, $23, $24, $25, $26, $27, $28) RETURNING {EXEC_COLUMNS}"
+    );
+    let payload = v.payload.as_ref().map(|p| p.to_string());
+    let checkpoint = v.checkpoint.as_ref().map(|c| c.to_string());
+    let ended_by = v.state.is_terminal().then_some(v.actor.as_str());
+    let r = tx
+        .one(
+            &sql,
+            &[
+                v.job.as_str().into(),
+                v.number.into(),
+                v.attempt.into(),
+                v.max_attempts.into(),
+                v.retry_of.into(),
+                v.trigger.as_str().into(),
+                v.scheduled_for.into(),
+                v.state.as_str().into(),
+                v.command.as_str().into(),
+                v.runner.as_str().into(),
+                v.concurrency_key.as_deref().into(),
+                v.overlap.as_str().into(),
+                dur_ms(v.timeouts.heartbeat).into(),
+                dur_ms(v.timeouts.run).into(),
+                dur_ms(v.timeouts.queue).into(),
+                dur_ms(v.timeouts.kill_grace).into(),
+                dur_ms(v.retry.backoff).into(),
+                dur_ms(v.retry.max_backoff).into(),
+                v.queued_at.into(),
+                v.run_after.into(),
+                v.start_deadline.into(),
+                v.finished_at.into(),
+                v.reason.map(Reason::as_str).into(),
+                v.message.as_deref().into(),
+                payload.as_deref().into(),
+                v.idempotency_key.as_deref().into(),
+                checkpoint.as_deref().into(),
+                ended_by.into(),
+            ],
+        )
+        .await?
+        .ok_or_else(|| corrupt("INSERT returned no row"))?;
+    if v.state == State::Queued {
+        tx.notify_work(&v.runner).await?;
+    }
+    rows::execution(&r)
+}
+
+pub(crate) async fn event(tx: &mut dyn Conn, e: &NewEvent<'_>) -> Result<()> {
+    let now = tx.now();
+    tx.execute(
+        "INSERT INTO events (execution_id, at, kind, from_state, to_state, reason, message, actor) \
+         VALUES ($1, /*now*/$2, $3, $4, $5, $6, $7, $8)",
+        &[
+            e.id.into(),
+            now.into(),
+            e.kind.as_str().into(),
+            e.from.map(|s| s.as_str()).into(),
+            e.to.map(|s| s.as_str()).into(),
+            e.reason.into(),
+            e.message.into(),
+            e.actor.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Moves `row` (as it was read) to a terminal state.
+pub(crate) async fn cas_end(tx: &mut dyn Conn, row: &ExecutionRow, end: &End<'_>) -> Result<bool> {
+    let now = tx.now();
+    let sql = format!(
+        "UPDATE executions SET state = $1, reason = $2, message = $3, finished_at = /*now*/$4, \
+         exit_code = COALESCE($5, exit_code), signal = COALESCE($6, signal), ended_by = $7, \
+         progress = CASE WHEN $1 = 'completed' AND progress IS NOT NULL THEN 1.0 ELSE progress END \
+         WHERE {}",
+        cas(8)
+    );
+    let [a, b, c, d] = cas_args(row);
+    let changed = tx
+        .execute(
+            &sql,
+            &[
+                end.state.as_str().into(),
+                end.reason.map(Reason::as_str).into(),
+                end.message.as_deref().into(),
+                now.into(),
+                end.exit_code.into(),
+                end.signal.into(),
+                end.actor.into(),
+                a,
+                b,
+                c,
+                d,
+            ],
+        )
+        .await?
+        == 1;
+    // A run that held a concurrency slot (or blocked a queued overlap) frees it: every
+    // node's claimers hear of it, so the next run goes to whichever node is free.
+    if changed
+        && row.state == State::Running
+        && (row.concurrency_key.is_some() || row.overlap == jobward_core::Overlap::Queue)
+    {
+        tx.notify_work(&row.runner).await?;
+    }
+    Ok(changed)
+}
+
+pub(crate) async fn cas_cancel_request(
+    tx: &mut dyn Conn,
+    row: &ExecutionRow,
+    reason: Reason,
+    message: &str,
+    deadline: Timestamp,
+) -> Result<bool> {
+    let now = tx.now();
+    let sql = format!(
+        "UPDATE executions SET cancel_requested_at = $1, cancel_reason = $2, cancel_message = $3, \
+         cancel_deadline = $4 WHERE {}",
+        cas(5)
+    );
+    let [a, b, c, d] = cas_args(row);
+    Ok(tx
+        .execute(
+            &sql,
+            &[
+                now.into(),
+                reason.as_str().into(),
+                message.into(),
+                deadline.into(),
+                a,
+                b,
+                c,
+                d,
+            ],
+        )
+        .await?
+        == 1)
+}
+
+pub(crate) async fn cas_progress(
+    tx: &mut dyn Conn,
+    lease: &LeaseRef,
+    progress: Option<f64>,
+    phase: Option<&str>,
+    checkpoint: Option<&serde_json::Value>,
+) -> Result<bool> {
+    let checkpoint = checkpoint.map(|c| c.to_string());
+    Ok(tx
+        .execute(
+            "UPDATE executions SET progress = COALESCE($1, progress), phase = COALESCE($2, phase), \
+             checkpoint = COALESCE($3, checkpoint) \
+             WHERE id = $4 AND state = 'running' AND attempt = $5 AND lease_token = $6",
+            &[
+                progress.into(),
+                phase.into(),
+                checkpoint.as_deref().into(),
+                lease.id.into(),
+                lease.attempt.into(),
+                lease.token.as_str().into(),
+            ],
+        )
+        .await?
+        == 1)
+}
+
+/// Records the process an owner started, under its lease.
+pub(crate) async fn set_process(
+    tx: &mut dyn Conn,
+    lease: &LeaseRef,
+    p: &ProcessInfo,
+) -> Result<bool> {
+    Ok(tx
+        .execute(
+            "UPDATE executions SET pid = $1, pgid = $2, proc_start_ticks = $3, boot_id = $4 \
+             WHERE id = $5 AND state = 'running' AND attempt = $6 AND lease_token = $7",
+            &[
+                p.pid.into(),
+                p.pgid.into(),
+                (p.start_ticks as i64).into(),
+                p.boot_id.as_deref().into(),
+                lease.id.into(),
+                lease.attempt.into(),
+                lease.token.as_str().into(),
+            ],
+        )
+        .await?
+        == 1)
+}
+
+pub(crate) async fn live_of_job(tx: &mut dyn Conn, job: &str) -> Result<Vec<ExecutionRow>> {
+    let sql = format!(
+        "SELECT {EXEC_COLUMNS} FROM executions /*sqlite: INDEXED BY executions_live_job*/ \
+         WHERE job = $1 AND state IN ('queued', 'running') ORDER BY id"
+    );
+    rows::executions(tx.fetch(&sql, &[job.into()]).await?)
+}
+
+pub(crate) async fn by_idempotency_key(
+    tx: &mut dyn Conn,
+    job: &str,
+    key: &str,
+) -> Result<Option<ExecutionRow>> {
+    one(
+        tx,
+        "job = $1 AND idempotency_key = $2 AND attempt = 1",
+        &[job.into(), key.into()],
+    )
+    .await
+}
+
+/// The attempt that followed `id` (its retry), if any.
+pub(crate) async fn next_attempt_of(
+    tx: &mut dyn Conn,
+    id: ExecutionId,
+    attempt: u32,
+) -> Result<Option<ExecutionRow>> {
+    one(
+        tx,
+        "retry_of = $1 AND attempt = $2",
+        &[id.into(), (attempt + 1).into()],
+    )
+    .await
+}
+
+/// Whether an instant of a job already has its execution (invariant 9).
+pub(crate) async fn fired_already(tx: &mut dyn Conn, job: &str, at: Timestamp) -> Result<bool> {
+    Ok(tx
+        .scalar_i64(
+            "SELECT count(*) FROM executions WHERE job = $1 AND scheduled_for = $2 AND attempt = 1",
+            &[job.into(), at.into()],
+        )
+        .await?
+        > 0)
+}
+
+/// Whether the key's slots are all held by running executions.
+pub(crate) async fn key_full(tx: &mut dyn Conn, key: &str) -> Result<bool> {
+    let r = tx
+        .one(
+            "SELECT max_running, (SELECT count(*) FROM executions WHERE state = 'running' \
+             AND concurrency_key = $1) FROM concurrency_limits WHERE key = $1",
+            &[key.into()],
+        )
+        .await?;
+    Ok(match r {
+        Some(r) => r.i64(1)? >= r.i64(0)?,
+        None => false,
+    })
+}
+
+/// The key's (limit, running) under its row lock, so claimers of one key on every node take
+/// turns; `None` when the key has no limit.
+pub(crate) async fn key_occupancy(tx: &mut dyn Conn, key: &str) -> Result<Option<(i64, i64)>> {
+    let Some(limit) = tx
+        .one(
+            "SELECT max_running FROM concurrency_limits WHERE key = $1 /*pg: FOR UPDATE*/",
+            &[key.into()],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let running = tx
+        .scalar_i64(
+            "SELECT count(*) FROM executions WHERE state = 'running' AND concurrency_key = $1",
+            &[key.into()],
+        )
+        .await?;
+    Ok(Some((limit.i64(0)?, running)))
+}
+
+/// Takes the job's row lock (on backends with concurrent writers): what needs to see a job's
+/// live executions and act on them runs one at a time per job.
+pub(crate) async fn lock_job(tx: &mut dyn Conn, job: &str) -> Result<()> {
+    tx.fetch(
+        "SELECT 1 FROM jobs WHERE name = $1 /*pg: FOR UPDATE*/",
+        &[job.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether a run of `job` is running now, with the job's row locked (overlap = queue).
+pub(crate) async fn job_busy(tx: &mut dyn Conn, job: &str) -> Result<bool> {
+    lock_job(tx, job).await?;
+    Ok(tx
+        .scalar_i64(
+            "SELECT count(*) FROM executions WHERE job = $1 AND state = 'running'",
+            &[job.into()],
+        )
+        .await?
+        > 0)
+}
+
+// ---- jobs ----
+
+pub(crate) async fn stored_jobs(tx: &mut dyn Conn) -> Result<Vec<StoredJob>> {
+    tx.fetch(
+        "SELECT name, spec, schedule, defined FROM jobs /*pg: FOR UPDATE*/",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(StoredJob {
+            name: r.text(0)?,
+            spec_json: r.text(1)?,
+            schedule_json: r.text(2)?,
+            defined: r.bool(3)?,
+        })
+    })
+    .collect()
+}
+
+pub(crate) async fn insert_job(
+    tx: &mut dyn Conn,
+    name: &str,
+    spec: &str,
+    schedule: &str,
+    first: Option<Timestamp>,
+) -> Result<()> {
+    let now = tx.now();
+    tx.execute(
+        "INSERT INTO jobs (name, spec, schedule, defined, next_fire_at, updated_at) \
+         VALUES ($1, $2, $3, TRUE, $4, $5) \
+         ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, schedule = excluded.schedule, \
+         defined = TRUE, next_fire_at = excluded.next_fire_at, updated_at = excluded.updated_at",
+        &[
+            name.into(),
+            spec.into(),
+            schedule.into(),
+            first.into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn update_job(
+    tx: &mut dyn Conn,
+    name: &str,
+    spec: &str,
+    schedule: &str,
+    reset_cursor: bool,
+    first: Option<Timestamp>,
+) -> Result<()> {
+    let now = tx.now();
+    tx.execute(
+        "UPDATE jobs SET spec = $1, schedule = $2, defined = TRUE, updated_at = $3, \
+         next_fire_at = CASE WHEN $4 THEN $5 ELSE next_fire_at END WHERE name = $6",
+        &[
+            spec.into(),
+            schedule.into(),
+            now.into(),
+            reset_cursor.into(),
+            first.into(),
+            name.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn undefine_job(tx: &mut dyn Conn, name: &str) -> Result<()> {
+    let now = tx.now();
+    tx.execute(
+        "UPDATE jobs SET defined = FALSE, next_fire_at = NULL, updated_at = $1 WHERE name = $2",
+        &[now.into(), name.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn set_paused(tx: &mut dyn Conn, name: &str, paused: bool) -> Result<bool> {
+    let now = tx.now();
+    Ok(tx
+        .execute(
+            "UPDATE jobs SET paused = $1, updated_at = $2 WHERE name = $3",
+            &[paused.into(), now.into(), name.into()],
+        )
+        .await?
+        == 1)
+}
+
+pub(crate) async fn replace_limits(
+    tx: &mut dyn Conn,
+    limits: &BTreeMap<String, u32>,
+) -> Result<()> {
+    let existing: Vec<String> = tx
+        .fetch("SELECT key FROM concurrency_limits", &[])
+        .await?
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<_>>()?;
+    for key in existing.iter().filter(|k| !limits.contains_key(*k)) {
+        tx.execute(
+            "DELETE FROM concurrency_limits WHERE key = $1",
+            &[key.as_str().into()],
+        )
+        .await?;
+    }
+    for (key, limit) in limits {
+        tx.execute(
+            "INSERT INTO concurrency_limits (key, max_running) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET max_running = excluded.max_running",
+            &[key.as_str().into(), (*limit).into()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Jobs whose scheduler cursor is due, locked for this transaction (others skip them).
+pub(crate) async fn due_jobs(tx: &mut dyn Conn) -> Result<Vec<(String, Timestamp)>> {
+    let now = tx.now();
+    tx.fetch(
+        "SELECT name, next_fire_at FROM jobs WHERE defined AND next_fire_at IS NOT NULL \
+         AND next_fire_at <= $1 ORDER BY next_fire_at /*pg: FOR UPDATE SKIP LOCKED*/",
+        &[now.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((r.text(0)?, r.time(1)?)))
+    .collect()
+}
+
+/// Moves a job's cursor from `old` to `new` (compare-and-set).
+pub(crate) async fn move_cursor(
+    tx: &mut dyn Conn,
+    name: &str,
+    old: Timestamp,
+    new: Option<Timestamp>,
+) -> Result<bool> {
+    Ok(tx
+        .execute(
+            "UPDATE jobs SET next_fire_at = $1 WHERE name = $2 AND next_fire_at = $3",
+            &[new.into(), name.into(), old.into()],
+        )
+        .await?
+        == 1)
+}
+
+pub(crate) async fn earliest_cursor(tx: &mut dyn Conn) -> Result<Option<Timestamp>> {
+    tx.one("SELECT MIN(next_fire_at) FROM jobs WHERE defined", &[])
+        .await?
+        .map(|r| r.opt_time(0))
+        .transpose()
+        .map(Option::flatten)
+}
+
+// ---- nodes ----
+
+/// A live incarnation with this name other than `except`.
+pub(crate) async fn live_node_named(
+    tx: &mut dyn Conn,
+    name: &str,
+    except: &str,
+) -> Result<Option<NodeRow>> {
+    // Two nodes starting under one name at once take their turns.
+    tx.lock(&format!("jobward:node:{name}")).await?;
+    let now = tx.now();
+    let sql = format!(
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE name = $1 AND stopped_at IS NULL \
+         AND lease_expires_at > $2 AND id <> $3 LIMIT 1"
+    );
+    tx.one(&sql, &[name.into(), now.into(), except.into()])
+        .await?
+        .map(|r| rows::node(&r))
+        .transpose()
+}
+
+pub(crate) async fn insert_node(tx: &mut dyn Conn, node: &NewNode) -> Result<()> {
+    let now = tx.now();
+    tx.execute(
+        "INSERT INTO nodes (id, name, hostname, pid, proc_start_ticks, boot_id, started_at, \
+         heartbeat_at, lease_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+        &[
+            node.id.as_str().into(),
+            node.name.as_str().into(),
+            node.hostname.as_str().into(),
+            node.pid.into(),
+            node.start_ticks.map(|t| t as i64).into(),
+            node.boot_id.as_deref().into(),
+            now.into(),
+            jobward_core::deadline::add(now, node.lease).into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks incarnations stopped: `id` alone, or every other one with `name`.
+pub(crate) async fn stop_nodes(
+    tx: &mut dyn Conn,
+    which: StopNodes<'_>,
+    reason: &str,
+) -> Result<()> {
+    let now = tx.now();
+    match which {
+        StopNodes::One { id, name } => {
+            tx.execute(
+                "UPDATE nodes SET stopped_at = $1, stop_reason = $2 WHERE id = $3 \
+                 AND ($4 IS NULL OR name = $4) AND stopped_at IS NULL",
+                &[now.into(), reason.into(), id.into(), name.into()],
+            )
+            .await?
+        }
+        StopNodes::AllNamedExcept { name, except } => {
+            tx.execute(
+                "UPDATE nodes SET stopped_at = $1, stop_reason = $2 WHERE name = $3 AND id <> $4 \
+                 AND stopped_at IS NULL",
+                &[now.into(), reason.into(), name.into(), except.into()],
+            )
+            .await?
+        }
+    };
+    Ok(())
+}
+
+/// Renews a node's own lease; false when it was stopped (declared lost, superseded). The
+/// ledger's liveness moves with it: a node heartbeat that finds none for a whole node lease
+/// (nobody could write: the database or the only node was paused or cut off) restarts
+/// `alive_since`, from which every lease is judged (an outage alone expires none).
+pub(crate) async fn node_beat(
+    tx: &mut dyn Conn,
+    id: &str,
+    lease: std::time::Duration,
+) -> Result<bool> {
+    let now = tx.now();
+    let ok = tx
+        .execute(
+            "UPDATE nodes SET heartbeat_at = $1, lease_expires_at = $2 WHERE id = $3 AND stopped_at IS NULL",
+            &[
+                now.into(),
+                jobward_core::deadline::add(now, lease).into(),
+                id.into(),
+            ],
+        )
+        .await?
+        == 1;
+    tx.execute(
+        "UPDATE ledger_liveness SET alive_since = CASE WHEN $1 - last_beat > $2 \
+         /*pg: OR last_beat < jw_ms(pg_postmaster_start_time())*/ THEN $1 ELSE alive_since END, \
+         last_beat = $1 WHERE id = 1",
+        &[now.into(), dur_ms(lease).into()],
+    )
+    .await?;
+    Ok(ok)
+}
+
+/// Live incarnations whose node lease expired, counted from when the ledger was last
+/// reachable for everyone; locked for this transaction (another node settling them at the
+/// same time skips them).
+pub(crate) async fn expired_nodes(tx: &mut dyn Conn) -> Result<Vec<NodeRow>> {
+    let now = tx.now();
+    let sql = format!(
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE stopped_at IS NULL AND lease_expires_at <= $1 \
+         AND (SELECT alive_since FROM ledger_liveness) + (lease_expires_at - heartbeat_at) <= $1 \
+         /*pg: AND jw_ms(pg_postmaster_start_time()) + (lease_expires_at - heartbeat_at) <= $1*/ \
+         ORDER BY started_at /*pg: FOR UPDATE SKIP LOCKED*/"
+    );
+    tx.fetch(&sql, &[now.into()])
+        .await?
+        .iter()
+        .map(rows::node)
+        .collect()
+}
+
+/// Executions a node's own executor runs, locked for this transaction.
+pub(crate) async fn running_on_node(tx: &mut dyn Conn, node_id: &str) -> Result<Vec<ExecutionRow>> {
+    executions(
+        tx,
+        "state = 'running' AND node_id = $1 ORDER BY id /*pg: FOR UPDATE*/",
+        &[node_id.into()],
+    )
+    .await
+}
+
+pub(crate) async fn list_nodes(tx: &mut dyn Conn) -> Result<Vec<NodeRow>> {
+    let sql = format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY started_at DESC");
+    tx.fetch(&sql, &[]).await?.iter().map(rows::node).collect()
+}
