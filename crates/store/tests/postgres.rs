@@ -66,7 +66,10 @@ async fn open_postgres() -> (Schema, DynStore) {
     (schema, store)
 }
 
-conformance_tests!(open_postgres);
+/// The store every conformance case runs on in this binary.
+async fn open_store() -> (Schema, DynStore) {
+    open_postgres().await
+}
 
 async fn raw(url: &str) -> sqlx::PgConnection {
     sqlx::PgConnection::connect(url).await.unwrap()

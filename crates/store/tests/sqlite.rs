@@ -17,7 +17,10 @@ async fn open_sqlite() -> (tempfile::TempDir, DynStore) {
     (dir, store)
 }
 
-conformance_tests!(open_sqlite);
+/// The store every conformance case runs on in this binary.
+async fn open_store() -> (tempfile::TempDir, DynStore) {
+    open_sqlite().await
+}
 
 /// A raw connection to the same file, as another process (or a careless operator) would have.
 async fn raw(dir: &tempfile::TempDir) -> rusqlite::Connection {
