@@ -217,6 +217,29 @@ SQL
     check 13 "refusals only for lost leases" "$([ "${badref:-1}" = 0 ] && echo 1)" \
         "$nref refused reports, $badref refused before their execution ended or after it ended by the refused owner itself${list13:+ [$(cut -c1-300 <<<"$list13")]}"
 
+    # 14. Only an impaired node is declared lost (invariant 12: "a database outage alone never
+    # makes a node lost"): every node incarnation stopped as lost was stopped, cut off or killed
+    # by the script at some time between its last heartbeat and the moment it was declared lost.
+    r=$(q -F '|' <<'SQL'
+WITH lost AS (
+    SELECT n.id, n.name, n.heartbeat_at, n.stopped_at, n.stop_reason, np.target,
+           EXISTS (SELECT 1 FROM chaos.impair i WHERE i.target = np.target
+                   AND i.s <= extract(epoch FROM n.stopped_at) AND i.e >= extract(epoch FROM n.heartbeat_at)) AS excused
+    FROM nodes n LEFT JOIN chaos.node_pids np ON np.pid = n.pid
+    WHERE n.stop_reason LIKE 'lost%'
+)
+SELECT count(*), count(*) FILTER (WHERE NOT excused),
+       (SELECT count(*) FROM executions e WHERE e.reason = 'node_lost' AND e.node_id IN (SELECT id FROM lost WHERE NOT excused)),
+       COALESCE(string_agg(name || ' ' || left(id, 8) || ' last heartbeat ' || to_char(heartbeat_at, 'HH24:MI:SS.MS')
+                           || ', declared lost ' || to_char(stopped_at, 'HH24:MI:SS.MS') || ' ('
+                           || split_part(stop_reason, '; ', 2) || ')', '; ' ORDER BY stopped_at) FILTER (WHERE NOT excused), '')
+FROM lost
+SQL
+    )
+    local nlost badlost badexec list14; IFS='|' read -r nlost badlost badexec list14 <<<"$r"
+    check 14 "only impaired nodes declared lost" "$([ "${badlost:-1}" = 0 ] && echo 1)" \
+        "$nlost incarnations declared lost, $badlost of them while running unimpaired ($badexec executions failed node_lost with them)${list14:+ [$(cut -c1-600 <<<"$list14")]}"
+
     echo "chaos: totals"
     echo "  executions by state:  $(q -c "SELECT string_agg(state || '=' || n, ' ' ORDER BY n DESC) FROM (SELECT state, count(*) n FROM executions GROUP BY 1) x")"
     echo "  by reason:            $(q -c "SELECT string_agg(state || '/' || reason || '=' || n, ' ' ORDER BY n DESC) FROM (SELECT state, reason, count(*) n FROM executions WHERE reason IS NOT NULL GROUP BY 1, 2) x")"

@@ -92,6 +92,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// A manual trigger: creates an execution under the job's overlap policy.
     async fn trigger(&self, p: TriggerParams) -> Result<Created>;
+    /// Many triggers, of one or several jobs, in one transaction (bulk enqueue): idempotency
+    /// keys honoured per item, answered per item in order.
+    async fn trigger_many(&self, items: Vec<TriggerParams>) -> Result<Vec<Result<Created>>>;
     /// One scheduler tick: fires every due instant of every job, at most once each.
     async fn fire_due(&self, actor: &str) -> Result<FireReport>;
 
@@ -110,6 +113,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(ExecutionId, jobward_core::Reason)>>;
     /// Records how an execution ended; refuses a stale lease with `StoreError::LeaseLost`.
     async fn complete(&self, p: CompleteParams) -> Result<Settled>;
+    /// Many completions in one transaction, each fenced by its own lease and answered on its
+    /// own (accepted, idempotent repeat, or refused), in order.
+    async fn complete_many(&self, items: Vec<CompleteParams>) -> Result<Vec<Result<Settled>>>;
     /// Records progress, phase and checkpoint reported from inside a running execution.
     async fn report_progress(&self, p: ProgressParams) -> Result<ExecutionRow>;
     /// Hands back running executions: each becomes `cancelled` (`handed_back`) and its next

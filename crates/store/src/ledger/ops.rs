@@ -167,81 +167,102 @@ pub(crate) async fn insert_execution(
     tx: &mut dyn Conn,
     n: NewExecution<'_>,
 ) -> Result<ExecutionRow> {
+    let mut rows = insert_executions(tx, vec![n]).await?;
+    rows.pop()
+        .ok_or_else(|| StoreError::Database("an insert returned no row".into()))
+}
+
+/// Inserts executions and their creation events: the rows in one statement, the events in
+/// another, whatever their number. Numbers not given are taken from each job's counter.
+pub(crate) async fn insert_executions(
+    tx: &mut dyn Conn,
+    news: Vec<NewExecution<'_>>,
+) -> Result<Vec<ExecutionRow>> {
     let now = tx.now();
-    let number = match n.number {
-        Some(v) => v,
-        None => table::next_number(tx, &n.spec.name).await?,
-    };
-    let (timeouts, retry, command, key, runner) = match n.from_previous {
-        Some(p) => (
-            p.timeouts,
-            p.retry,
-            p.command.clone(),
-            p.concurrency_key.clone(),
-            p.runner.clone(),
-        ),
-        None => (
-            n.spec.timeouts,
-            n.spec.retry,
-            n.spec.command.clone(),
-            n.spec.concurrency_key.clone(),
-            n.spec.runner().to_string(),
-        ),
-    };
-    let (state, reason, message, finished_at, start_deadline) = match &n.skipped {
-        Some((r, m)) => (State::Skipped, Some(*r), Some(m.clone()), Some(now), None),
-        None => (
-            State::Queued,
-            None,
-            None,
-            None,
-            Some(timeouts.start_deadline(n.run_after)),
-        ),
-    };
-    let values = RowValues {
-        job: n.spec.name.clone(),
-        number,
-        attempt: n.attempt,
-        max_attempts: n.max_attempts.unwrap_or(retry.max_attempts).max(1),
-        retry_of: n.retry_of,
-        trigger: n.trigger,
-        scheduled_for: n.scheduled_for,
-        state,
-        command,
-        runner,
-        concurrency_key: key,
-        overlap: n.spec.overlap,
-        timeouts,
-        retry,
-        queued_at: now,
-        run_after: n.run_after,
-        start_deadline,
-        finished_at,
-        reason,
-        message: message.clone(),
-        payload: n.payload.cloned(),
-        idempotency_key: n.idempotency_key.map(str::to_string),
-        checkpoint: n.checkpoint.cloned(),
-        actor: n.actor.to_string(),
-    };
-    let row = table::insert_execution(tx, &values).await?;
-    let text = match &message {
-        Some(m) => format!("{}; {m}", n.note),
-        None => n.note.clone(),
-    };
-    let reason_text = reason.map(Reason::as_str);
-    event(
-        tx,
-        row.id,
-        EventKind::Transition,
-        None,
-        Some(state),
-        reason_text,
-        &text,
-        n.actor,
-    )
-    .await?;
-    Ok(row)
+    let mut values = Vec::with_capacity(news.len());
+    for n in &news {
+        let number = match n.number {
+            Some(v) => v,
+            None => table::next_number(tx, &n.spec.name).await?,
+        };
+        let (timeouts, retry, command, key, runner) = match n.from_previous {
+            Some(p) => (
+                p.timeouts,
+                p.retry,
+                p.command.clone(),
+                p.concurrency_key.clone(),
+                p.runner.clone(),
+            ),
+            None => (
+                n.spec.timeouts,
+                n.spec.retry,
+                n.spec.command.clone(),
+                n.spec.concurrency_key.clone(),
+                n.spec.runner().to_string(),
+            ),
+        };
+        let (state, reason, message, finished_at, start_deadline) = match &n.skipped {
+            Some((r, m)) => (State::Skipped, Some(*r), Some(m.clone()), Some(now), None),
+            None => (
+                State::Queued,
+                None,
+                None,
+                None,
+                Some(timeouts.start_deadline(n.run_after)),
+            ),
+        };
+        values.push(RowValues {
+            job: n.spec.name.clone(),
+            number,
+            attempt: n.attempt,
+            max_attempts: n.max_attempts.unwrap_or(retry.max_attempts).max(1),
+            retry_of: n.retry_of,
+            trigger: n.trigger,
+            scheduled_for: n.scheduled_for,
+            state,
+            command,
+            runner,
+            concurrency_key: key,
+            overlap: n.spec.overlap,
+            timeouts,
+            retry,
+            queued_at: now,
+            run_after: n.run_after,
+            start_deadline,
+            finished_at,
+            reason,
+            message,
+            payload: n.payload.cloned(),
+            idempotency_key: n.idempotency_key.map(str::to_string),
+            checkpoint: n.checkpoint.cloned(),
+            actor: n.actor.to_string(),
+        });
+    }
+    let rows = table::insert_executions(tx, &values).await?;
+    let texts: Vec<String> = news
+        .iter()
+        .zip(&values)
+        .map(|(n, v)| match &v.message {
+            Some(m) => format!("{}; {m}", n.note),
+            None => n.note.clone(),
+        })
+        .collect();
+    let events: Vec<NewEvent<'_>> = rows
+        .iter()
+        .zip(&values)
+        .zip(&texts)
+        .map(|((row, v), text)| NewEvent {
+            id: row.id,
+            kind: EventKind::Transition,
+            from: None,
+            to: Some(v.state),
+            reason: v.reason.map(Reason::as_str),
+            message: text,
+            actor: &v.actor,
+        })
+        .collect();
+    table::events(tx, &events).await?;
+    Ok(rows)
 }
 
 /// A terminal step to apply with compare-and-set.
@@ -272,59 +293,107 @@ pub(crate) async fn settle(
     row: &ExecutionRow,
     a: Apply<'_>,
 ) -> Result<Option<Settled>> {
-    let core = to_core(row);
-    let step = transition(row.state, core.pending_cancel, a.event)?;
-    if !step.to.is_terminal() {
-        return Err(StoreError::Invalid(format!(
-            "'{}' does not end execution {}",
-            a.event, row.id
-        )));
+    Ok(settle_many(tx, vec![(row, a)]).await?.pop().flatten())
+}
+
+/// The one path of every terminal transition, for many rows at once: the transition decided
+/// by `jobward_core::transition`, the compare-and-set of all rows in one statement (a row
+/// that changed in between is left alone: `None`), their events in one statement, and the
+/// retries the policy owes. The answer is in the order of `items`.
+pub(crate) async fn settle_many(
+    tx: &mut dyn Conn,
+    items: Vec<(&ExecutionRow, Apply<'_>)>,
+) -> Result<Vec<Option<Settled>>> {
+    let mut ends = Vec::with_capacity(items.len());
+    for (row, a) in &items {
+        let core = to_core(row);
+        let step = transition(row.state, core.pending_cancel, a.event)?;
+        if !step.to.is_terminal() {
+            return Err(StoreError::Invalid(format!(
+                "'{}' does not end execution {}",
+                a.event, row.id
+            )));
+        }
+        // A completed execution carries no reason and no message (invariant 1's CHECK).
+        let message = match (step.reason, a.message.is_empty()) {
+            (None, _) => None,
+            (Some(r), true) => Some(r.as_str().to_string()),
+            (Some(_), false) => Some(a.message.clone()),
+        };
+        ends.push((
+            *row,
+            End {
+                state: step.to,
+                actor: a.actor,
+                reason: step.reason,
+                message,
+                exit_code: a.exit_code,
+                signal: a.signal,
+            },
+        ));
     }
-    // A completed execution carries no reason and no message (invariant 1's CHECK).
-    let message = match (step.reason, a.message.is_empty()) {
-        (None, _) => None,
-        (Some(r), true) => Some(r.as_str().to_string()),
-        (Some(_), false) => Some(a.message.clone()),
-    };
-    let end = End {
-        state: step.to,
-        actor: a.actor,
-        reason: step.reason,
-        message: message.clone(),
-        exit_code: a.exit_code,
-        signal: a.signal,
-    };
-    if !table::cas_end(tx, row, &end).await? {
-        return Ok(None);
-    }
-    let text = message.unwrap_or_else(|| match a.exit_code {
-        Some(c) => format!("completed (exit code {c})"),
-        None => "completed".to_string(),
-    });
-    let reason_text = step.reason.map(Reason::as_str);
-    event(
-        tx,
-        row.id,
-        EventKind::Transition,
-        Some(row.state),
-        Some(step.to),
-        reason_text,
-        &text,
-        a.actor,
-    )
-    .await?;
-    let retry = match step.reason {
-        Some(reason) => schedule_retry(tx, row, reason, a.actor).await?,
-        None => None,
-    };
-    let execution = table::load(tx, row.id)
+    let changed: HashMap<ExecutionId, ExecutionRow> = table::cas_end_many(tx, &ends)
         .await?
-        .ok_or(StoreError::ExecutionNotFound(row.id))?;
-    Ok(Some(Settled {
-        execution,
-        retry,
-        repeated: false,
-    }))
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    let texts: Vec<String> = ends
+        .iter()
+        .map(|(_, end)| {
+            end.message.clone().unwrap_or_else(|| match end.exit_code {
+                Some(c) => format!("completed (exit code {c})"),
+                None => "completed".to_string(),
+            })
+        })
+        .collect();
+    let events: Vec<NewEvent<'_>> = ends
+        .iter()
+        .zip(&texts)
+        .filter(|((row, _), _)| changed.contains_key(&row.id))
+        .map(|((row, end), text)| NewEvent {
+            id: row.id,
+            kind: EventKind::Transition,
+            from: Some(row.state),
+            to: Some(end.state),
+            reason: end.reason.map(Reason::as_str),
+            message: text,
+            actor: end.actor,
+        })
+        .collect();
+    table::events(tx, &events).await?;
+    // A run that held a concurrency slot (or blocked a queued overlap) frees it: every
+    // node's claimers hear of it, so the next run goes to whichever node is free.
+    let mut freed: Vec<&str> = ends
+        .iter()
+        .filter(|(row, _)| {
+            changed.contains_key(&row.id)
+                && row.state == State::Running
+                && (row.concurrency_key.is_some() || row.overlap == Overlap::Queue)
+        })
+        .map(|(row, _)| row.runner.as_str())
+        .collect();
+    freed.sort_unstable();
+    freed.dedup();
+    for runner in freed {
+        tx.notify_work(runner).await?;
+    }
+    let mut out = Vec::with_capacity(ends.len());
+    for (row, end) in &ends {
+        let Some(execution) = changed.get(&row.id) else {
+            out.push(None);
+            continue;
+        };
+        let retry = match end.reason {
+            Some(reason) => schedule_retry(tx, row, reason, end.actor).await?,
+            None => None,
+        };
+        out.push(Some(Settled {
+            execution: execution.clone(),
+            retry,
+            repeated: false,
+        }));
+    }
+    Ok(out)
 }
 
 async fn schedule_retry(
@@ -552,6 +621,127 @@ pub(crate) async fn trigger(tx: &mut dyn Conn, p: &TriggerParams) -> Result<Crea
     create_with_overlap(tx, &spec, origin, &p.actor).await
 }
 
+/// Many triggers in one transaction (bulk enqueue). For each job of an `allow` or `queue`
+/// overlap that is not paused: its numbers in one statement, its executions in one, their
+/// events in one; idempotency keys are honoured per item (also between items of the batch).
+/// Other jobs take the one-trigger path per item. Answered per item, in order.
+pub(crate) async fn trigger_many(
+    tx: &mut dyn Conn,
+    items: &[TriggerParams],
+) -> Result<Vec<std::result::Result<Created, StoreError>>> {
+    let mut out: Vec<Option<std::result::Result<Created, StoreError>>> =
+        (0..items.len()).map(|_| None).collect();
+    let mut jobs: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, p) in items.iter().enumerate() {
+        match jobs.iter_mut().find(|(j, _)| *j == p.job.as_str()) {
+            Some((_, idxs)) => idxs.push(i),
+            None => jobs.push((p.job.as_str(), vec![i])),
+        }
+    }
+    for (job, idxs) in jobs {
+        let Some(state) = table::load_job(tx, job, false).await? else {
+            for i in idxs {
+                out[i] = Some(Err(StoreError::JobNotFound(job.to_string())));
+            }
+            continue;
+        };
+        if !state.defined {
+            for i in idxs {
+                out[i] = Some(Err(StoreError::JobUndefined(job.to_string())));
+            }
+            continue;
+        }
+        if state.paused || matches!(state.spec.overlap, Overlap::Skip | Overlap::Replace) {
+            for i in idxs {
+                out[i] = Some(Ok(trigger(tx, &items[i]).await?));
+            }
+            continue;
+        }
+        let keys: Vec<&str> = idxs
+            .iter()
+            .filter_map(|i| items[*i].idempotency_key.as_deref())
+            .collect();
+        let mut existing: HashMap<String, ExecutionRow> =
+            table::by_idempotency_keys(tx, job, &keys)
+                .await?
+                .into_iter()
+                .filter_map(|r| r.idempotency_key.clone().map(|k| (k, r)))
+                .collect();
+        // Items that create an execution, and items that repeat an earlier item's key.
+        let mut creating: Vec<usize> = Vec::new();
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        for &i in &idxs {
+            match items[i].idempotency_key.as_deref() {
+                Some(k) if existing.contains_key(k) => {
+                    out[i] = Some(Ok(Created {
+                        execution: existing[k].clone(),
+                        replaced: vec![],
+                        existing: true,
+                    }));
+                }
+                Some(k) => match creating
+                    .iter()
+                    .find(|j| items[**j].idempotency_key.as_deref() == Some(k))
+                {
+                    Some(&j) => repeats.push((i, j)),
+                    None => creating.push(i),
+                },
+                None => creating.push(i),
+            }
+        }
+        if creating.is_empty() {
+            continue;
+        }
+        let first = table::next_numbers(tx, job, creating.len() as u32).await?;
+        let now = tx.now();
+        let news: Vec<NewExecution<'_>> = creating
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                let p = &items[i];
+                NewExecution {
+                    number: Some(first + k as i64),
+                    payload: p.payload.as_ref(),
+                    idempotency_key: p.idempotency_key.as_deref(),
+                    ..NewExecution::first(
+                        &state.spec,
+                        Trigger::Manual,
+                        now,
+                        format!("triggered manually by {}", p.actor),
+                        &p.actor,
+                    )
+                }
+            })
+            .collect();
+        let rows = insert_executions(tx, news).await?;
+        for (&i, row) in creating.iter().zip(rows) {
+            if let Some(k) = &row.idempotency_key {
+                existing.insert(k.clone(), row.clone());
+            }
+            out[i] = Some(Ok(Created {
+                execution: row,
+                replaced: vec![],
+                existing: false,
+            }));
+        }
+        for (i, j) in repeats {
+            let first = out[j].as_ref().and_then(|r| r.as_ref().ok()).cloned();
+            out[i] = first.map(|c| {
+                Ok(Created {
+                    existing: true,
+                    ..c
+                })
+            });
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| Err(StoreError::Database("a trigger was not answered".into())))
+        })
+        .collect())
+}
+
 /// One scheduler tick over the due jobs this transaction holds.
 pub(crate) async fn fire_due(tx: &mut dyn Conn, actor: &str) -> Result<FireReport> {
     let now = tx.now();
@@ -676,36 +866,91 @@ pub(crate) async fn complete(
     tx: &mut dyn Conn,
     p: &CompleteParams,
 ) -> Result<std::result::Result<Settled, StoreError>> {
-    let Some(row) = table::load(tx, p.lease.id).await? else {
-        return Err(StoreError::ExecutionNotFound(p.lease.id));
-    };
-    let same_lease = row.attempt == p.lease.attempt
-        && row.lease_token.as_deref() == Some(p.lease.token.as_str());
-    if same_lease && row.state == State::Running {
+    complete_many(tx, std::slice::from_ref(p))
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Database("a completion returned nothing".into()))
+}
+
+/// Many owners' completions in one transaction: every row read in one statement, every
+/// accepted one settled together (`settle_many`); each report is still fenced by its own
+/// lease token and answered on its own: accepted, an idempotent repeat, or refused.
+pub(crate) async fn complete_many(
+    tx: &mut dyn Conn,
+    ps: &[CompleteParams],
+) -> Result<Vec<std::result::Result<Settled, StoreError>>> {
+    let ids: Vec<ExecutionId> = ps.iter().map(|p| p.lease.id).collect();
+    let rows: HashMap<ExecutionId, ExecutionRow> = table::load_many(tx, &ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    let mut out: Vec<Option<std::result::Result<Settled, StoreError>>> =
+        (0..ps.len()).map(|_| None).collect();
+    let mut items = Vec::new();
+    let mut picked = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, p) in ps.iter().enumerate() {
+        let Some(row) = rows.get(&p.lease.id) else {
+            out[i] = Some(Err(StoreError::ExecutionNotFound(p.lease.id)));
+            continue;
+        };
         let event = match p.outcome.reason {
             None => Event::Complete,
             Some(r) => Event::Finish(r),
         };
-        let a = Apply {
-            event,
-            message: p.outcome.message.clone().unwrap_or_default(),
-            actor: &p.actor,
-            exit_code: p.outcome.exit_code,
-            signal: p.outcome.signal,
-        };
-        if let Some(s) = settle(tx, &row, a).await? {
-            return Ok(Ok(s));
+        let same_lease = row.attempt == p.lease.attempt
+            && row.lease_token.as_deref() == Some(p.lease.token.as_str());
+        if !(same_lease && row.state == State::Running && seen.insert(row.id)) {
+            continue;
+        }
+        if let Err(e) = transition(row.state, to_core(row).pending_cancel, event) {
+            out[i] = Some(Err(e.into()));
+            continue;
+        }
+        items.push((
+            row,
+            Apply {
+                event,
+                message: p.outcome.message.clone().unwrap_or_default(),
+                actor: &p.actor,
+                exit_code: p.outcome.exit_code,
+                signal: p.outcome.signal,
+            },
+        ));
+        picked.push(i);
+    }
+    for (s, i) in settle_many(tx, items).await?.into_iter().zip(picked) {
+        if let Some(s) = s {
+            out[i] = Some(Ok(s));
         }
     }
-    let row = table::load(tx, p.lease.id)
-        .await?
-        .ok_or(StoreError::ExecutionNotFound(p.lease.id))?;
+    let mut answers = Vec::with_capacity(ps.len());
+    for (p, answer) in ps.iter().zip(out) {
+        answers.push(match answer {
+            Some(a) => a,
+            None => repeat_or_refuse(tx, p).await?,
+        });
+    }
+    Ok(answers)
+}
+
+/// A completion that changed nothing: the same report again (answered as the first time,
+/// with the retry it scheduled), or a report whose lease is lost (refused, with its event).
+async fn repeat_or_refuse(
+    tx: &mut dyn Conn,
+    p: &CompleteParams,
+) -> Result<std::result::Result<Settled, StoreError>> {
+    let Some(row) = table::load(tx, p.lease.id).await? else {
+        return Ok(Err(StoreError::ExecutionNotFound(p.lease.id)));
+    };
+    let same_lease = row.attempt == p.lease.attempt
+        && row.lease_token.as_deref() == Some(p.lease.token.as_str());
     let repeat = same_lease
         && row.state == outcome_state(&p.outcome)
         && row.reason == p.outcome.reason
         && row.exit_code == p.outcome.exit_code;
     if repeat {
-        // Answer as the first time: with the retry it scheduled, if any.
         let retry = table::next_attempt_of(tx, row.id, row.attempt).await?;
         return Ok(Ok(Settled {
             execution: row,
@@ -912,21 +1157,27 @@ pub(crate) async fn settle_due(
     actor: &str,
 ) -> Result<Vec<Recovered>> {
     let now = tx.now();
-    let mut out = Vec::new();
-    for row in rows {
-        let Some(d) = to_core(&row).due(now) else {
+    let mut due = Vec::new();
+    for row in &rows {
+        let Some(d) = to_core(row).due(now) else {
             continue;
         };
         let full = match (&row.concurrency_key, d) {
             (Some(k), Deadline::Queue) => table::key_full(tx, k).await?,
             _ => false,
         };
-        let a = Apply::new(Event::Expire(d), reap_message(&row, d, now, full), actor);
-        if let Some(s) = settle(tx, &row, a).await? {
-            out.push(recovered(&row, &s));
-        }
+        due.push((
+            row,
+            Apply::new(Event::Expire(d), reap_message(row, d, now, full), actor),
+        ));
     }
-    Ok(out)
+    let rows: Vec<&ExecutionRow> = due.iter().map(|(r, _)| *r).collect();
+    Ok(settle_many(tx, due)
+        .await?
+        .into_iter()
+        .zip(rows)
+        .filter_map(|(s, row)| s.map(|s| recovered(row, &s)))
+        .collect())
 }
 
 /// `cleanup --apply`: settles each candidate through the same compare-and-set; candidates
@@ -936,7 +1187,7 @@ pub(crate) async fn cleanup_apply(
     rows: &[ExecutionRow],
     p: &CleanupParams,
 ) -> Result<(Vec<Recovered>, Vec<ExecutionId>)> {
-    let (mut changed, mut raced) = (Vec::new(), Vec::new());
+    let mut items = Vec::new();
     for row in rows {
         let note = match &p.process_notes {
             None => None,
@@ -954,8 +1205,12 @@ pub(crate) async fn cleanup_apply(
             message.push_str("; ");
             message.push_str(n);
         }
-        let actor = p.actor.as_str();
-        match settle(tx, row, Apply::new(Event::Cleanup, message, actor)).await? {
+        items.push((row, Apply::new(Event::Cleanup, message, p.actor.as_str())));
+    }
+    let picked: Vec<&ExecutionRow> = items.iter().map(|(r, _)| *r).collect();
+    let (mut changed, mut raced) = (Vec::new(), Vec::new());
+    for (s, row) in settle_many(tx, items).await?.into_iter().zip(picked) {
+        match s {
             Some(s) => changed.push(recovered(row, &s)),
             None => raced.push(row.id),
         }
@@ -1162,9 +1417,9 @@ pub(crate) async fn claim(tx: &mut dyn Conn, p: &ClaimParams) -> Result<Vec<Exec
     // claims: a slot is counted from the running rows (invariant 3).
     let mut slots: HashMap<String, Option<(i64, i64)>> = HashMap::new();
     let mut queue_jobs: HashMap<String, bool> = HashMap::new();
-    let mut claimed = Vec::new();
+    let mut chosen = Vec::new();
     for row in candidates {
-        if claimed.len() as u32 >= p.limit {
+        if chosen.len() as u32 >= p.limit {
             break;
         }
         if let Some(key) = &row.concurrency_key {
@@ -1188,56 +1443,94 @@ pub(crate) async fn claim(tx: &mut dyn Conn, p: &ClaimParams) -> Result<Vec<Exec
             }
         }
         transition(row.state, None, Event::Claim)?;
-        let token = uuid::Uuid::new_v4().to_string();
-        let sql = format!(
-            "UPDATE executions SET state = 'running', started_at = $1, heartbeat_at = $1, \
-             lease_owner = $2, lease_token = $3, lease_expires_at = $1 + heartbeat_timeout_ms, \
-             run_deadline = $1 + run_timeout_ms + kill_grace_ms + $4, node_id = $5 \
-             WHERE id = $6 AND state = 'queued' AND attempt = $7 AND lease_token IS NULL \
-             RETURNING {}",
-            crate::rows::EXEC_COLUMNS
-        );
-        let Some(r) = tx
-            .one(
-                &sql,
-                &[
-                    now.into(),
-                    p.owner.as_str().into(),
-                    token.as_str().into(),
-                    crate::rows::dur_ms(jobward_core::deadline::OWNER_MARGIN).into(),
-                    p.node_id.as_deref().into(),
-                    row.id.into(),
-                    row.attempt.into(),
-                ],
-            )
-            .await?
-        else {
-            continue;
-        };
-        let claimed_row = crate::rows::execution(&r)?;
         if let Some(Some((_, running))) =
             row.concurrency_key.as_ref().and_then(|k| slots.get_mut(k))
         {
             *running += 1;
         }
-        let text = format!(
-            "claimed by {} (lease until {})",
-            p.owner,
-            claimed_row.lease_expires_at.map(ts).unwrap_or_default()
-        );
-        event(
-            tx,
-            row.id,
-            EventKind::Transition,
-            Some(State::Queued),
-            Some(State::Running),
-            None,
-            &text,
-            &p.owner,
-        )
-        .await?;
-        claimed.push(claimed_row);
+        chosen.push(row);
     }
+    take_leases(tx, &chosen, p).await
+}
+
+/// Gives each chosen queued execution its lease (one statement for all) and writes their
+/// events (one more). A row that is no longer queued is left out.
+async fn take_leases(
+    tx: &mut dyn Conn,
+    chosen: &[ExecutionRow],
+    p: &ClaimParams,
+) -> Result<Vec<ExecutionRow>> {
+    if chosen.is_empty() {
+        return Ok(vec![]);
+    }
+    let now = tx.now();
+    let batch: Vec<serde_json::Value> = chosen
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "bid": r.id,
+                "battempt": r.attempt,
+                "btoken": uuid::Uuid::new_v4().to_string(),
+            })
+        })
+        .collect();
+    let batch = serde_json::Value::Array(batch).to_string();
+    let source = crate::sql::batch(
+        tx.dialect(),
+        1,
+        &[
+            ("bid", "bigint"),
+            ("battempt", "bigint"),
+            ("btoken", "text"),
+        ],
+    );
+    let sql = format!(
+        "UPDATE executions SET state = 'running', started_at = $2, heartbeat_at = $2, \
+         lease_owner = $3, lease_token = v.btoken, lease_expires_at = $2 + heartbeat_timeout_ms, \
+         run_deadline = $2 + run_timeout_ms + kill_grace_ms + $4, node_id = $5 \
+         FROM {source} \
+         WHERE id = v.bid AND state = 'queued' AND attempt = v.battempt AND lease_token IS NULL \
+         RETURNING {}",
+        crate::rows::EXEC_COLUMNS
+    );
+    let mut claimed = crate::rows::executions(
+        tx.fetch(
+            &sql,
+            &[
+                batch.as_str().into(),
+                now.into(),
+                p.owner.as_str().into(),
+                crate::rows::dur_ms(jobward_core::deadline::OWNER_MARGIN).into(),
+                p.node_id.as_deref().into(),
+            ],
+        )
+        .await?,
+    )?;
+    claimed.sort_by_key(|r| (r.run_after, r.id));
+    let texts: Vec<String> = claimed
+        .iter()
+        .map(|r| {
+            format!(
+                "claimed by {} (lease until {})",
+                p.owner,
+                r.lease_expires_at.map(ts).unwrap_or_default()
+            )
+        })
+        .collect();
+    let events: Vec<NewEvent<'_>> = claimed
+        .iter()
+        .zip(&texts)
+        .map(|(r, text)| NewEvent {
+            id: r.id,
+            kind: EventKind::Transition,
+            from: Some(State::Queued),
+            to: Some(State::Running),
+            reason: None,
+            message: text,
+            actor: &p.owner,
+        })
+        .collect();
+    table::events(tx, &events).await?;
     Ok(claimed)
 }
 

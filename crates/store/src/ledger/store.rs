@@ -147,10 +147,19 @@ impl<B: Backend> Store for Ledger<B> {
         write!(self, p, |tx, p| ops::trigger(tx, &p).await)
     }
 
+    async fn trigger_many(&self, items: Vec<TriggerParams>) -> Result<Vec<Result<Created>>> {
+        if items.is_empty() {
+            return Ok(vec![]);
+        }
+        write!(self, items, |tx, p| ops::trigger_many(tx, &p).await)
+    }
+
     async fn fire_due(&self, actor: &str) -> Result<FireReport> {
         // Most ticks have nothing due: they are answered by a read, without a write.
-        let next = read!(self, (), |tx, _p| table::earliest_cursor(tx).await)?;
-        let now = self.db.clock().now();
+        let (next, now) = read!(self, (), |tx, _p| Ok((
+            table::earliest_cursor(tx).await?,
+            tx.now()
+        )))?;
         if next.is_none_or(|n| n > now) {
             return Ok(FireReport {
                 next_fire_at: next,
@@ -200,6 +209,13 @@ impl<B: Backend> Store for Ledger<B> {
             fail::fail_point!("complete_before_commit");
             r
         })?
+    }
+
+    async fn complete_many(&self, items: Vec<CompleteParams>) -> Result<Vec<Result<Settled>>> {
+        if items.is_empty() {
+            return Ok(vec![]);
+        }
+        write!(self, items, |tx, p| ops::complete_many(tx, &p).await)
     }
 
     async fn report_progress(&self, p: ProgressParams) -> Result<ExecutionRow> {

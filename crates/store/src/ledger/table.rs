@@ -77,128 +77,251 @@ pub(crate) async fn load_job(
 }
 
 pub(crate) async fn next_number(tx: &mut dyn Conn, job: &str) -> Result<i64> {
+    next_numbers(tx, job, 1).await
+}
+
+/// Inserts execution rows in one statement; returns them as stored, in the order given.
+pub(crate) async fn insert_executions(
+    tx: &mut dyn Conn,
+    values: &[RowValues],
+) -> Result<Vec<ExecutionRow>> {
+    if values.is_empty() {
+        return Ok(vec![]);
+    }
+    let batch: Vec<serde_json::Value> = values
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "bjob": v.job,
+                "bnumber": v.number,
+                "battempt": v.attempt,
+                "bmax_attempts": v.max_attempts,
+                "bretry_of": v.retry_of,
+                "btrigger": v.trigger.as_str(),
+                "bscheduled_for": v.scheduled_for.map(rows::ms),
+                "bstate": v.state.as_str(),
+                "bcommand": v.command,
+                "brunner": v.runner,
+                "bkey": v.concurrency_key,
+                "boverlap": v.overlap.as_str(),
+                "bhb": dur_ms(v.timeouts.heartbeat),
+                "brun": dur_ms(v.timeouts.run),
+                "bqueue": dur_ms(v.timeouts.queue),
+                "bgrace": dur_ms(v.timeouts.kill_grace),
+                "bbackoff": dur_ms(v.retry.backoff),
+                "bmax_backoff": dur_ms(v.retry.max_backoff),
+                "bqueued_at": rows::ms(v.queued_at),
+                "brun_after": rows::ms(v.run_after),
+                "bstart_deadline": v.start_deadline.map(rows::ms),
+                "bfinished_at": v.finished_at.map(rows::ms),
+                "breason": v.reason.map(Reason::as_str),
+                "bmessage": v.message,
+                "bpayload": v.payload.as_ref().map(|p| p.to_string()),
+                "bidem": v.idempotency_key,
+                "bcheckpoint": v.checkpoint.as_ref().map(|c| c.to_string()),
+                "bended_by": v.state.is_terminal().then_some(v.actor.as_str()),
+            })
+        })
+        .collect();
+    let cols: &[(&str, &str)] = &[
+        ("bjob", "text"),
+        ("bnumber", "bigint"),
+        ("battempt", "bigint"),
+        ("bmax_attempts", "bigint"),
+        ("bretry_of", "bigint"),
+        ("btrigger", "text"),
+        ("bscheduled_for", "bigint"),
+        ("bstate", "text"),
+        ("bcommand", "text"),
+        ("brunner", "text"),
+        ("bkey", "text"),
+        ("boverlap", "text"),
+        ("bhb", "bigint"),
+        ("brun", "bigint"),
+        ("bqueue", "bigint"),
+        ("bgrace", "bigint"),
+        ("bbackoff", "bigint"),
+        ("bmax_backoff", "bigint"),
+        ("bqueued_at", "bigint"),
+        ("brun_after", "bigint"),
+        ("bstart_deadline", "bigint"),
+        ("bfinished_at", "bigint"),
+        ("breason", "text"),
+        ("bmessage", "text"),
+        ("bpayload", "text"),
+        ("bidem", "text"),
+        ("bcheckpoint", "text"),
+        ("bended_by", "text"),
+    ];
+    let source = crate::sql::batch(tx.dialect(), 1, cols);
+    let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
+    let sql = format!(
+        "INSERT INTO executions (job, number, attempt, max_attempts, retry_of, trigger, scheduled_for, state, \
+         command, runner, concurrency_key, overlap, heartbeat_timeout_ms, run_timeout_ms, queue_timeout_ms, \
+         kill_grace_ms, backoff_ms, max_backoff_ms, queued_at, run_after, start_deadline, finished_at, reason, \
+         message, payload, idempotency_key, checkpoint, ended_by) \
+         SELECT {} FROM {source} RETURNING {EXEC_COLUMNS}",
+        names.join(", ")
+    );
+    let batch = serde_json::Value::Array(batch).to_string();
+    let inserted = rows::executions(tx.fetch(&sql, &[batch.as_str().into()]).await?)?;
+    let mut by_key: std::collections::HashMap<(String, i64, u32), ExecutionRow> = inserted
+        .into_iter()
+        .map(|r| ((r.job.clone(), r.number, r.attempt), r))
+        .collect();
+    let mut runners: Vec<&str> = values
+        .iter()
+        .filter(|v| v.state == State::Queued)
+        .map(|v| v.runner.as_str())
+        .collect();
+    runners.sort_unstable();
+    runners.dedup();
+    for runner in runners {
+        tx.notify_work(runner).await?;
+    }
+    values
+        .iter()
+        .map(|v| {
+            by_key
+                .remove(&(v.job.clone(), v.number, v.attempt))
+                .ok_or_else(|| corrupt("an inserted execution was not returned"))
+        })
+        .collect()
+}
+
+/// Executions by id, in one statement (in no particular order).
+pub(crate) async fn load_many(tx: &mut dyn Conn, ids: &[ExecutionId]) -> Result<Vec<ExecutionRow>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let source = crate::sql::batch(tx.dialect(), 1, &[("bid", "bigint")]);
+    let batch = serde_json::Value::Array(
+        ids.iter()
+            .map(|id| serde_json::json!({"bid": id}))
+            .collect(),
+    )
+    .to_string();
+    executions(
+        tx,
+        &format!("id IN (SELECT bid FROM {source})"),
+        &[batch.as_str().into()],
+    )
+    .await
+}
+
+/// Takes `count` numbers from a job's counter; returns the first.
+pub(crate) async fn next_numbers(tx: &mut dyn Conn, job: &str, count: u32) -> Result<i64> {
     tx.one(
-        "UPDATE jobs SET next_number = next_number + 1 WHERE name = $1 RETURNING next_number - 1",
-        &[job.into()],
+        "UPDATE jobs SET next_number = next_number + $2 WHERE name = $1 RETURNING next_number - $2",
+        &[job.into(), count.into()],
     )
     .await?
     .ok_or_else(|| StoreError::JobNotFound(job.to_string()))?
     .i64(0)
 }
 
-pub(crate) async fn insert_execution(tx: &mut dyn Conn, v: &RowValues) -> Result<ExecutionRow> {
-    let sql = format!(
-        "INSERT INTO executions (job, number, attempt, max_attempts, retry_of, trigger, scheduled_for, state, \
-         command, runner, concurrency_key, overlap, heartbeat_timeout_ms, run_timeout_ms, queue_timeout_ms, \
-         kill_grace_ms, backoff_ms, max_backoff_ms, queued_at, run_after, start_deadline, finished_at, reason, \
-         message, payload, idempotency_key, checkpoint, ended_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-         $21, $22, $23, $24, $25, $26, $27, $28) RETURNING {EXEC_COLUMNS}"
-    );
-    let payload = v.payload.as_ref().map(|p| p.to_string());
-    let checkpoint = v.checkpoint.as_ref().map(|c| c.to_string());
-    let ended_by = v.state.is_terminal().then_some(v.actor.as_str());
-    let r = tx
-        .one(
-            &sql,
-            &[
-                v.job.as_str().into(),
-                v.number.into(),
-                v.attempt.into(),
-                v.max_attempts.into(),
-                v.retry_of.into(),
-                v.trigger.as_str().into(),
-                v.scheduled_for.into(),
-                v.state.as_str().into(),
-                v.command.as_str().into(),
-                v.runner.as_str().into(),
-                v.concurrency_key.as_deref().into(),
-                v.overlap.as_str().into(),
-                dur_ms(v.timeouts.heartbeat).into(),
-                dur_ms(v.timeouts.run).into(),
-                dur_ms(v.timeouts.queue).into(),
-                dur_ms(v.timeouts.kill_grace).into(),
-                dur_ms(v.retry.backoff).into(),
-                dur_ms(v.retry.max_backoff).into(),
-                v.queued_at.into(),
-                v.run_after.into(),
-                v.start_deadline.into(),
-                v.finished_at.into(),
-                v.reason.map(Reason::as_str).into(),
-                v.message.as_deref().into(),
-                payload.as_deref().into(),
-                v.idempotency_key.as_deref().into(),
-                checkpoint.as_deref().into(),
-                ended_by.into(),
-            ],
-        )
-        .await?
-        .ok_or_else(|| corrupt("INSERT returned no row"))?;
-    if v.state == State::Queued {
-        tx.notify_work(&v.runner).await?;
-    }
-    rows::execution(&r)
-}
-
 pub(crate) async fn event(tx: &mut dyn Conn, e: &NewEvent<'_>) -> Result<()> {
-    let now = tx.now();
-    tx.execute(
-        "INSERT INTO events (execution_id, at, kind, from_state, to_state, reason, message, actor) \
-         VALUES ($1, /*now*/$2, $3, $4, $5, $6, $7, $8)",
-        &[
-            e.id.into(),
-            now.into(),
-            e.kind.as_str().into(),
-            e.from.map(|s| s.as_str()).into(),
-            e.to.map(|s| s.as_str()).into(),
-            e.reason.into(),
-            e.message.into(),
-            e.actor.into(),
-        ],
-    )
-    .await?;
-    Ok(())
+    events(tx, std::slice::from_ref(e)).await
 }
 
-/// Moves `row` (as it was read) to a terminal state.
-pub(crate) async fn cas_end(tx: &mut dyn Conn, row: &ExecutionRow, end: &End<'_>) -> Result<bool> {
-    let now = tx.now();
-    let sql = format!(
-        "UPDATE executions SET state = $1, reason = $2, message = $3, finished_at = /*now*/$4, \
-         exit_code = COALESCE($5, exit_code), signal = COALESCE($6, signal), ended_by = $7, \
-         progress = CASE WHEN $1 = 'completed' AND progress IS NOT NULL THEN 1.0 ELSE progress END \
-         WHERE {}",
-        cas(8)
-    );
-    let [a, b, c, d] = cas_args(row);
-    let changed = tx
-        .execute(
-            &sql,
-            &[
-                end.state.as_str().into(),
-                end.reason.map(Reason::as_str).into(),
-                end.message.as_deref().into(),
-                now.into(),
-                end.exit_code.into(),
-                end.signal.into(),
-                end.actor.into(),
-                a,
-                b,
-                c,
-                d,
-            ],
-        )
-        .await?
-        == 1;
-    // A run that held a concurrency slot (or blocked a queued overlap) frees it: every
-    // node's claimers hear of it, so the next run goes to whichever node is free.
-    if changed
-        && row.state == State::Running
-        && (row.concurrency_key.is_some() || row.overlap == jobward_core::Overlap::Queue)
-    {
-        tx.notify_work(&row.runner).await?;
+/// Moves each row (as it was read) to its terminal state, all in one statement; a row that
+/// changed in between is left alone. Returns the rows that changed, as they are now.
+pub(crate) async fn cas_end_many(
+    tx: &mut dyn Conn,
+    items: &[(&ExecutionRow, End<'_>)],
+) -> Result<Vec<ExecutionRow>> {
+    if items.is_empty() {
+        return Ok(vec![]);
     }
-    Ok(changed)
+    let now = tx.now();
+    let batch: Vec<serde_json::Value> = items
+        .iter()
+        .map(|(row, end)| {
+            serde_json::json!({
+                "bid": row.id,
+                "bfrom": row.state.as_str(),
+                "battempt": row.attempt,
+                "btoken": row.lease_token,
+                "bto": end.state.as_str(),
+                "breason": end.reason.map(Reason::as_str),
+                "bmessage": end.message,
+                "bexit": end.exit_code,
+                "bsignal": end.signal,
+                "bactor": end.actor,
+            })
+        })
+        .collect();
+    let source = crate::sql::batch(
+        tx.dialect(),
+        1,
+        &[
+            ("bid", "bigint"),
+            ("bfrom", "text"),
+            ("battempt", "bigint"),
+            ("btoken", "text"),
+            ("bto", "text"),
+            ("breason", "text"),
+            ("bmessage", "text"),
+            ("bexit", "bigint"),
+            ("bsignal", "bigint"),
+            ("bactor", "text"),
+        ],
+    );
+    let sql = format!(
+        "UPDATE executions SET state = v.bto, reason = v.breason, message = v.bmessage, \
+         finished_at = /*now*/$2, exit_code = COALESCE(v.bexit, exit_code), \
+         signal = COALESCE(v.bsignal, signal), ended_by = v.bactor, \
+         progress = CASE WHEN v.bto = 'completed' AND progress IS NOT NULL THEN 1.0 ELSE progress END \
+         FROM {source} \
+         WHERE id = v.bid AND state = v.bfrom AND attempt = v.battempt \
+           AND lease_token IS NOT DISTINCT FROM v.btoken \
+         RETURNING {EXEC_COLUMNS}"
+    );
+    let batch = serde_json::Value::Array(batch).to_string();
+    rows::executions(tx.fetch(&sql, &[batch.as_str().into(), now.into()]).await?)
+}
+
+/// Appends events (invariant 6), all in one statement.
+pub(crate) async fn events(tx: &mut dyn Conn, events: &[NewEvent<'_>]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let now = tx.now();
+    let batch: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "bid": e.id,
+                "bkind": e.kind.as_str(),
+                "bfrom": e.from.map(|s| s.as_str()),
+                "bto": e.to.map(|s| s.as_str()),
+                "breason": e.reason,
+                "bmessage": e.message,
+                "bactor": e.actor,
+            })
+        })
+        .collect();
+    let source = crate::sql::batch(
+        tx.dialect(),
+        1,
+        &[
+            ("bid", "bigint"),
+            ("bkind", "text"),
+            ("bfrom", "text"),
+            ("bto", "text"),
+            ("breason", "text"),
+            ("bmessage", "text"),
+            ("bactor", "text"),
+        ],
+    );
+    let sql = format!(
+        "INSERT INTO events (execution_id, at, kind, from_state, to_state, reason, message, actor) \
+         SELECT bid, /*now*/$2, bkind, bfrom, bto, breason, bmessage, bactor FROM {source}"
+    );
+    let batch = serde_json::Value::Array(batch).to_string();
+    tx.execute(&sql, &[batch.as_str().into(), now.into()])
+        .await?;
+    Ok(())
 }
 
 pub(crate) async fn cas_cancel_request(
@@ -300,6 +423,30 @@ pub(crate) async fn by_idempotency_key(
         tx,
         "job = $1 AND idempotency_key = $2 AND attempt = 1",
         &[job.into(), key.into()],
+    )
+    .await
+}
+
+/// First attempts of a job created with any of these idempotency keys.
+pub(crate) async fn by_idempotency_keys(
+    tx: &mut dyn Conn,
+    job: &str,
+    keys: &[&str],
+) -> Result<Vec<ExecutionRow>> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
+    let source = crate::sql::batch(tx.dialect(), 2, &[("bkey", "text")]);
+    let batch = serde_json::Value::Array(
+        keys.iter()
+            .map(|k| serde_json::json!({"bkey": k}))
+            .collect(),
+    )
+    .to_string();
+    executions(
+        tx,
+        &format!("job = $1 AND attempt = 1 AND idempotency_key IN (SELECT bkey FROM {source})"),
+        &[job.into(), batch.as_str().into()],
     )
     .await
 }

@@ -2129,3 +2129,232 @@ case! {
             .is_empty());
     }
 }
+
+case! {
+    /// Bulk enqueue: one call creates many executions of several jobs, honours idempotency
+    /// keys per item (also within the batch), and answers each item on its own.
+    async fn bulk_triggers_are_answered_per_item(store: DynStore) {
+        let mut skip = spec("s");
+        skip.overlap = Overlap::Skip;
+        define(&store, vec![spec("a"), spec("b"), skip], &[]).await;
+        let first = store
+            .trigger(TriggerParams {
+                job: "a".into(),
+                actor: "t".into(),
+                payload: None,
+                idempotency_key: Some("k1".into()),
+            })
+            .await
+            .unwrap()
+            .execution;
+        let item = |job: &str, key: Option<&str>| TriggerParams {
+            job: job.into(),
+            actor: "bulk".into(),
+            payload: Some(serde_json::json!({ "job": job })),
+            idempotency_key: key.map(str::to_string),
+        };
+        let mut items = vec![
+            item("a", Some("k1")),
+            item("a", Some("k2")),
+            item("a", Some("k2")),
+            item("nope", None),
+            item("s", None),
+            item("s", None),
+        ];
+        for _ in 0..500 {
+            items.push(item("b", None));
+        }
+        let out = store.trigger_many(items).await.unwrap();
+        assert_eq!(out.len(), 506);
+        let a0 = out[0].as_ref().unwrap();
+        assert!(a0.existing && a0.execution.id == first.id, "the earlier key's execution");
+        let (a1, a2) = (out[1].as_ref().unwrap(), out[2].as_ref().unwrap());
+        assert!(!a1.existing && a2.existing && a1.execution.id == a2.execution.id);
+        assert!(matches!(out[3], Err(StoreError::JobNotFound(_))));
+        let (s1, s2) = (out[4].as_ref().unwrap(), out[5].as_ref().unwrap());
+        assert_eq!(s1.execution.state, State::Queued);
+        assert_eq!(
+            (s2.execution.state, s2.execution.reason),
+            (State::Skipped, Some(Reason::Overlap)),
+            "overlap = skip holds inside a batch"
+        );
+        let bs: Vec<&ExecutionRow> = out[6..].iter().map(|r| &r.as_ref().unwrap().execution).collect();
+        let numbers: Vec<i64> = bs.iter().map(|e| e.number).collect();
+        assert_eq!(numbers, (1..=500).collect::<Vec<_>>(), "numbered in order");
+        assert!(bs.iter().all(|e| e.state == State::Queued && e.payload.is_some()));
+        for e in bs.iter().take(3) {
+            let events = store.events(e.id).await.unwrap();
+            assert_eq!(events.len(), 1, "its creation is an event");
+            assert_eq!(events[0].to, Some(State::Queued));
+        }
+        assert!(store
+            .audit(AuditParams { tolerance: Duration::from_secs(5) })
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}
+
+case! {
+    /// Batched completions: each report fenced by its own lease and answered on its own —
+    /// accepted, an idempotent repeat, or refused (with its event) — and one bad report
+    /// changes nothing for the others.
+    async fn batched_completions_are_fenced_one_by_one(store: DynStore) {
+        let mut r = spec("r");
+        r.retry.max_attempts = 2;
+        define(&store, vec![spec("a"), r], &[]).await;
+        for _ in 0..4 {
+            trigger(&store, "a").await;
+        }
+        trigger(&store, "r").await;
+        let c = claim(&store, "w", 5).await;
+        assert_eq!(c.len(), 5);
+        let done_before = complete_ok(&store, &c[3]).await.unwrap();
+        let stale = LeaseRef {
+            token: "stale".into(),
+            ..c[1].lease()
+        };
+        let report = |lease: LeaseRef, outcome: Outcome| CompleteParams {
+            lease,
+            outcome,
+            actor: "w".into(),
+        };
+        let retried = c.iter().find(|e| e.job == "r").unwrap();
+        let out = store
+            .complete_many(vec![
+                report(c[0].lease(), Outcome::success(0)),
+                report(stale, Outcome::success(0)),
+                report(c[3].lease(), Outcome::success(0)),
+                report(retried.lease(), failure(3)),
+                report(c[0].lease(), Outcome::success(0)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out[0].as_ref().unwrap().execution.state, State::Completed);
+        assert!(matches!(
+            out[1],
+            Err(StoreError::LeaseLost { state: State::Running, .. })
+        ));
+        assert!(out[2].as_ref().unwrap().repeated, "a repeat answers as the first time");
+        assert_eq!(out[2].as_ref().unwrap().execution, done_before.execution);
+        let failed = out[3].as_ref().unwrap();
+        assert_eq!(failed.execution.reason, Some(Reason::ExitCode));
+        assert!(failed.retry.is_some(), "the retry policy applies in a batch");
+        assert!(out[4].as_ref().unwrap().repeated);
+        assert_eq!(get(&store, c[1].id).await.state, State::Running, "the stale report changed nothing");
+        let refused = store
+            .events(c[1].id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Refused)
+            .count();
+        assert_eq!(refused, 1, "the stale report is refused on its own, with its event");
+    }
+}
+
+case! {
+    /// Batched operations from concurrent callers: bulk triggers, batched claims and batched
+    /// completions at once never exceed a limit, lose or double no transition.
+    async fn batched_operations_under_concurrent_callers(store: DynStore) {
+        let mut s = spec("b");
+        s.concurrency_key = Some("k".into());
+        define(&store, vec![s], &[("k", 5)]).await;
+        let mut producers = Vec::new();
+        for p in 0..4 {
+            let st = store.clone();
+            producers.push(tokio::spawn(async move {
+                let items = (0..50)
+                    .map(|i| TriggerParams {
+                        job: "b".into(),
+                        actor: format!("p{p}"),
+                        payload: None,
+                        idempotency_key: Some(format!("key-{}", (p * 50 + i) % 180)),
+                    })
+                    .collect();
+                st.trigger_many(items).await.unwrap()
+            }));
+        }
+        for p in producers {
+            assert!(p.await.unwrap().iter().all(|r| r.is_ok()));
+        }
+        let all = store
+            .list_executions(ExecutionFilter {
+                job: Some("b".into()),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 180, "one execution per key, across concurrent batches");
+        let mut workers = Vec::new();
+        for w in 0..4 {
+            let st = store.clone();
+            workers.push(tokio::spawn(async move {
+                for _ in 0..300 {
+                    let got = st
+                        .claim(ClaimParams {
+                            owner: format!("w{w}"),
+                            runner: "local".into(),
+                            node_id: None,
+                            limit: 3,
+                        })
+                        .await
+                        .unwrap();
+                    let running = st
+                        .list_executions(ExecutionFilter {
+                            states: vec![State::Running],
+                            limit: 100,
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap()
+                        .len();
+                    assert!(running <= 5, "{running} running with a limit of 5");
+                    if got.is_empty() {
+                        if st
+                            .list_executions(ExecutionFilter {
+                                states: vec![State::Queued],
+                                limit: 1,
+                                ..Default::default()
+                            })
+                            .await
+                            .unwrap()
+                            .is_empty()
+                        {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        continue;
+                    }
+                    let reports = got
+                        .iter()
+                        .map(|c| CompleteParams {
+                            lease: c.lease(),
+                            outcome: Outcome::success(0),
+                            actor: format!("w{w}"),
+                        })
+                        .collect();
+                    for r in st.complete_many(reports).await.unwrap() {
+                        assert!(!r.unwrap().repeated);
+                    }
+                }
+            }));
+        }
+        for w in workers {
+            w.await.unwrap();
+        }
+        for e in &all {
+            let e = get(&store, e.id).await;
+            assert_eq!(e.state, State::Completed, "{e:?}");
+            let transitions = store
+                .events(e.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|v| v.kind == EventKind::Transition)
+                .count();
+            assert_eq!(transitions, 3, "created, claimed, completed: once each");
+        }
+    }
+}
