@@ -294,6 +294,7 @@ for i in $(seq 1 $NODES); do start_proxy "${DBPROXY_PORT[$i]}" "$PG_PORT" "proxy
 
 # ---------------------------------------------------------------- nodes and workers
 "$BIN" --config "$CFG" migrate >"$RUN/migrate.log" 2>&1 || { echo "chaos: migrate failed: $(cat "$RUN/migrate.log")" >&2; exit 2; }
+q -f "$HERE/chaos/setup.sql" >/dev/null || exit 2
 
 start_node() { # i
     local i=$1 url="postgres://postgres@127.0.0.1:${DBPROXY_PORT[$1]}/$DB"
@@ -590,8 +591,8 @@ while :; do
     waited=$(( EPOCHSECONDS - SETTLE_T0 ))
     if [ $waited -ge $SETTLE_MAX ] || [ $waited = 15 ]; then
         log "still $live live executions after ${waited}s:"
-        q -F ' ' -c "SELECT id, job, state, runner, COALESCE(lease_owner, '-'), 'queued ' || round(extract(epoch FROM clock_timestamp() - queued_at)) || 's ago',
-                            'lease ' || COALESCE(round(extract(epoch FROM lease_expires_at - clock_timestamp()))::text, '-')
+        q -F ' ' -c "SELECT id, job, state, runner, COALESCE(lease_owner, '-'), 'queued ' || round(extract(epoch FROM clock_timestamp() - chaos.ts(queued_at))) || 's ago',
+                            'lease ' || COALESCE(round(extract(epoch FROM chaos.ts(lease_expires_at) - clock_timestamp()))::text, '-')
                      FROM executions WHERE state IN ('queued', 'running') ORDER BY id LIMIT 10" 2>/dev/null | sed 's/^/           /'
         [ $waited -ge $SETTLE_MAX ] && break
         sleep 1

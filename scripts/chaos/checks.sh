@@ -27,7 +27,6 @@ run_checks() {
     # 2. Nothing lost: every trigger got exactly one execution; everything is terminal.
     awk 'BEGIN {OFS = "\t"} {for (i = NF + 1; i <= 6; i++) $i = "\\N"; $1 = $1; print}' "$RUN/triggers.txt" >"$RUN/triggers.tsv" 2>/dev/null
     q >/dev/null <<SQL
-CREATE SCHEMA chaos;
 CREATE TABLE chaos.triggers (kind text, key text, job text, node text, code text, id text);
 \copy chaos.triggers FROM '$RUN/triggers.tsv'
 SQL
@@ -151,7 +150,7 @@ SQL
     r=$(q -F ' ' <<SQL
 WITH p AS (
     SELECT pr.t, pr.pid, pr.exec, e.job, e.state, COALESCE(e.reason, '-') AS reason,
-           extract(epoch FROM e.finished_at)::float8 AS f,
+           extract(epoch FROM chaos.ts(e.finished_at))::float8 AS f,
            CASE WHEN pr.owner LIKE '$TAG-w%' THEN substr(pr.owner, length('$TAG-') + 1)
                 ELSE (SELECT np.target FROM nodes n JOIN chaos.node_pids np ON np.pid = n.pid WHERE n.id = pr.owner LIMIT 1)
            END AS target
@@ -180,7 +179,7 @@ SQL
     local r12; r12=$(q -F '|' <<SQL
 WITH o AS (
     SELECT DISTINCT e.id, e.reason, e.message FROM chaos.procs pr JOIN executions e ON e.id = pr.exec
-    WHERE e.finished_at IS NOT NULL AND pr.t > extract(epoch FROM e.finished_at)
+    WHERE e.finished_at IS NOT NULL AND pr.t > extract(epoch FROM chaos.ts(e.finished_at))
       AND (pr.owner LIKE '$TAG-w%' OR pr.owner IN (SELECT id FROM nodes))
       AND e.reason IN ('heartbeat_timeout', 'node_lost', 'manual_cleanup')
 )
@@ -224,14 +223,14 @@ SQL
 WITH lost AS (
     SELECT n.id, n.name, n.heartbeat_at, n.stopped_at, n.stop_reason, np.target,
            EXISTS (SELECT 1 FROM chaos.impair i WHERE i.target = np.target
-                   AND i.s <= extract(epoch FROM n.stopped_at) AND i.e >= extract(epoch FROM n.heartbeat_at)) AS excused
+                   AND i.s <= extract(epoch FROM chaos.ts(n.stopped_at)) AND i.e >= extract(epoch FROM chaos.ts(n.heartbeat_at))) AS excused
     FROM nodes n LEFT JOIN chaos.node_pids np ON np.pid = n.pid
     WHERE n.stop_reason LIKE 'lost%'
 )
 SELECT count(*), count(*) FILTER (WHERE NOT excused),
        (SELECT count(*) FROM executions e WHERE e.reason = 'node_lost' AND e.node_id IN (SELECT id FROM lost WHERE NOT excused)),
-       COALESCE(string_agg(name || ' ' || left(id, 8) || ' last heartbeat ' || to_char(heartbeat_at, 'HH24:MI:SS.MS')
-                           || ', declared lost ' || to_char(stopped_at, 'HH24:MI:SS.MS') || ' ('
+       COALESCE(string_agg(name || ' ' || left(id, 8) || ' last heartbeat ' || to_char(chaos.ts(heartbeat_at) AT TIME ZONE 'UTC', 'HH24:MI:SS.MS')
+                           || ', declared lost ' || to_char(chaos.ts(stopped_at) AT TIME ZONE 'UTC', 'HH24:MI:SS.MS') || ' ('
                            || split_part(stop_reason, '; ', 2) || ')', '; ' ORDER BY stopped_at) FILTER (WHERE NOT excused), '')
 FROM lost
 SQL

@@ -13,13 +13,13 @@
 WITH s AS (
     SELECT clock_timestamp() AS now,
            CASE WHEN :hs > 0 THEN GREATEST(to_timestamp(:hs), pg_postmaster_start_time()) END AS hs,
-           (SELECT alive_since FROM ledger_liveness) AS alive_since
+           (SELECT chaos.ts(alive_since) FROM ledger_liveness) AS alive_since
 ), live AS (
     SELECT e.id, e.state, e.job,
-           CASE WHEN e.state = 'queued' THEN e.start_deadline
-                ELSE LEAST(e.run_deadline,
-                           COALESCE(e.cancel_deadline, 'infinity'::timestamptz),
-                           GREATEST(e.lease_expires_at,
+           CASE WHEN e.state = 'queued' THEN chaos.ts(e.start_deadline)
+                ELSE LEAST(chaos.ts(e.run_deadline),
+                           COALESCE(chaos.ts(e.cancel_deadline), 'infinity'::timestamptz),
+                           GREATEST(chaos.ts(e.lease_expires_at),
                                     pg_postmaster_start_time() + e.heartbeat_timeout_ms * interval '1 millisecond',
                                     s.alive_since + e.heartbeat_timeout_ms * interval '1 millisecond'))
            END AS due

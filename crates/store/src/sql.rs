@@ -8,7 +8,9 @@
 //! - `$N` placeholders become `?N` on SQLite;
 //! - `/*pg: TEXT*/` is TEXT on PostgreSQL and nothing on SQLite (row locks, `SKIP LOCKED`,
 //!   the postmaster's start time), `/*sqlite: TEXT*/` the other way round (`INDEXED BY`
-//!   hints for SQLite's planner, which has no statistics on a fresh file);
+//!   hints for SQLite's planner, which has no statistics on a fresh file; and
+//!   `/*sqlite: +*/state = '...'`, which keeps it from driving a batch `UPDATE ... FROM` by an
+//!   index over every row in that state instead of by the batch);
 //! - `/*now*/$N` is the moment of the change: on PostgreSQL `jw_now_ms()` (its
 //!   `clock_timestamp()`, so an event written late in a long transaction says when it was
 //!   written), on SQLite the transaction's `now` bound as `$N` (one writer, no waiting).

@@ -1489,7 +1489,7 @@ async fn take_leases(
          lease_owner = $3, lease_token = v.btoken, lease_expires_at = $2 + heartbeat_timeout_ms, \
          run_deadline = $2 + run_timeout_ms + kill_grace_ms + $4, node_id = $5 \
          FROM {source} \
-         WHERE id = v.bid AND state = 'queued' AND attempt = v.battempt AND lease_token IS NULL \
+         WHERE id = v.bid AND /*sqlite: +*/state = 'queued' AND attempt = v.battempt AND lease_token IS NULL \
          RETURNING {}",
         crate::rows::EXEC_COLUMNS
     );
@@ -1626,7 +1626,7 @@ pub(crate) async fn heartbeat(tx: &mut dyn Conn, p: &HeartbeatParams) -> Result<
          checkpoint = COALESCE(v.bcheckpoint, checkpoint) \
          FROM {source} \
          WHERE id = v.bid AND attempt = v.battempt AND lease_token = v.btoken \
-           AND state = 'running' AND lease_owner = $2 \
+           AND /*sqlite: +*/state = 'running' AND lease_owner = $2 \
          RETURNING id, cancel_reason, phase"
     );
     let renewed = tx
