@@ -16,7 +16,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SEED=""
 DURATION=120
 KEEP=0
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --seed) SEED=${2:?--seed needs a value}; shift 2 ;;
@@ -42,6 +42,7 @@ WORKERS=4
 CHAOS_PG=${CHAOS_PG:-postgres://postgres@127.0.0.1:5432}
 PG_HOSTPORT=${CHAOS_PG#*@}; PG_HOSTPORT=${PG_HOSTPORT%%/*}
 PG_HOST=${PG_HOSTPORT%:*}; PG_PORT=${PG_HOSTPORT##*:}
+PG_USER=${CHAOS_PG#postgres://}; PG_USER=${PG_USER%@*}
 BIN=${JOBWARD_BIN:-target/debug/jobward}
 
 missing=()
@@ -286,18 +287,18 @@ EOF
 cut_on()  { nft add element inet "$NFT_TABLE" cut "{ $1 }"; }
 cut_off() { nft delete element inet "$NFT_TABLE" cut "{ $1 }" 2>/dev/null; }
 
-start_proxy() { # LISTEN_PORT TARGET_PORT NAME
-    setsid socat "TCP-LISTEN:$1,bind=127.0.0.1,fork,reuseaddr" "TCP:127.0.0.1:$2" </dev/null >>"$RUN/$3.log" 2>&1 &
+start_proxy() { # LISTEN_PORT TARGET_HOST:TARGET_PORT NAME
+    setsid socat "TCP-LISTEN:$1,bind=127.0.0.1,fork,reuseaddr" "TCP:$2" </dev/null >>"$RUN/$3.log" 2>&1 &
     PROXY_PID+=($!)
 }
-for i in $(seq 1 $NODES); do start_proxy "${DBPROXY_PORT[$i]}" "$PG_PORT" "proxy-n$i-pg"; done
+for i in $(seq 1 $NODES); do start_proxy "${DBPROXY_PORT[$i]}" "$PG_HOST:$PG_PORT" "proxy-n$i-pg"; done
 
 # ---------------------------------------------------------------- nodes and workers
 "$BIN" --config "$CFG" migrate >"$RUN/migrate.log" 2>&1 || { echo "chaos: migrate failed: $(cat "$RUN/migrate.log")" >&2; exit 2; }
 q -f "$HERE/chaos/setup.sql" >/dev/null || exit 2
 
 start_node() { # i
-    local i=$1 url="postgres://postgres@127.0.0.1:${DBPROXY_PORT[$1]}/$DB"
+    local i=$1 url="postgres://$PG_USER@127.0.0.1:${DBPROXY_PORT[$1]}/$DB"
     echo "---- start $(date -u +%FT%T.%3NZ)" >>"$RUN/n$i.log"
     JOBWARD_LOG=info setsid "$BIN" --config "$CFG" --db "$url" serve --node-name "$TAG-n$i" \
         --bind "127.0.0.1:${API_PORT[$i]}" --log-dir "$RUN/logs-n$i" </dev/null >>"$RUN/n$i.log" 2>&1 &
@@ -331,7 +332,7 @@ for t in $(seq 1 100); do
 done
 for j in $(seq 1 $WORKERS); do
     printf 'w%s\tn%s\n' "$j" "$(( (j - 1) % NODES + 1 ))" >>"$RUN/worker_server.tsv"
-    start_proxy "${WPROXY_PORT[$j]}" "${API_PORT[$(( (j - 1) % NODES + 1 ))]}" "proxy-w$j"
+    start_proxy "${WPROXY_PORT[$j]}" "127.0.0.1:${API_PORT[$(( (j - 1) % NODES + 1 ))]}" "proxy-w$j"
     start_worker "$j"
 done
 log "3 nodes (api ${API_PORT[*]}, via PostgreSQL proxies ${DBPROXY_PORT[*]}), $WORKERS workers (via proxies ${WPROXY_PORT[*]}; clocks: +0 +30s -45s +0)"

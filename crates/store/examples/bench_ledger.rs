@@ -101,10 +101,16 @@ async fn main() {
     let concurrency = args.get(1).copied().unwrap_or(10);
     let batch = args.get(2).copied().unwrap_or(100) as u32;
 
+    let only = std::env::var("JOBWARD_BENCH_ONLY").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let (store, _) = open(&url, OpenMode::CreateAndMigrate).await.unwrap();
-    run("sqlite", store, count, concurrency, batch).await;
+    if only != "postgres" {
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        let (store, _) = open(&url, OpenMode::CreateAndMigrate).await.unwrap();
+        run("sqlite", store, count, concurrency, batch).await;
+    }
+    if only == "sqlite" {
+        return;
+    }
 
     let admin = std::env::var("JOBWARD_BENCH_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());

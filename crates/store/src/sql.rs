@@ -35,6 +35,9 @@ pub(crate) enum Arg<'a> {
     Real(Option<f64>),
     Text(Option<&'a str>),
     Bool(Option<bool>),
+    /// An array of integers: on PostgreSQL a `bigint[]` (for `id = ANY($N)`, which lets its
+    /// planner look rows up by key however stale its statistics); JSON text on SQLite.
+    Ints(&'a [i64]),
 }
 
 impl From<i64> for Arg<'_> {
@@ -321,7 +324,7 @@ pub(crate) fn batch(dialect: &Dialect, param: usize, cols: &[(&str, &str)]) -> S
             .map(|(n, _)| format!("json_extract(value, '$.{n}') AS {n}"))
             .collect();
         format!(
-            "(SELECT {} FROM json_each(${param})) AS v",
+            "(SELECT {} FROM jsonb_each(${param})) AS v",
             picked.join(", ")
         )
     }

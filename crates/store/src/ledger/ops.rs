@@ -12,7 +12,7 @@ use jobward_core::{
 use super::{End, JobState, NewEvent, RowValues, StopNodes, table};
 use crate::error::ts;
 use crate::rows::to_core;
-use crate::sql::Conn;
+use crate::sql::{Arg, Conn};
 use crate::types::*;
 use crate::{Result, StoreError};
 
@@ -1408,7 +1408,9 @@ pub(crate) async fn claim(tx: &mut dyn Conn, p: &ClaimParams) -> Result<Vec<Exec
             &[
                 p.runner.as_str().into(),
                 now.into(),
-                (i64::from(p.limit) * 4).into(),
+                // A few spare candidates for the ones a full key or a busy queue skips; more
+                // would lock rows (on PostgreSQL) that other claimers could take.
+                (i64::from(p.limit) + i64::from(p.limit / 4) + 1).into(),
             ],
         )
         .await?,
@@ -1464,6 +1466,7 @@ async fn take_leases(
         return Ok(vec![]);
     }
     let now = tx.now();
+    let ids: Vec<i64> = chosen.iter().map(|r| r.id).collect();
     let batch: Vec<serde_json::Value> = chosen
         .iter()
         .map(|r| {
@@ -1489,7 +1492,8 @@ async fn take_leases(
          lease_owner = $3, lease_token = v.btoken, lease_expires_at = $2 + heartbeat_timeout_ms, \
          run_deadline = $2 + run_timeout_ms + kill_grace_ms + $4, node_id = $5 \
          FROM {source} \
-         WHERE id = v.bid AND /*sqlite: +*/state = 'queued' AND attempt = v.battempt AND lease_token IS NULL \
+         WHERE /*pg: id = ANY($6) AND*/ id = v.bid AND /*sqlite: +*/state = 'queued' \
+           AND attempt = v.battempt AND lease_token IS NULL \
          RETURNING {}",
         crate::rows::EXEC_COLUMNS
     );
@@ -1502,6 +1506,7 @@ async fn take_leases(
                 p.owner.as_str().into(),
                 crate::rows::dur_ms(jobward_core::deadline::OWNER_MARGIN).into(),
                 p.node_id.as_deref().into(),
+                Arg::Ints(&ids),
             ],
         )
         .await?,
@@ -1625,14 +1630,20 @@ pub(crate) async fn heartbeat(tx: &mut dyn Conn, p: &HeartbeatParams) -> Result<
          progress = COALESCE(v.bprogress, progress), phase = COALESCE(v.bphase, phase), \
          checkpoint = COALESCE(v.bcheckpoint, checkpoint) \
          FROM {source} \
-         WHERE id = v.bid AND attempt = v.battempt AND lease_token = v.btoken \
+         WHERE /*pg: id = ANY($4) AND*/ id = v.bid AND attempt = v.battempt AND lease_token = v.btoken \
            AND /*sqlite: +*/state = 'running' AND lease_owner = $2 \
          RETURNING id, cancel_reason, phase"
     );
+    let ids: Vec<i64> = p.leases.iter().map(|b| b.lease.id).collect();
     let renewed = tx
         .fetch(
             &sql,
-            &[now.into(), p.owner.as_str().into(), batch.as_str().into()],
+            &[
+                now.into(),
+                p.owner.as_str().into(),
+                batch.as_str().into(),
+                Arg::Ints(&ids),
+            ],
         )
         .await?;
     for r in &renewed {

@@ -203,8 +203,8 @@ pub(crate) async fn load_many(tx: &mut dyn Conn, ids: &[ExecutionId]) -> Result<
     .to_string();
     executions(
         tx,
-        &format!("id IN (SELECT bid FROM {source})"),
-        &[batch.as_str().into()],
+        &format!("/*pg: id = ANY($2) AND*/ id IN (SELECT bid FROM {source})"),
+        &[batch.as_str().into(), Arg::Ints(ids)],
     )
     .await
 }
@@ -273,12 +273,16 @@ pub(crate) async fn cas_end_many(
          signal = COALESCE(v.bsignal, signal), ended_by = v.bactor, \
          progress = CASE WHEN v.bto = 'completed' AND progress IS NOT NULL THEN 1.0 ELSE progress END \
          FROM {source} \
-         WHERE id = v.bid AND state = v.bfrom AND attempt = v.battempt \
+         WHERE /*pg: id = ANY($3) AND*/ id = v.bid AND state = v.bfrom AND attempt = v.battempt \
            AND lease_token IS NOT DISTINCT FROM v.btoken \
          RETURNING {EXEC_COLUMNS}"
     );
     let batch = serde_json::Value::Array(batch).to_string();
-    rows::executions(tx.fetch(&sql, &[batch.as_str().into(), now.into()]).await?)
+    let ids: Vec<i64> = items.iter().map(|(r, _)| r.id).collect();
+    rows::executions(
+        tx.fetch(&sql, &[batch.as_str().into(), now.into(), Arg::Ints(&ids)])
+            .await?,
+    )
 }
 
 /// Appends events (invariant 6), all in one statement.

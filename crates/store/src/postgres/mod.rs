@@ -294,6 +294,7 @@ fn bind<'q>(
             Arg::Real(v) => q.bind(v),
             Arg::Text(v) => q.bind(v),
             Arg::Bool(v) => q.bind(v),
+            Arg::Ints(v) => q.bind(v),
         };
     }
     q

@@ -115,6 +115,10 @@ fn bind(stmt: &mut rusqlite::CachedStatement<'_>, args: &[Arg<'_>]) -> rusqlite:
             Arg::Real(v) => stmt.raw_bind_parameter(idx, v)?,
             Arg::Text(v) => stmt.raw_bind_parameter(idx, v)?,
             Arg::Bool(v) => stmt.raw_bind_parameter(idx, v.map(i64::from))?,
+            Arg::Ints(v) => stmt.raw_bind_parameter(
+                idx,
+                serde_json::to_string(v).unwrap_or_else(|_| "[]".into()),
+            )?,
         }
     }
     Ok(())
