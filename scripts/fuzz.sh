@@ -59,7 +59,8 @@ for t in $TARGETS; do
       echo "$t: ${#saved[@]} saved regression input(s) pass"
     else
       echo "$t: FAILED replaying fuzz/regressions/$t (log: fuzz/logs/$t.regressions.log)"
-      grep -m1 -E "panicked at|ERROR: libFuzzer" -A3 "$FUZZ/logs/$t.regressions.log" || true
+      grep -m1 -A1 "panicked at" "$FUZZ/logs/$t.regressions.log" ||
+        grep -m1 "ERROR: libFuzzer" "$FUZZ/logs/$t.regressions.log" || true
       failed=1
     fi
   fi
@@ -80,7 +81,7 @@ for t in $TARGETS; do
     failed=1
     artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n1)
     echo "$t: CRASH after ${execs:-?} executions (exit $rc); input: ${artifact:-see log}; log: fuzz/logs/$t.log"
-    grep -m1 -E "panicked at|ERROR: libFuzzer|==ERROR" -A4 "$log" || tail -n 20 "$log"
+    grep -m1 -A1 "panicked at" "$log" || grep -m1 "ERROR: libFuzzer" "$log" || tail -n 20 "$log"
     echo "   reproduce: (cd fuzz && cargo fuzz run ${BUILD_FLAGS[*]} $t ${artifact:-ARTIFACT})"
   fi
 done

@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "truth under faults",
         include_str!("../../migrations/sqlite/0002_truth_under_faults.sql"),
     ),
+    (
+        3,
+        "hot path indexes",
+        include_str!("../../migrations/sqlite/0003_hot_path_indexes.sql"),
+    ),
 ];
 
 pub(crate) fn latest() -> i64 {
