@@ -80,11 +80,15 @@ T0_MS=$(( ${EPOCHREALTIME/./} / 1000 ))
 now_ms() { NOW_MS=$(( ${EPOCHREALTIME/./} / 1000 )); }
 q() { psql "$DB_URL" -XAtq -v ON_ERROR_STOP=1 "$@"; }
 
+# Ports are taken below the kernel's ephemeral range, so that no outgoing connection can take
+# one between the check and the bind.
 declare -A USED_PORTS=()
+EPH_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null); EPH_LOW=${EPH_LOW:-32768}
+PORT_LOW=$(( EPH_LOW > 20000 ? 10000 : 2000 ))
 free_port() { # sets PORT to a free loopback TCP port
     local p
     while :; do
-        p=$(( 20000 + $(od -An -N2 -tu2 /dev/urandom) % 30000 ))
+        p=$(( PORT_LOW + $(od -An -N2 -tu2 /dev/urandom) % (EPH_LOW - PORT_LOW) ))
         [ -z "${USED_PORTS[$p]:-}" ] || continue
         if [ -z "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]; then USED_PORTS[$p]=1; PORT=$p; return; fi
     done
@@ -290,6 +294,9 @@ cut_off() { nft delete element inet "$NFT_TABLE" cut "{ $1 }" 2>/dev/null; }
 start_proxy() { # LISTEN_PORT TARGET_HOST:TARGET_PORT NAME
     setsid socat "TCP-LISTEN:$1,bind=127.0.0.1,fork,reuseaddr" "TCP:$2" </dev/null >>"$RUN/$3.log" 2>&1 &
     PROXY_PID+=($!)
+    local t
+    for t in $(seq 1 50); do [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ] && return 0; sleep 0.1; done
+    echo "chaos: proxy $3 could not listen on port $1: $(cat "$RUN/$3.log")" >&2; exit 2
 }
 for i in $(seq 1 $NODES); do start_proxy "${DBPROXY_PORT[$i]}" "$PG_HOST:$PG_PORT" "proxy-n$i-pg"; done
 

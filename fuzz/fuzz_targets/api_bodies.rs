@@ -10,14 +10,16 @@
 //!   byte 0   endpoint (index into `ENDPOINTS`, modulo its length)
 //!   byte 1   bits 0-1: method (0/1: the endpoint's own, 2: the other of GET/POST, 3: PUT)
 //!            bits 2-4: Content-Type (see `content_type`)
-//!            bits 5-7: path parameter (see `param`); 7 takes it from the input. For a
-//!            claim (no parameter): bit 5 queues an execution first, bit 6 picks its job
+//!            bits 5-7: path parameter: an id (0-2: the last claimed execution, 3: 1,
+//!            4: 0, 5: -1, 6: i64::MAX) or a job name (`JOB_NAMES`); 7 takes it from the
+//!            input. For a claim (no parameter): bit 5 queues an execution first, bit 6
+//!            picks its job
 //!   byte 2   (only when bits 5-7 are 7) length N of the path parameter, then N bytes of it
 //!   rest     the request body (for GET endpoints that take a query: the query string)
 //!
-//! In the body, `EXEC_ID`, `ATTEMPT_NO` and `LEASE_TOKEN` are replaced by the id, attempt and lease token of the
-//! execution most recently claimed through the API, so that heartbeats, completions,
-//! releases and progress reports can hold a real lease. A claim whose `wait_ms` would make it
+//! In the body, `EXEC_ID`, `ATTEMPT_NO` and `LEASE_TOKEN` are replaced by the id, attempt
+//! and lease token of the execution most recently claimed through the API, so that
+//! heartbeats, completions, releases and progress reports can hold a real lease. A claim whose `wait_ms` would make it
 //! long-poll has it cut to under 20 ms (the long poll itself is not what is fuzzed here).
 
 #![no_main]

@@ -524,6 +524,8 @@ async fn jobs_trigger(cli: &Cli, name: &str, wait: bool, json: bool) -> R {
             actor: actor(),
             payload: None,
             idempotency_key: None,
+            run_at: None,
+            priority: None,
         })
         .await?;
     let e = &created.execution;

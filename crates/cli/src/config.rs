@@ -128,6 +128,7 @@ pub struct RawJob {
     pub history: Option<RawHistory>,
     pub retry: Option<RawRetry>,
     pub queue: Option<String>,
+    pub priority: Option<i64>,
 }
 
 /// Server settings after defaults, file and flags were merged.
@@ -590,6 +591,16 @@ fn validate_fields(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings
                 Some(q) => {
                     validate_name("queue name", &q).map_err(|e| ctx.err("queue", e))?;
                     Some(q)
+                }
+            },
+            priority: match j.priority {
+                None => 0,
+                Some(p) if (-1000..=1000).contains(&p) => p as i32,
+                Some(p) => {
+                    return Err(ctx.err(
+                        "priority",
+                        format!("must be between -1000 and 1000, got {p}"),
+                    ));
                 }
             },
         });

@@ -96,6 +96,10 @@ pub struct JobSpec {
     /// `None`: a node runs it (runner "local"). `Some(q)`: remote workers claim it from queue q.
     #[serde(default)]
     pub queue: Option<String>,
+    /// Claims take higher priorities first within a queue (ties by age). A trigger may set
+    /// its own.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 mod schedule_serde {
@@ -126,6 +130,7 @@ impl JobSpec {
             history: History::default(),
             retry: RetryPolicy::default(),
             queue: None,
+            priority: 0,
         }
     }
 
@@ -205,6 +210,7 @@ mod tests {
             history: History::default(),
             retry: RetryPolicy::default(),
             queue: Some("gpu".into()),
+            priority: 3,
         };
         let json = serde_json::to_string(&spec).unwrap();
         let back: JobSpec = serde_json::from_str(&json).unwrap();

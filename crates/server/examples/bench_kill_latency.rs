@@ -50,6 +50,8 @@ async fn main() -> anyhow::Result<()> {
                 actor: "bench".into(),
                 payload: None,
                 idempotency_key: None,
+                run_at: None,
+                priority: None,
             })
             .await?
             .execution;

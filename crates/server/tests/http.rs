@@ -629,3 +629,26 @@ async fn a_running_execution_with_an_expired_lease_says_so() {
         );
     }
 }
+
+/// Every error is one line, whatever control characters a request carries (found by the
+/// api_bodies fuzz target: values are quoted in messages).
+#[tokio::test]
+async fn errors_stay_on_one_line_whatever_the_request_carries() {
+    let a = api(false).await;
+    for (method, uri, body) in [
+        (Method::GET, "/api/executions?since=%0A", None),
+        (Method::GET, "/api/executions?status=x%0Ay", None),
+        (Method::GET, "/api/jobs/a%0Ab", None),
+        (Method::POST, "/api/jobs/%0A/trigger", None),
+        (
+            Method::POST,
+            "/api/worker/claim",
+            Some(json!({"worker_id": "w", "queues": ["a\nb"], "batch": 1})),
+        ),
+    ] {
+        let (s, v) = a.call(method, uri, None, body).await;
+        assert!(s.is_client_error(), "{uri}: {s}");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(!m.contains('\n') && !m.contains('\r'), "{uri}: {m:?}");
+    }
+}

@@ -37,6 +37,8 @@ async fn trigger(store: &DynStore, node: &Node, job: &str) -> ExecutionId {
             actor: "test".into(),
             payload: None,
             idempotency_key: None,
+            run_at: None,
+            priority: None,
         })
         .await
         .unwrap()

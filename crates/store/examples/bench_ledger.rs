@@ -40,6 +40,8 @@ async fn run(name: &str, store: DynStore, count: usize, concurrency: usize, batc
                 actor: "bench".into(),
                 payload: None,
                 idempotency_key: None,
+                run_at: None,
+                priority: None,
             })
             .collect();
         store.trigger_many(items).await.unwrap();

@@ -22,6 +22,17 @@ pub enum StoreError {
     JobNotFound(String),
     #[error("job '{0}' is no longer in the configuration")]
     JobUndefined(String),
+    /// The API may not change or delete a job the configuration file defines.
+    #[error("job '{0}' is defined in the configuration file; change it there")]
+    JobOwnedByFile(String),
+    /// A job is the API's, and the configuration file defines one of the same name.
+    #[error(
+        "job '{0}' is defined through the API; the configuration file cannot also define it (rename one)"
+    )]
+    JobOwnedByApi(String),
+    /// The job still has live executions.
+    #[error("job '{name}' has {live} live execution(s); cancel them first, or ask to cancel them")]
+    JobBusy { name: String, live: usize },
     #[error("{0}")]
     Refused(#[from] Refusal),
     #[error("invalid request: {0}")]

@@ -18,7 +18,7 @@ mod sql;
 pub mod sqlite;
 pub mod types;
 
-pub use ledger::ops::REAPER_DUE;
+pub use ledger::ops::{MAX_BACKFILL, REAPER_DUE};
 
 use std::sync::Arc;
 
@@ -87,6 +87,15 @@ pub trait Store: Send + Sync + 'static {
     async fn list_jobs(&self) -> Result<Vec<JobRow>>;
     async fn get_job(&self, name: &str) -> Result<Option<JobRow>>;
     async fn set_paused(&self, name: &str, paused: bool) -> Result<()>;
+    /// Creates or replaces a job defined through the API; refuses a job the file defines.
+    async fn put_job(&self, p: PutJob) -> Result<PutJobReport>;
+    /// Deletes a job defined through the API (history stays); refused while it has live
+    /// executions unless asked to cancel them.
+    async fn delete_job(&self, p: DeleteJob) -> Result<DeleteJobReport>;
+    /// The recorded changes of a job, newest first.
+    async fn job_changes(&self, name: &str) -> Result<Vec<JobChange>>;
+    /// Fires each instant of a job's schedule in a range that has no execution yet.
+    async fn backfill(&self, p: Backfill) -> Result<BackfillReport>;
 
     // ---- creating executions ----
 
@@ -121,6 +130,8 @@ pub trait Store: Send + Sync + 'static {
     /// Hands back running executions: each becomes `cancelled` (`handed_back`) and its next
     /// attempt is queued at once.
     async fn release(&self, p: ReleaseParams) -> Result<ReleaseReport>;
+    /// Moves a queued execution's start to another time (a delayed run).
+    async fn reschedule(&self, p: Reschedule) -> Result<ExecutionRow>;
     /// Cancels a queued execution, or asks the owner of a running one to stop it.
     async fn cancel(&self, p: CancelParams) -> Result<CancelOutcome>;
 

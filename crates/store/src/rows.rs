@@ -53,7 +53,7 @@ pub(crate) const EXEC_COLUMNS: &str = "id, job, number, attempt, max_attempts, r
     queued_at, run_after, start_deadline, started_at, heartbeat_at, lease_owner, lease_token, \
     lease_expires_at, run_deadline, node_id, cancel_requested_at, cancel_reason, cancel_message, \
     cancel_deadline, pid, pgid, proc_start_ticks, boot_id, exit_code, signal, finished_at, payload, \
-    idempotency_key, progress, phase, checkpoint, ended_by";
+    idempotency_key, progress, phase, checkpoint, ended_by, priority";
 
 /// An execution from a row of `EXEC_COLUMNS`.
 pub(crate) fn execution(r: &Row) -> Result<ExecutionRow> {
@@ -117,6 +117,7 @@ pub(crate) fn execution(r: &Row) -> Result<ExecutionRow> {
         phase: r.opt_text(45)?,
         checkpoint: json("checkpoint", r.opt_text(46)?)?,
         ended_by: r.opt_text(47)?,
+        priority: r.i64(48)? as i32,
     })
 }
 

@@ -22,6 +22,10 @@ pub enum Trigger {
     Manual,
     /// It retries a previous attempt.
     Retry,
+    /// An operator asked for the instants of a time range to be fired (each at most once).
+    Backfill,
+    /// It ran outside jobward (`jobward exec`, pings): jobward only records it.
+    External,
 }
 
 impl Trigger {
@@ -31,6 +35,8 @@ impl Trigger {
             Trigger::CatchUp => "catch_up",
             Trigger::Manual => "manual",
             Trigger::Retry => "retry",
+            Trigger::Backfill => "backfill",
+            Trigger::External => "external",
         }
     }
 }
@@ -43,6 +49,8 @@ impl FromStr for Trigger {
             "catch_up" => Ok(Trigger::CatchUp),
             "manual" => Ok(Trigger::Manual),
             "retry" => Ok(Trigger::Retry),
+            "backfill" => Ok(Trigger::Backfill),
+            "external" => Ok(Trigger::External),
             _ => Err(format!("unknown trigger '{s}'")),
         }
     }
@@ -111,6 +119,8 @@ pub struct ExecutionRow {
     pub checkpoint: Option<serde_json::Value>,
     /// Who moved it to its terminal state: its owner, a reaper, an operator.
     pub ended_by: Option<String>,
+    /// Claims take higher priorities first within a queue.
+    pub priority: i32,
 }
 
 impl ExecutionRow {
@@ -197,6 +207,8 @@ impl FromStr for EventKind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobRow {
     pub spec: JobSpec,
+    /// Where the job is defined: the configuration file or the API.
+    pub source: JobSource,
     /// False once the job is gone from the configuration; its history stays readable.
     pub defined: bool,
     pub paused: bool,
@@ -261,6 +273,104 @@ impl JobRow {
             None => "never run".into(),
         }
     }
+}
+
+/// Where a job is defined. Jobs from the file are owned by the file; the API may only change
+/// its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobSource {
+    File,
+    Api,
+}
+
+impl JobSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobSource::File => "file",
+            JobSource::Api => "api",
+        }
+    }
+}
+
+impl FromStr for JobSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "file" => Ok(JobSource::File),
+            "api" => Ok(JobSource::Api),
+            _ => Err(format!("unknown job source '{s}'")),
+        }
+    }
+}
+
+/// One recorded change of a job: who, when, the definition before and after.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobChange {
+    pub id: i64,
+    pub job: String,
+    pub at: Timestamp,
+    pub actor: String,
+    /// created, replaced, changed, deleted, paused or resumed.
+    pub action: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// Create or replace a job defined through the API.
+#[derive(Debug, Clone)]
+pub struct PutJob {
+    pub spec: JobSpec,
+    pub actor: String,
+    /// `changed` for a partial change (PATCH), `replaced` otherwise.
+    pub partial: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PutJobReport {
+    pub created: bool,
+    /// The definition it replaced.
+    pub before: Option<JobSpec>,
+}
+
+/// Delete a job defined through the API (its history stays, per retention).
+#[derive(Debug, Clone)]
+pub struct DeleteJob {
+    pub name: String,
+    /// Cancel its live executions; without it a job with live executions is not deleted.
+    pub cancel: bool,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DeleteJobReport {
+    /// Executions cancelled (queued) or asked to stop (running).
+    pub cancelled: Vec<ExecutionId>,
+}
+
+/// Move a queued execution's start (a delayed run) to another time.
+#[derive(Debug, Clone)]
+pub struct Reschedule {
+    pub id: ExecutionId,
+    pub run_at: Timestamp,
+    pub actor: String,
+}
+
+/// Fire each instant of a job's schedule in [from, to] that has no execution yet.
+#[derive(Debug, Clone)]
+pub struct Backfill {
+    pub job: String,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BackfillReport {
+    /// Executions created (queued, or skipped under the overlap policy), one per instant.
+    pub created: Vec<ExecutionId>,
+    /// Instants that already had their execution: left alone (invariant 9).
+    pub already: usize,
 }
 
 /// Registering a node incarnation.
@@ -330,6 +440,10 @@ pub struct TriggerParams {
     pub payload: Option<serde_json::Value>,
     /// The same key for the same job returns the execution it created the first time.
     pub idempotency_key: Option<String>,
+    /// Not before this time (a delayed run); its start deadline counts from it.
+    pub run_at: Option<Timestamp>,
+    /// Overrides the job's priority.
+    pub priority: Option<i32>,
 }
 
 /// The result of creating an execution under the job's overlap policy.

@@ -37,6 +37,8 @@ async fn one_completed(store: &DynStore) -> ExecutionRow {
             actor: "t".into(),
             payload: None,
             idempotency_key: None,
+            run_at: None,
+            priority: None,
         })
         .await
         .unwrap();
@@ -185,6 +187,8 @@ async fn audit_finds_hand_corrupted_rows() {
                 actor: "t".into(),
                 payload: None,
                 idempotency_key: None,
+                run_at: None,
+                priority: None,
             })
             .await
             .unwrap();
@@ -285,6 +289,8 @@ async fn two_processes_share_one_file_without_busy_errors_or_overbooking() {
                 actor: format!("t{i}"),
                 payload: None,
                 idempotency_key: None,
+                run_at: None,
+                priority: None,
             })
             .await?;
             st.claim(ClaimParams {
@@ -332,4 +338,82 @@ async fn a_backup_is_a_consistent_ledger_of_its_own() {
         matches!(store.backup(&dest).await, Err(StoreError::Invalid(_))),
         "an existing file is never overwritten"
     );
+}
+
+/// A ledger written by an earlier jobward (schema 3) is upgraded in place: every record and
+/// event kept, and no id reused, even one freed by pruning.
+#[tokio::test]
+async fn an_older_ledger_is_upgraded_in_place_and_reuses_no_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+             installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL, \
+             checksum BLOB NOT NULL, execution_time BIGINT NOT NULL);",
+        )
+        .unwrap();
+        for (v, file) in [
+            (1, "0001_ledger.sql"),
+            (2, "0002_truth_under_faults.sql"),
+            (3, "0003_hot_path_indexes.sql"),
+        ] {
+            let sql = std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("migrations/sqlite")
+                    .join(file),
+            )
+            .unwrap();
+            c.execute_batch(&sql).unwrap();
+            c.execute(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES (?1, 'old', 1, x'00', 0)",
+                [v],
+            )
+            .unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO jobs (name, spec, schedule, updated_at, next_number) VALUES ('a', '{}', '{}', 0, 3);
+             INSERT INTO executions (job, number, attempt, max_attempts, trigger, state, command, overlap,
+               heartbeat_timeout_ms, run_timeout_ms, queue_timeout_ms, kill_grace_ms, backoff_ms, max_backoff_ms,
+               queued_at, run_after, finished_at, reason, message)
+             VALUES ('a', 1, 1, 1, 'manual', 'failed', 'true', 'allow', 1, 1, 1, 0, 0, 0, 0, 0, 5, 'exit_code', 'exited with code 1'),
+                    ('a', 2, 1, 1, 'manual', 'completed', 'true', 'allow', 1, 1, 1, 0, 0, 0, 0, 0, 6, NULL, NULL);
+             INSERT INTO events (execution_id, at, kind, to_state, message, actor) VALUES (1, 5, 'transition', 'failed', 'x', 'n');
+             DELETE FROM executions WHERE id = 2;",
+        )
+        .unwrap();
+    }
+    let url = format!("sqlite://{}", path.display());
+    let (store, opened) = open(&url, OpenMode::CreateAndMigrate).await.unwrap();
+    assert_eq!(opened.applied_migrations, vec![4]);
+    let kept = store.get_execution(1).await.unwrap().unwrap();
+    assert_eq!(
+        (kept.state, kept.reason, kept.message.as_deref()),
+        (
+            State::Failed,
+            Some(jobward_core::Reason::ExitCode),
+            Some("exited with code 1")
+        )
+    );
+    assert_eq!(store.events(1).await.unwrap().len(), 1, "its event is kept");
+    conformance::define(&store, vec![conformance::spec("a")], &[]).await;
+    let next = store
+        .trigger(TriggerParams {
+            job: "a".into(),
+            actor: "t".into(),
+            payload: None,
+            idempotency_key: None,
+            run_at: None,
+            priority: None,
+        })
+        .await
+        .unwrap()
+        .execution;
+    assert_eq!(
+        next.id, 3,
+        "id 2 was pruned before the upgrade and is never used again"
+    );
+    assert_eq!(next.number, 3);
 }

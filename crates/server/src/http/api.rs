@@ -197,6 +197,8 @@ pub async fn trigger(
             actor: format!("api:{}", caller.name),
             payload: req.payload,
             idempotency_key: req.idempotency_key,
+            run_at: None,
+            priority: None,
         })
         .await?;
     if !created.existing {

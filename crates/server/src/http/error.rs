@@ -19,12 +19,29 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// Every error message is one line: a request value it quotes may carry control characters
+/// (a newline in a query string, a job name, a queue), which are escaped here, once for all.
+fn one_line(m: String) -> String {
+    if !m.chars().any(char::is_control) {
+        return m;
+    }
+    m.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
-            message: message.into(),
+            message: one_line(message.into()),
         }
     }
     pub fn bad_request(m: impl Into<String>) -> ApiError {
@@ -46,7 +63,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_string(),
-                message: self.message,
+                message: one_line(self.message),
             },
         };
         (self.status, axum::Json(body)).into_response()
@@ -88,6 +105,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The framework's rejection texts break lines between their parts: a space reads better.
+fn flatten(s: String) -> String {
+    s.replace('\n', " ")
+}
+
 fn from_bytes_rejection(r: &BytesRejection) -> ApiError {
     match r {
         BytesRejection::FailedToBufferBody(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -95,10 +117,6 @@ fn from_bytes_rejection(r: &BytesRejection) -> ApiError {
         }
         _ => ApiError::bad_request("the request body could not be read"),
     }
-}
-
-fn one_line(s: String) -> String {
-    s.replace('\n', " ")
 }
 
 /// Request bodies are JSON objects. (serde would also read a struct from a JSON array, which
@@ -137,7 +155,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Err(e) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
-                one_line(e.body_text()),
+                flatten(e.body_text()),
             )),
         }
     }
@@ -178,7 +196,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e: QueryRejection| ApiError::bad_request(one_line(e.body_text())))
+            .map_err(|e: QueryRejection| ApiError::bad_request(flatten(e.body_text())))
     }
 }
 
@@ -191,6 +209,6 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| ApiPath(p.0))
-            .map_err(|e: PathRejection| ApiError::bad_request(one_line(e.body_text())))
+            .map_err(|e: PathRejection| ApiError::bad_request(flatten(e.body_text())))
     }
 }

@@ -75,6 +75,7 @@ pub(crate) struct StoredJob {
     pub spec_json: String,
     pub schedule_json: String,
     pub defined: bool,
+    pub source: JobSource,
 }
 
 /// Every column of a new execution row.
@@ -82,6 +83,7 @@ pub(crate) struct StoredJob {
 pub(crate) struct RowValues {
     /// Who created it (written as `ended_by` when it is born terminal).
     pub actor: String,
+    pub priority: i32,
     pub job: String,
     pub number: i64,
     pub attempt: u32,

@@ -129,6 +129,8 @@ pub(crate) struct NewExecution<'a> {
     pub max_attempts: Option<u32>,
     pub idempotency_key: Option<&'a str>,
     pub checkpoint: Option<&'a serde_json::Value>,
+    /// Overrides the job's priority.
+    pub priority: Option<i32>,
     pub note: String,
     pub actor: &'a str,
 }
@@ -156,6 +158,7 @@ impl<'a> NewExecution<'a> {
             max_attempts: None,
             idempotency_key: None,
             checkpoint: None,
+            priority: None,
             note,
             actor,
         }
@@ -185,13 +188,14 @@ pub(crate) async fn insert_executions(
             Some(v) => v,
             None => table::next_number(tx, &n.spec.name).await?,
         };
-        let (timeouts, retry, command, key, runner) = match n.from_previous {
+        let (timeouts, retry, command, key, runner, priority) = match n.from_previous {
             Some(p) => (
                 p.timeouts,
                 p.retry,
                 p.command.clone(),
                 p.concurrency_key.clone(),
                 p.runner.clone(),
+                p.priority,
             ),
             None => (
                 n.spec.timeouts,
@@ -199,6 +203,7 @@ pub(crate) async fn insert_executions(
                 n.spec.command.clone(),
                 n.spec.concurrency_key.clone(),
                 n.spec.runner().to_string(),
+                n.priority.unwrap_or(n.spec.priority),
             ),
         };
         let (state, reason, message, finished_at, start_deadline) = match &n.skipped {
@@ -236,6 +241,7 @@ pub(crate) async fn insert_executions(
             idempotency_key: n.idempotency_key.map(str::to_string),
             checkpoint: n.checkpoint.cloned(),
             actor: n.actor.to_string(),
+            priority,
         });
     }
     let rows = table::insert_executions(tx, &values).await?;
@@ -484,6 +490,9 @@ pub(crate) struct Origin<'a> {
     pub scheduled_for: Option<Timestamp>,
     pub payload: Option<&'a serde_json::Value>,
     pub idempotency_key: Option<&'a str>,
+    /// Not before this time (a delayed run); now when `None`.
+    pub run_after: Option<Timestamp>,
+    pub priority: Option<i32>,
     pub note: String,
 }
 
@@ -510,7 +519,14 @@ pub(crate) async fn create_with_overlap(
         scheduled_for: origin.scheduled_for,
         payload: origin.payload,
         idempotency_key: origin.idempotency_key,
-        ..NewExecution::first(spec, origin.trigger, now, origin.note, actor)
+        priority: origin.priority,
+        ..NewExecution::first(
+            spec,
+            origin.trigger,
+            origin.run_after.map_or(now, |t| t.max(now)),
+            origin.note,
+            actor,
+        )
     };
     if let Some(blocking) = live.first() {
         match spec.overlap {
@@ -596,7 +612,10 @@ pub(crate) async fn trigger(tx: &mut dyn Conn, p: &TriggerParams) -> Result<Crea
             existing: true,
         });
     }
-    let note = format!("triggered manually by {}", p.actor);
+    let mut note = format!("triggered manually by {}", p.actor);
+    if let Some(at) = p.run_at.filter(|at| *at > tx.now()) {
+        note.push_str(&format!("; scheduled for {}", ts(at)));
+    }
     if paused {
         let new = NewExecution {
             skipped: Some((Reason::Paused, format!("job '{}' is paused", spec.name))),
@@ -616,6 +635,8 @@ pub(crate) async fn trigger(tx: &mut dyn Conn, p: &TriggerParams) -> Result<Crea
         scheduled_for: None,
         payload: p.payload.as_ref(),
         idempotency_key: p.idempotency_key.as_deref(),
+        run_after: p.run_at,
+        priority: p.priority,
         note,
     };
     create_with_overlap(tx, &spec, origin, &p.actor).await
@@ -703,10 +724,11 @@ pub(crate) async fn trigger_many(
                     number: Some(first + k as i64),
                     payload: p.payload.as_ref(),
                     idempotency_key: p.idempotency_key.as_deref(),
+                    priority: p.priority,
                     ..NewExecution::first(
                         &state.spec,
                         Trigger::Manual,
-                        now,
+                        p.run_at.map_or(now, |t| t.max(now)),
                         format!("triggered manually by {}", p.actor),
                         &p.actor,
                     )
@@ -834,6 +856,8 @@ async fn fire_job(
             scheduled_for: Some(at),
             payload: None,
             idempotency_key: None,
+            run_after: None,
+            priority: None,
             note,
         };
         let c = create_with_overlap(tx, spec, origin, actor).await?;
@@ -1277,21 +1301,45 @@ pub(crate) async fn sync_jobs(tx: &mut dyn Conn, p: &SyncJobs) -> Result<SyncRep
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let first = first_fire(&job.schedule, now);
         match existing.get(&job.name) {
+            Some(old) if old.source == JobSource::Api && old.defined => {
+                return Err(StoreError::JobOwnedByApi(job.name.clone()));
+            }
             None => {
-                table::insert_job(tx, &job.name, &spec_json, &sched_json, first).await?;
+                table::insert_job(
+                    tx,
+                    &job.name,
+                    &spec_json,
+                    &sched_json,
+                    first,
+                    JobSource::File,
+                    None,
+                )
+                .await?;
                 report.added.push(job.name.clone());
             }
-            Some(old) if old.spec_json != spec_json || !old.defined => {
+            Some(old)
+                if old.spec_json != spec_json || !old.defined || old.source != JobSource::File =>
+            {
                 let reset = old.schedule_json != sched_json || !old.defined;
-                table::update_job(tx, &job.name, &spec_json, &sched_json, reset, first).await?;
+                table::update_job(
+                    tx,
+                    &job.name,
+                    &spec_json,
+                    &sched_json,
+                    reset,
+                    first,
+                    JobSource::File,
+                )
+                .await?;
                 report.changed.push(job.name.clone());
             }
             Some(_) => report.unchanged += 1,
         }
     }
+    // Jobs of the API are the API's: a configuration never removes them.
     let mut removed: Vec<String> = existing
         .values()
-        .filter(|j| j.defined && !seen.contains(&j.name))
+        .filter(|j| j.defined && j.source == JobSource::File && !seen.contains(&j.name))
         .map(|j| j.name.clone())
         .collect();
     removed.sort();
@@ -1398,8 +1446,8 @@ pub(crate) async fn claim(tx: &mut dyn Conn, p: &ClaimParams) -> Result<Vec<Exec
                 WHERE r.state = 'running' AND r.concurrency_key = e.concurrency_key) >= l.max_running)) \
            AND (e.overlap <> 'queue' OR NOT EXISTS (SELECT 1 FROM executions r \
                 WHERE r.job = e.job AND r.state = 'running')) \
-           ORDER BY e.run_after, e.id LIMIT $3 /*pg: FOR UPDATE SKIP LOCKED*/) \
-         SELECT {} FROM executions WHERE id IN (SELECT id FROM c) ORDER BY run_after, id",
+           ORDER BY e.priority DESC, e.run_after, e.id LIMIT $3 /*pg: FOR UPDATE SKIP LOCKED*/) \
+         SELECT {} FROM executions WHERE id IN (SELECT id FROM c) ORDER BY priority DESC, run_after, id",
         crate::rows::EXEC_COLUMNS
     );
     let candidates = crate::rows::executions(
@@ -1511,7 +1559,7 @@ async fn take_leases(
         )
         .await?,
     )?;
-    claimed.sort_by_key(|r| (r.run_after, r.id));
+    claimed.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.run_after, r.id));
     let texts: Vec<String> = claimed
         .iter()
         .map(|r| {
@@ -1757,4 +1805,222 @@ pub(crate) async fn stop_node(tx: &mut dyn Conn, id: &str, reason: &str) -> Resu
 pub(crate) async fn sync_jobs_locked(tx: &mut dyn Conn, p: &SyncJobs) -> Result<SyncReport> {
     tx.lock("jobward:sync").await?;
     sync_jobs(tx, p).await
+}
+
+/// Creates or replaces a job defined through the API. A job the configuration file defines is
+/// the file's: it is refused. The change is recorded with its actor, before and after.
+pub(crate) async fn put_job(tx: &mut dyn Conn, p: &PutJob) -> Result<PutJobReport> {
+    tx.lock("jobward:sync").await?;
+    let spec_json =
+        serde_json::to_string(&p.spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let sched_json = serde_json::to_string(&p.spec.schedule.spec())
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let first = first_fire(&p.spec.schedule, tx.now());
+    let name = p.spec.name.as_str();
+    let old = table::stored_job(tx, name).await?;
+    let report = match &old {
+        Some(old) if old.source == JobSource::File && old.defined => {
+            return Err(StoreError::JobOwnedByFile(name.to_string()));
+        }
+        None => {
+            table::insert_job(
+                tx,
+                name,
+                &spec_json,
+                &sched_json,
+                first,
+                JobSource::Api,
+                Some(&p.actor),
+            )
+            .await?;
+            PutJobReport {
+                created: true,
+                before: None,
+            }
+        }
+        Some(old) => {
+            let reset = old.schedule_json != sched_json || !old.defined;
+            table::update_job(
+                tx,
+                name,
+                &spec_json,
+                &sched_json,
+                reset,
+                first,
+                JobSource::Api,
+            )
+            .await?;
+            PutJobReport {
+                created: !old.defined,
+                before: if old.defined {
+                    serde_json::from_str(&old.spec_json).ok()
+                } else {
+                    None
+                },
+            }
+        }
+    };
+    let action = match (report.created, p.partial) {
+        (true, _) => "created",
+        (false, true) => "changed",
+        (false, false) => "replaced",
+    };
+    let before = old.filter(|o| o.defined).map(|o| o.spec_json);
+    table::job_change(
+        tx,
+        name,
+        &p.actor,
+        action,
+        before.as_deref(),
+        Some(&spec_json),
+    )
+    .await?;
+    Ok(report)
+}
+
+/// Deletes a job defined through the API: it stops firing and cannot be triggered; its
+/// history stays (per retention). Refused while it has live executions, unless asked to
+/// cancel them.
+pub(crate) async fn delete_job(tx: &mut dyn Conn, p: &DeleteJob) -> Result<DeleteJobReport> {
+    tx.lock("jobward:sync").await?;
+    let Some(old) = table::stored_job(tx, &p.name).await? else {
+        return Err(StoreError::JobNotFound(p.name.clone()));
+    };
+    if !old.defined {
+        return Err(StoreError::JobUndefined(p.name.clone()));
+    }
+    if old.source == JobSource::File {
+        return Err(StoreError::JobOwnedByFile(p.name.clone()));
+    }
+    let live = table::live_of_job(tx, &p.name).await?;
+    if !live.is_empty() && !p.cancel {
+        return Err(StoreError::JobBusy {
+            name: p.name.clone(),
+            live: live.len(),
+        });
+    }
+    let mut report = DeleteJobReport::default();
+    let message = format!("job '{}' was deleted by {}", p.name, p.actor);
+    for row in &live {
+        let done = match row.state {
+            State::Queued => settle(
+                tx,
+                row,
+                Apply::new(
+                    Event::Cancel(Reason::CancelRequested),
+                    message.clone(),
+                    &p.actor,
+                ),
+            )
+            .await?
+            .is_some(),
+            _ => request_cancel(tx, row, Reason::CancelRequested, &message, &p.actor).await?,
+        };
+        if done {
+            report.cancelled.push(row.id);
+        }
+    }
+    table::undefine_job(tx, &p.name).await?;
+    table::job_change(tx, &p.name, &p.actor, "deleted", Some(&old.spec_json), None).await?;
+    Ok(report)
+}
+
+/// Moves a queued execution's start (a delayed run) to another time; its start deadline is
+/// counted from the new time.
+pub(crate) async fn reschedule(tx: &mut dyn Conn, p: &Reschedule) -> Result<ExecutionRow> {
+    let row = table::load(tx, p.id)
+        .await?
+        .ok_or(StoreError::ExecutionNotFound(p.id))?;
+    if row.state != State::Queued {
+        return Err(StoreError::Invalid(format!(
+            "execution {} is {}: only a queued execution can be rescheduled",
+            row.id, row.state
+        )));
+    }
+    let run_after = p.run_at.max(tx.now());
+    let deadline = row.timeouts.start_deadline(run_after);
+    if !table::set_run_after(tx, &row, run_after, deadline).await? {
+        return Err(StoreError::Database(
+            "execution changed during reschedule".into(),
+        ));
+    }
+    let text = format!("rescheduled by {} to {}", p.actor, ts(run_after));
+    event(
+        tx,
+        row.id,
+        EventKind::Note,
+        Some(State::Queued),
+        Some(State::Queued),
+        None,
+        &text,
+        &p.actor,
+    )
+    .await?;
+    tx.notify_work(&row.runner).await?;
+    table::load(tx, p.id)
+        .await?
+        .ok_or(StoreError::ExecutionNotFound(p.id))
+}
+
+/// Most instants one backfill fires.
+pub const MAX_BACKFILL: usize = 1000;
+
+/// Fires each instant of a job's schedule in [from, to] that has no execution yet (invariant
+/// 9: an instant that has one is left alone), under the job's overlap policy.
+pub(crate) async fn backfill(tx: &mut dyn Conn, p: &Backfill) -> Result<BackfillReport> {
+    let Some(job) = table::load_job(tx, &p.job, true).await? else {
+        return Err(StoreError::JobNotFound(p.job.clone()));
+    };
+    if !job.defined {
+        return Err(StoreError::JobUndefined(p.job.clone()));
+    }
+    if job.paused {
+        return Err(StoreError::Invalid(format!(
+            "job '{}' is paused; resume it to backfill",
+            p.job
+        )));
+    }
+    if p.from > p.to {
+        return Err(StoreError::Invalid("from is after to".into()));
+    }
+    let mut instants = Vec::new();
+    let mut t = job
+        .spec
+        .schedule
+        .next_after(p.from - chrono::TimeDelta::milliseconds(1));
+    while let Some(at) = t.filter(|at| *at <= p.to) {
+        instants.push(at);
+        if instants.len() > MAX_BACKFILL {
+            return Err(StoreError::Invalid(format!(
+                "the range holds more than {MAX_BACKFILL} instants of job '{}'; backfill a shorter range",
+                p.job
+            )));
+        }
+        t = job.spec.schedule.next_after(at);
+    }
+    if instants.is_empty() && matches!(job.spec.schedule, jobward_core::Schedule::Manual) {
+        return Err(StoreError::Invalid(format!(
+            "job '{}' has no schedule to backfill",
+            p.job
+        )));
+    }
+    let mut report = BackfillReport::default();
+    for at in instants {
+        if table::fired_already(tx, &p.job, at).await? {
+            report.already += 1;
+            continue;
+        }
+        let origin = Origin {
+            trigger: Trigger::Backfill,
+            scheduled_for: Some(at),
+            payload: None,
+            idempotency_key: None,
+            run_after: None,
+            priority: None,
+            note: format!("backfilled by {} for {}", p.actor, ts(at)),
+        };
+        let c = create_with_overlap(tx, &job.spec, origin, &p.actor).await?;
+        report.created.push(c.execution.id);
+    }
+    Ok(report)
 }

@@ -38,7 +38,7 @@ pub(crate) async fn job_names(tx: &mut dyn Conn) -> Result<Vec<String>> {
 pub(crate) async fn get_job(tx: &mut dyn Conn, name: &str) -> Result<Option<JobRow>> {
     let Some(r) = tx
         .one(
-            "SELECT spec, defined, paused, next_fire_at FROM jobs WHERE name = $1",
+            "SELECT spec, defined, paused, next_fire_at, source FROM jobs WHERE name = $1",
             &[name.into()],
         )
         .await?
@@ -57,6 +57,7 @@ pub(crate) async fn get_job(tx: &mut dyn Conn, name: &str) -> Result<Option<JobR
     .await?;
     Ok(Some(JobRow {
         spec,
+        source: r.text(4)?.parse().map_err(corrupt)?,
         defined: r.bool(1)?,
         paused: r.bool(2)?,
         next_fire_at: r.opt_time(3)?,

@@ -147,6 +147,27 @@ impl<B: Backend> Store for Ledger<B> {
         write!(self, p, |tx, p| ops::trigger(tx, &p).await)
     }
 
+    async fn put_job(&self, p: PutJob) -> Result<PutJobReport> {
+        write!(self, p, |tx, p| ops::put_job(tx, &p).await)
+    }
+
+    async fn delete_job(&self, p: DeleteJob) -> Result<DeleteJobReport> {
+        write!(self, p, |tx, p| ops::delete_job(tx, &p).await)
+    }
+
+    async fn job_changes(&self, name: &str) -> Result<Vec<JobChange>> {
+        read!(self, name.to_string(), |tx, n| table::job_changes(tx, &n)
+            .await)
+    }
+
+    async fn backfill(&self, p: Backfill) -> Result<BackfillReport> {
+        write!(self, p, |tx, p| ops::backfill(tx, &p).await)
+    }
+
+    async fn reschedule(&self, p: Reschedule) -> Result<ExecutionRow> {
+        write!(self, p, |tx, p| ops::reschedule(tx, &p).await)
+    }
+
     async fn trigger_many(&self, items: Vec<TriggerParams>) -> Result<Vec<Result<Created>>> {
         if items.is_empty() {
             return Ok(vec![]);

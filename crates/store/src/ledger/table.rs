@@ -120,6 +120,7 @@ pub(crate) async fn insert_executions(
                 "bidem": v.idempotency_key,
                 "bcheckpoint": v.checkpoint.as_ref().map(|c| c.to_string()),
                 "bended_by": v.state.is_terminal().then_some(v.actor.as_str()),
+                "bpriority": v.priority,
             })
         })
         .collect();
@@ -152,6 +153,7 @@ pub(crate) async fn insert_executions(
         ("bidem", "text"),
         ("bcheckpoint", "text"),
         ("bended_by", "text"),
+        ("bpriority", "bigint"),
     ];
     let source = crate::sql::batch(tx.dialect(), 1, cols);
     let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
@@ -159,7 +161,7 @@ pub(crate) async fn insert_executions(
         "INSERT INTO executions (job, number, attempt, max_attempts, retry_of, trigger, scheduled_for, state, \
          command, runner, concurrency_key, overlap, heartbeat_timeout_ms, run_timeout_ms, queue_timeout_ms, \
          kill_grace_ms, backoff_ms, max_backoff_ms, queued_at, run_after, start_deadline, finished_at, reason, \
-         message, payload, idempotency_key, checkpoint, ended_by) \
+         message, payload, idempotency_key, checkpoint, ended_by, priority) \
          SELECT {} FROM {source} RETURNING {EXEC_COLUMNS}",
         names.join(", ")
     );
@@ -542,21 +544,39 @@ pub(crate) async fn job_busy(tx: &mut dyn Conn, job: &str) -> Result<bool> {
 // ---- jobs ----
 
 pub(crate) async fn stored_jobs(tx: &mut dyn Conn) -> Result<Vec<StoredJob>> {
-    tx.fetch(
-        "SELECT name, spec, schedule, defined FROM jobs /*pg: FOR UPDATE*/",
-        &[],
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(StoredJob {
-            name: r.text(0)?,
-            spec_json: r.text(1)?,
-            schedule_json: r.text(2)?,
-            defined: r.bool(3)?,
+    stored(tx, "").await
+}
+
+async fn stored(tx: &mut dyn Conn, name: &str) -> Result<Vec<StoredJob>> {
+    let (sql, args): (&str, Vec<Arg<'_>>) = if name.is_empty() {
+        (
+            "SELECT name, spec, schedule, defined, source FROM jobs /*pg: FOR UPDATE*/",
+            vec![],
+        )
+    } else {
+        (
+            "SELECT name, spec, schedule, defined, source FROM jobs WHERE name = $1 /*pg: FOR UPDATE*/",
+            vec![name.into()],
+        )
+    };
+    tx.fetch(sql, &args)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StoredJob {
+                name: r.text(0)?,
+                spec_json: r.text(1)?,
+                schedule_json: r.text(2)?,
+                defined: r.bool(3)?,
+                source: r.text(4)?.parse().map_err(corrupt)?,
+            })
         })
-    })
-    .collect()
+        .collect()
+}
+
+/// One job's stored definition, locked for this transaction.
+pub(crate) async fn stored_job(tx: &mut dyn Conn, name: &str) -> Result<Option<StoredJob>> {
+    Ok(stored(tx, name).await?.into_iter().next())
 }
 
 pub(crate) async fn insert_job(
@@ -565,25 +585,31 @@ pub(crate) async fn insert_job(
     spec: &str,
     schedule: &str,
     first: Option<Timestamp>,
+    source: JobSource,
+    actor: Option<&str>,
 ) -> Result<()> {
     let now = tx.now();
     tx.execute(
-        "INSERT INTO jobs (name, spec, schedule, defined, next_fire_at, updated_at) \
-         VALUES ($1, $2, $3, TRUE, $4, $5) \
+        "INSERT INTO jobs (name, spec, schedule, defined, next_fire_at, updated_at, source, created_by) \
+         VALUES ($1, $2, $3, TRUE, $4, $5, $6, $7) \
          ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, schedule = excluded.schedule, \
-         defined = TRUE, next_fire_at = excluded.next_fire_at, updated_at = excluded.updated_at",
+         defined = TRUE, next_fire_at = excluded.next_fire_at, updated_at = excluded.updated_at, \
+         source = excluded.source, created_by = excluded.created_by",
         &[
             name.into(),
             spec.into(),
             schedule.into(),
             first.into(),
             now.into(),
+            source.as_str().into(),
+            actor.into(),
         ],
     )
     .await?;
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn update_job(
     tx: &mut dyn Conn,
     name: &str,
@@ -591,11 +617,12 @@ pub(crate) async fn update_job(
     schedule: &str,
     reset_cursor: bool,
     first: Option<Timestamp>,
+    source: JobSource,
 ) -> Result<()> {
     let now = tx.now();
     tx.execute(
         "UPDATE jobs SET spec = $1, schedule = $2, defined = TRUE, updated_at = $3, \
-         next_fire_at = CASE WHEN $4 THEN $5 ELSE next_fire_at END WHERE name = $6",
+         next_fire_at = CASE WHEN $4 THEN $5 ELSE next_fire_at END, source = $7 WHERE name = $6",
         &[
             spec.into(),
             schedule.into(),
@@ -603,10 +630,83 @@ pub(crate) async fn update_job(
             reset_cursor.into(),
             first.into(),
             name.into(),
+            source.as_str().into(),
         ],
     )
     .await?;
     Ok(())
+}
+
+/// Records a change of a job (who, when, before and after).
+pub(crate) async fn job_change(
+    tx: &mut dyn Conn,
+    job: &str,
+    actor: &str,
+    action: &str,
+    before: Option<&str>,
+    after: Option<&str>,
+) -> Result<()> {
+    let now = tx.now();
+    tx.execute(
+        "INSERT INTO job_changes (job, at, actor, action, before, after) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            job.into(),
+            now.into(),
+            actor.into(),
+            action.into(),
+            before.into(),
+            after.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn job_changes(tx: &mut dyn Conn, job: &str) -> Result<Vec<JobChange>> {
+    let json = |v: Option<String>| -> Result<Option<serde_json::Value>> {
+        v.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(format!("job change: {e}"))))
+            .transpose()
+    };
+    tx.fetch(
+        "SELECT id, job, at, actor, action, before, after FROM job_changes WHERE job = $1 ORDER BY id DESC LIMIT 100",
+        &[job.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(JobChange {
+            id: r.i64(0)?,
+            job: r.text(1)?,
+            at: r.time(2)?,
+            actor: r.text(3)?,
+            action: r.text(4)?,
+            before: json(r.opt_text(5)?)?,
+            after: json(r.opt_text(6)?)?,
+        })
+    })
+    .collect()
+}
+
+/// Moves a queued execution's start; false when it is no longer queued under that attempt.
+pub(crate) async fn set_run_after(
+    tx: &mut dyn Conn,
+    row: &ExecutionRow,
+    run_after: Timestamp,
+    start_deadline: Timestamp,
+) -> Result<bool> {
+    Ok(tx
+        .execute(
+            "UPDATE executions SET run_after = $1, start_deadline = $2 \
+             WHERE id = $3 AND state = 'queued' AND attempt = $4",
+            &[
+                run_after.into(),
+                start_deadline.into(),
+                row.id.into(),
+                row.attempt.into(),
+            ],
+        )
+        .await?
+        == 1)
 }
 
 pub(crate) async fn undefine_job(tx: &mut dyn Conn, name: &str) -> Result<()> {

@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "hot path indexes",
         include_str!("../../migrations/sqlite/0003_hot_path_indexes.sql"),
     ),
+    (
+        4,
+        "runtime jobs",
+        include_str!("../../migrations/sqlite/0004_runtime_jobs.sql"),
+    ),
 ];
 
 pub(crate) fn latest() -> i64 {
@@ -67,11 +72,34 @@ pub(crate) fn check(conn: &rusqlite::Connection, mode: OpenMode, created: bool) 
         }),
         OpenMode::Existing => Ok(Opened::default()),
         OpenMode::CreateAndMigrate => {
+            // A migration may rebuild a table others refer to: foreign keys are off while
+            // migrations run (this cannot change inside a transaction), and checked after.
+            conn.execute_batch("PRAGMA foreign_keys = OFF")
+                .map_err(sqlite_err)?;
             let mut applied_now = Vec::new();
+            let mut result = Ok(());
             for (version, description, sql) in MIGRATIONS {
-                if apply(conn, *version, description, sql)? {
-                    applied_now.push(*version);
+                match apply(conn, *version, description, sql) {
+                    Ok(true) => applied_now.push(*version),
+                    Ok(false) => {}
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
                 }
+            }
+            conn.execute_batch("PRAGMA foreign_keys = ON")
+                .map_err(sqlite_err)?;
+            result?;
+            let broken: i64 = conn
+                .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                    r.get(0)
+                })
+                .map_err(sqlite_err)?;
+            if broken > 0 {
+                return Err(StoreError::Database(format!(
+                    "after migrating, {broken} rows refer to rows that do not exist"
+                )));
             }
             Ok(Opened {
                 created,

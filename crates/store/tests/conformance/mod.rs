@@ -61,6 +61,8 @@ async fn trigger(store: &DynStore, job: &str) -> ExecutionRow {
             actor: "test".into(),
             payload: None,
             idempotency_key: None,
+            run_at: None,
+            priority: None,
         })
         .await
         .unwrap()
@@ -131,7 +133,9 @@ case! {
                     job: "nope".into(),
                     actor: "t".into(),
                     payload: None,
-                    idempotency_key: None
+                    idempotency_key: None,
+                    run_at: None,
+                    priority: None,
                 })
                 .await,
             Err(StoreError::JobNotFound(_))
@@ -552,6 +556,8 @@ case! {
                 actor: "t".into(),
                 payload: None,
                 idempotency_key: None,
+                run_at: None,
+                priority: None,
             })
             .await
             .unwrap();
@@ -610,6 +616,8 @@ case! {
                     actor: format!("t{i}"),
                     payload: None,
                     idempotency_key: None,
+                    run_at: None,
+                    priority: None,
                 })
                 .await
                 .unwrap();
@@ -952,7 +960,9 @@ case! {
                     job: "a".into(),
                     actor: "t".into(),
                     payload: None,
-                    idempotency_key: None
+                    idempotency_key: None,
+                    run_at: None,
+                    priority: None,
                 })
                 .await,
             Err(StoreError::JobUndefined(_))
@@ -1090,6 +1100,8 @@ case! {
             actor: "api".into(),
             payload: Some(serde_json::json!({"n": 1})),
             idempotency_key: key.map(str::to_string),
+            run_at: None,
+            priority: None,
         };
         let first = store.trigger(t(Some("k1"))).await.unwrap();
         assert!(!first.existing);
@@ -2008,6 +2020,8 @@ case! {
                     actor: format!("t{i}"),
                     payload: None,
                     idempotency_key: Some(format!("k{}", i % 50)),
+                    run_at: None,
+                    priority: None,
                 })
                 .await
                 .unwrap();
@@ -2143,6 +2157,8 @@ case! {
                 actor: "t".into(),
                 payload: None,
                 idempotency_key: Some("k1".into()),
+                run_at: None,
+                priority: None,
             })
             .await
             .unwrap()
@@ -2152,6 +2168,8 @@ case! {
             actor: "bulk".into(),
             payload: Some(serde_json::json!({ "job": job })),
             idempotency_key: key.map(str::to_string),
+            run_at: None,
+            priority: None,
         };
         let mut items = vec![
             item("a", Some("k1")),
@@ -2270,6 +2288,8 @@ case! {
                         actor: format!("p{p}"),
                         payload: None,
                         idempotency_key: Some(format!("key-{}", (p * 50 + i) % 180)),
+                        run_at: None,
+                        priority: None,
                     })
                     .collect();
                 st.trigger_many(items).await.unwrap()
@@ -2356,5 +2376,220 @@ case! {
                 .count();
             assert_eq!(transitions, 3, "created, claimed, completed: once each");
         }
+    }
+}
+
+case! {
+    /// Jobs through the API: stored in the ledger with their source, changes recorded with
+    /// actor and before/after, the file's jobs refused to the API and the API's to the file,
+    /// deletion refused while runs are live unless asked to cancel them, history kept.
+    async fn jobs_defined_through_the_api(store: DynStore) {
+        define(&store, vec![spec("from-file")], &[]).await;
+        let put = |s: JobSpec, partial: bool| PutJob {
+            spec: s,
+            actor: "api:admin".into(),
+            partial,
+        };
+        assert!(matches!(
+            store.put_job(put(spec("from-file"), false)).await,
+            Err(StoreError::JobOwnedByFile(_))
+        ));
+        let created = store.put_job(put(spec("dyn"), false)).await.unwrap();
+        assert!(created.created && created.before.is_none());
+        let job = store.get_job("dyn").await.unwrap().unwrap();
+        assert_eq!(job.source, JobSource::Api);
+        assert_eq!(store.get_job("from-file").await.unwrap().unwrap().source, JobSource::File);
+        let mut changed = spec("dyn");
+        changed.retry.max_attempts = 3;
+        let replaced = store.put_job(put(changed.clone(), true)).await.unwrap();
+        assert!(!replaced.created);
+        assert_eq!(replaced.before.unwrap().retry.max_attempts, 1);
+        // A reload of the file leaves the API's job alone, and may not define it.
+        define(&store, vec![spec("from-file")], &[]).await;
+        assert!(store.get_job("dyn").await.unwrap().unwrap().defined);
+        assert!(matches!(
+            store
+                .sync_jobs(SyncJobs {
+                    jobs: vec![spec("from-file"), spec("dyn")],
+                    limits: Default::default()
+                })
+                .await,
+            Err(StoreError::JobOwnedByApi(_))
+        ));
+        let run = trigger(&store, "dyn").await;
+        let del = |cancel: bool| DeleteJob {
+            name: "dyn".into(),
+            cancel,
+            actor: "api:admin".into(),
+        };
+        assert!(matches!(
+            store.delete_job(del(false)).await,
+            Err(StoreError::JobBusy { live: 1, .. })
+        ));
+        assert_eq!(store.delete_job(del(true)).await.unwrap().cancelled, vec![run.id]);
+        assert_eq!(get(&store, run.id).await.state, State::Cancelled);
+        assert!(matches!(
+            store
+                .trigger(TriggerParams {
+                    job: "dyn".into(),
+                    actor: "t".into(),
+                    ..Default::default()
+                })
+                .await,
+            Err(StoreError::JobUndefined(_))
+        ));
+        assert!(store.get_execution(run.id).await.unwrap().is_some(), "history kept");
+        assert!(matches!(
+            store
+                .delete_job(DeleteJob {
+                    name: "from-file".into(),
+                    cancel: true,
+                    actor: "api:admin".into()
+                })
+                .await,
+            Err(StoreError::JobOwnedByFile(_))
+        ));
+        let changes = store.job_changes("dyn").await.unwrap();
+        let actions: Vec<&str> = changes.iter().map(|c| c.action.as_str()).collect();
+        assert_eq!(actions, vec!["deleted", "changed", "created"]);
+        assert!(changes.iter().all(|c| c.actor == "api:admin"));
+        assert_eq!(changes[1].before.as_ref().unwrap()["retry"]["max_attempts"], 1);
+        assert_eq!(changes[1].after.as_ref().unwrap()["retry"]["max_attempts"], 3);
+        // Re-created through the API, it continues its numbering and history.
+        store.put_job(put(spec("dyn"), false)).await.unwrap();
+        assert_eq!(trigger(&store, "dyn").await.number, 2);
+    }
+}
+
+case! {
+    /// A delayed run waits, queued, until its time (its start deadline counts from then), and
+    /// can be rescheduled while it waits.
+    async fn delayed_runs_wait_for_their_time(store: DynStore) {
+        define(&store, vec![spec("a")], &[]).await;
+        let now = store.now().await.unwrap();
+        let at = chrono::DateTime::from_timestamp_millis(
+            (now + chrono::TimeDelta::minutes(10)).timestamp_millis(),
+        )
+        .unwrap();
+        let e = store
+            .trigger(TriggerParams {
+                job: "a".into(),
+                actor: "t".into(),
+                run_at: Some(at),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .execution;
+        assert_eq!((e.state, e.run_after), (State::Queued, at));
+        assert_eq!(e.start_deadline, Some(at + chrono::TimeDelta::minutes(10)));
+        assert!(claim(&store, "n", 1).await.is_empty(), "not before its time");
+        assert!(reap(&store).await.recovered.is_empty(), "and not timed out meanwhile");
+        store.clock().advance(Duration::from_secs(300));
+        let moved = store
+            .reschedule(Reschedule {
+                id: e.id,
+                run_at: now,
+                actor: "op".into(),
+            })
+            .await
+            .unwrap();
+        assert!(moved.run_after <= store.now().await.unwrap());
+        assert_eq!(claim(&store, "n", 1).await[0].id, e.id);
+        assert!(matches!(
+            store
+                .reschedule(Reschedule {
+                    id: e.id,
+                    run_at: at,
+                    actor: "op".into(),
+                })
+                .await,
+            Err(StoreError::Invalid(_))
+        ));
+        let events = store.events(e.id).await.unwrap();
+        assert!(events.iter().any(|v| v.message.contains("rescheduled by op")));
+    }
+}
+
+case! {
+    /// Priorities: a high-priority run overtakes a backlog of 1,000 low-priority ones, and the
+    /// low-priority work still runs.
+    async fn higher_priorities_are_claimed_first(store: DynStore) {
+        define(&store, vec![spec("a")], &[]).await;
+        let items = (0..1000)
+            .map(|_| TriggerParams {
+                job: "a".into(),
+                actor: "t".into(),
+                ..Default::default()
+            })
+            .collect();
+        store.trigger_many(items).await.unwrap();
+        let urgent = store
+            .trigger(TriggerParams {
+                job: "a".into(),
+                actor: "t".into(),
+                priority: Some(10),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .execution;
+        assert_eq!(urgent.priority, 10);
+        let first = claim(&store, "n", 1).await;
+        assert_eq!(first[0].id, urgent.id, "the urgent run overtakes the backlog");
+        let mut done = 1;
+        loop {
+            let got = claim(&store, "n", 100).await;
+            if got.is_empty() {
+                break;
+            }
+            assert!(got.windows(2).all(|w| w[0].id < w[1].id), "ties by age");
+            done += got.len();
+        }
+        assert_eq!(done, 1001, "the low-priority work runs too");
+    }
+}
+
+case! {
+    /// Backfill fires each instant of a range once; a second backfill (or a concurrent one,
+    /// from another node) finds them fired and creates nothing.
+    async fn backfill_fires_each_instant_once(store: DynStore) {
+        let mut s = spec("tick");
+        s.schedule = jobward_core::Schedule::every(Duration::from_secs(10)).unwrap();
+        define(&store, vec![s], &[]).await;
+        let now = store.now().await.unwrap();
+        // On an instant of the schedule (every 10 s from the epoch), so the range holds six.
+        let from = chrono::DateTime::from_timestamp(
+            (now - chrono::TimeDelta::minutes(10)).timestamp() / 10 * 10,
+            0,
+        )
+        .unwrap();
+        let to = from + chrono::TimeDelta::seconds(59);
+        let b = |actor: &str| Backfill {
+            job: "tick".into(),
+            from,
+            to,
+            actor: actor.into(),
+        };
+        let (r1, r2) = tokio::join!(store.backfill(b("n1")), store.backfill(b("n2")));
+        let (r1, r2) = (r1.unwrap(), r2.unwrap());
+        assert_eq!(r1.created.len() + r2.created.len(), 6, "{r1:?} {r2:?}");
+        assert_eq!(r1.already + r2.already + r1.created.len() + r2.created.len(), 12);
+        let again = store.backfill(b("n1")).await.unwrap();
+        assert_eq!((again.created.len(), again.already), (0, 6));
+        let e = get(&store, r1.created.first().or(r2.created.first()).copied().unwrap()).await;
+        assert_eq!(e.trigger, Trigger::Backfill);
+        assert!(e.scheduled_for.is_some());
+        assert!(matches!(
+            store
+                .backfill(Backfill {
+                    job: "tick".into(),
+                    from: now - chrono::TimeDelta::days(30),
+                    to: now,
+                    actor: "n".into(),
+                })
+                .await,
+            Err(StoreError::Invalid(_))
+        ), "more than MAX_BACKFILL instants are refused");
     }
 }
