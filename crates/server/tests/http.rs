@@ -511,6 +511,43 @@ async fn the_openapi_document_covers_every_endpoint() {
             "{method} {templated} documents no error"
         );
     }
+    // The probes: documented, with no security requirement.
+    for (path, statuses) in [("/livez", &["200"][..]), ("/readyz", &["200", "503"])] {
+        let op = &doc["paths"][path]["get"];
+        assert!(op.is_object(), "GET {path} is not documented");
+        for st in statuses {
+            assert!(
+                op["responses"][*st].is_object(),
+                "GET {path} documents no {st}"
+            );
+        }
+        assert_eq!(
+            op["security"],
+            json!([{}]),
+            "GET {path} needs no token: {op}"
+        );
+    }
+}
+
+/// The probes answer without a token even when tokens are configured; `/readyz` is 503
+/// with a reason when no node runs here or the server is shutting down.
+#[tokio::test]
+async fn probes_answer_without_a_token_and_readyz_says_why_not() {
+    let api = api(true).await;
+    let (s, v) = api.call(Method::GET, "/livez", None, None).await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("ok")),
+        "{v}"
+    );
+    let (s, v) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["status"], "unavailable");
+    assert!(v["reason"].as_str().unwrap().contains("no node"), "{v}");
+    api.state.begin_shutdown();
+    let (s, v) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["reason"], "shutting down");
 }
 
 #[tokio::test]
