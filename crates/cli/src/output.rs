@@ -1,7 +1,6 @@
 //! Tables and JSON for the CLI, written so that a closed pipe (`jobward runs list | head -1`)
 //! ends the command quietly.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
@@ -179,31 +178,4 @@ fn probe(url: &str) -> Option<String> {
     )
 }
 
-/// Node incarnation ids as people read them: `name (short id)`.
-#[derive(Debug, Default)]
-pub struct Names(HashMap<String, String>);
-
-impl Names {
-    pub fn new(nodes: &[jobward_store::NodeRow]) -> Names {
-        Names(
-            nodes
-                .iter()
-                .map(|n| {
-                    let short: String = n.id.chars().take(8).collect();
-                    (n.id.clone(), format!("{} ({short})", n.name))
-                })
-                .collect(),
-        )
-    }
-
-    /// `text` with every known incarnation id in it replaced by its node's name.
-    pub fn human(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for (id, name) in &self.0 {
-            if out.contains(id.as_str()) {
-                out = out.replace(id.as_str(), name);
-            }
-        }
-        out
-    }
-}
+pub use jobward_server::http::views::NodeNames as Names;
