@@ -169,3 +169,45 @@ fn a_stuck_maintenance_loop_stops_feeding_the_watchdog() {
         "feeding resumed once the loop ticked again: {pings:?}"
     );
 }
+
+/// The remote worker speaks the same protocol: READY=1 once it claims, WATCHDOG=1 while its
+/// heartbeat loop runs, STOPPING=1 on SIGTERM.
+#[test]
+fn the_worker_speaks_the_notify_protocol_too() {
+    let env = Env::new(
+        "",
+        "[[job]]\nname = \"r\"\ncommand = \"true\"\nqueue = \"q1\"\n",
+    );
+    let server = env.serve();
+    let notify = Notify::bind(&env);
+    let log = env.path("worker.log");
+    let mut worker = std::process::Command::new(BIN)
+        .args(["worker", "--server", &server.api(), "--queue", "q1"])
+        .arg("--log-dir")
+        .arg(env.path("wlogs"))
+        .current_dir(env.dir.path())
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env_remove("WATCHDOG_PID")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let msgs = notify.until(Duration::from_secs(10), |m| has(m, "READY=1"));
+    assert!(has(&msgs, "READY=1"), "{msgs:?}");
+    let msgs = notify.until(Duration::from_secs(2), |_| false);
+    assert!(
+        msgs.iter()
+            .filter(|(_, m)| m.trim() == "WATCHDOG=1")
+            .count()
+            >= 2,
+        "{msgs:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let msgs = notify.until(Duration::from_secs(10), |m| has(m, "STOPPING=1"));
+    assert!(has(&msgs, "STOPPING=1"), "{msgs:?}");
+    assert!(worker.wait().unwrap().success());
+}

@@ -123,6 +123,11 @@ retry = {{ max_attempts = 2, backoff = "200ms", max_backoff = "1s" }}
 name = "remote"
 command = "echo $TRACEPARENT > remote-tp.txt"
 queue = "q1"
+[[job]]
+name = "unclaimed"
+command = "true"
+queue = "nobody"
+queue_timeout = "1s"
 "#
         ),
     );
@@ -139,8 +144,11 @@ queue = "q1"
         .unwrap();
     let first = env.trigger("flaky");
     let remote = env.trigger("remote");
+    let unclaimed = env.trigger("unclaimed");
     env.wait_state(first, "failed", Duration::from_secs(15));
     env.wait_state(remote, "completed", Duration::from_secs(15));
+    // Settled by the reaper (queue timeout): its trace is emitted from there.
+    env.wait_state(unclaimed, "timed_out", Duration::from_secs(15));
     let until = Instant::now() + Duration::from_secs(15);
     let retry = loop {
         let rows = env.runs(&["--job", "flaky"]);
@@ -257,9 +265,22 @@ queue = "q1"
         format!("00-{remote_trace}-{}-01", hex(&remote_runs[0].span_id)),
         "the worker passes the claim's traceparent to its child"
     );
+    let reaped_trace = jobward_server::telemetry::trace_id("jobward", "unclaimed", 1).to_string();
+    let reaped = of(&reaped_trace, "queued");
+    assert_eq!(reaped.len(), 1, "the reaper's settlement is traced");
+    assert_eq!(attr(reaped[0], "jobward.reason").as_deref(), None);
+    assert!(
+        reaped[0]
+            .events
+            .iter()
+            .any(|e| e.name == "end" && e.attributes.iter().any(|kv| kv.key == "jobward.reason")),
+        "a never-started execution ends on its queued span"
+    );
+    assert!(of(&reaped_trace, "run").is_empty(), "it never ran");
+    assert_eq!(of(&reaped_trace, "trigger").len(), 1);
     let names: HashMap<&str, usize> = g.spans.iter().fold(HashMap::new(), |mut m, s| {
         *m.entry(s.name.as_str()).or_default() += 1;
         m
     });
-    assert_eq!(names.get("trigger"), Some(&2), "{names:?}");
+    assert_eq!(names.get("trigger"), Some(&3), "{names:?}");
 }
