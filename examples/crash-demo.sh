@@ -13,7 +13,7 @@ bin=$(realpath "$bin")
 work=$(mktemp -d)
 server=""
 cleanup() {
-  if [ -n "$server" ]; then kill -9 "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+  if [ -n "$server" ]; then { kill -9 "$server"; wait "$server"; } 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -49,8 +49,8 @@ wait_for 30 "the job to run" running
 "$bin" runs list
 
 say "kill -9 jobward (pid $server) while the job runs"
-kill -9 "$server"
-wait "$server" 2>/dev/null || true
+# (kill and wait together, so that bash's "Killed" job notice goes nowhere)
+{ kill -9 "$server"; wait "$server"; } 2>/dev/null || true
 server=""
 sleep 0.5
 echo "surviving job processes: $(pgrep -f 'sleep 600' | tr '\n' ' ' || true)"
