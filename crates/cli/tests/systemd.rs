@@ -78,7 +78,7 @@ kill_grace = "1s"
 /// again and again; STOPPING=1 on SIGTERM; and the executions never see NOTIFY_SOCKET.
 #[test]
 fn the_node_speaks_the_notify_protocol_and_its_children_do_not_inherit_it() {
-    let env = Env::new("shutdown_grace = \"1s\"", LONG);
+    let env = Env::new("shutdown_grace = \"4s\"", LONG);
     // A previous incarnation dies with a running execution: recovery has work to do.
     let mut first = env.serve();
     let orphan = env.trigger("long");
@@ -127,6 +127,17 @@ fn the_node_speaks_the_notify_protocol_and_its_children_do_not_inherit_it() {
     server.signal(Signal::SIGTERM);
     let msgs = notify.until(Duration::from_secs(10), |m| has(m, "STOPPING=1"));
     assert!(has(&msgs, "STOPPING=1"), "no STOPPING=1: {msgs:?}");
+    // While the shutdown grace lets the execution finish, the scheduler and claimers are
+    // stopped on purpose: the watchdog must still be fed, or systemd would kill the shutdown.
+    let msgs = notify.until(Duration::from_secs(3), |_| false);
+    let watchdogs = msgs
+        .iter()
+        .filter(|(_, m)| m.trim() == "WATCHDOG=1")
+        .count();
+    assert!(
+        watchdogs >= 4,
+        "the watchdog starved during shutdown: {msgs:?}"
+    );
     assert_eq!(server.wait(Duration::from_secs(20)), Some(0));
 }
 

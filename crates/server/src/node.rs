@@ -86,6 +86,15 @@ pub struct NodeStatus {
     registered: std::sync::atomic::AtomicBool,
     /// Beats at the end of every maintenance tick (leases, lost nodes, reaper).
     pub maintenance: Liveness,
+    /// Beats at the end of every scheduler tick.
+    pub scheduler: Liveness,
+    /// Beats at the end of every claim-and-cancel-poll tick.
+    pub intake: Liveness,
+    /// Cleared when a graceful shutdown stops the scheduler and the claimers on purpose.
+    intake_watched: std::sync::atomic::AtomicBool,
+    /// How long each loop sleeps between ticks (maintenance, scheduler, intake): a loop is
+    /// stalled by the time since its last tick beyond its own sleep.
+    intervals: [Duration; 3],
 }
 
 impl NodeStatus {
@@ -96,6 +105,23 @@ impl NodeStatus {
     /// The node holds a live registration (it is not rejoining, nor superseded).
     pub fn registered(&self) -> bool {
         self.registered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How long the most stalled of the node's main loops has gone without completing a
+    /// tick (the service manager's watchdog is fed only while this is short). The scheduler
+    /// and the claimers are not watched once a graceful shutdown stopped them.
+    pub fn stalled_for(&self) -> Duration {
+        let [maintenance, scheduler, intake] = self.intervals;
+        let mut stalled = self.maintenance.age().saturating_sub(maintenance);
+        if self
+            .intake_watched
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            stalled = stalled
+                .max(self.scheduler.age().saturating_sub(scheduler))
+                .max(self.intake.age().saturating_sub(intake));
+        }
+        stalled
     }
 
     fn set_registered(&self, on: bool) {
@@ -274,10 +300,20 @@ impl Node {
         let (maintenance, _) = watch::channel(false);
         let status = Arc::new(NodeStatus {
             incarnation: std::sync::RwLock::new(id),
+            intervals: [
+                cfg.heartbeat_interval.min(cfg.reaper.interval),
+                cfg.scheduler.max_sleep,
+                cfg.poll_interval,
+            ],
             ..Default::default()
         });
         status.set_registered(true);
+        status
+            .intake_watched
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         status.maintenance.beat();
+        status.scheduler.beat();
+        status.intake.beat();
         let mut node = Node {
             status,
             store,
@@ -336,13 +372,14 @@ impl Node {
     /// Claiming and cancel polling; woken early when work may be claimable.
     fn spawn_intake(&mut self) {
         let ex = self.executor.clone();
+        let status = self.status.clone();
         let every = self.cfg.poll_interval;
         spawn_every(
             &mut self.intake_tasks,
             self.intake.subscribe(),
             Some(self.executor.wake.clone()),
             move || {
-                let ex = ex.clone();
+                let (ex, status) = (ex.clone(), status.clone());
                 async move {
                     if let Err(e) = ex.claim_once().await {
                         warn!(error = %e, "claim failed");
@@ -350,6 +387,7 @@ impl Node {
                     if let Err(e) = ex.poll_cancels().await {
                         warn!(error = %e, "cancel poll failed");
                     }
+                    status.intake.beat();
                     Some(every)
                 }
             },
@@ -393,6 +431,7 @@ impl Node {
                         }
                         Err(e) => warn!(error = %e, "scheduler tick failed"),
                     }
+                    status.scheduler.beat();
                     Some(sleep)
                 }
             },
@@ -560,6 +599,9 @@ impl Node {
     /// Graceful shutdown: stop scheduling and claiming, let running executions finish within
     /// the grace period, cancel the rest with reason `shutdown`, and mark the node stopped.
     pub async fn shutdown(mut self) -> ShutdownReport {
+        self.status
+            .intake_watched
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let _ = self.intake.send(true);
         while self.intake_tasks.join_next().await.is_some() {}
         let before = self.executor.running_count();

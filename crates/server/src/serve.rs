@@ -76,7 +76,8 @@ pub fn api_url(listener: &TcpListener, public_url: Option<&str>) -> Result<Strin
 
 /// Runs a node and its HTTP server until SIGTERM or SIGINT (graceful shutdown), reloading on
 /// SIGHUP. READY=1 goes to the service manager once startup recovery is done and the API
-/// answers; WATCHDOG=1 while the maintenance loop completes ticks; STOPPING=1 at shutdown.
+/// answers; WATCHDOG=1 while the main loops (maintenance, scheduler, claimers) complete ticks;
+/// STOPPING=1 at shutdown.
 pub async fn run(cfg: ServeConfig) -> Result<ServeReport, ServeError> {
     let ServeConfig {
         store,
@@ -139,7 +140,7 @@ pub async fn run(cfg: ServeConfig) -> Result<ServeReport, ServeError> {
     // Startup recovery is done (Node::start returned) and the API is listening.
     service::ready(&format!("serving {api_url} as node {name}"));
     let status = started.status();
-    let watchdog = service::spawn_watchdog(move || status.maintenance.age());
+    let watchdog = service::spawn_watchdog(move || status.stalled_for());
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| ServeError::Setup(format!("cannot listen for SIGTERM: {e}")))?;
     let mut hup = signal(SignalKind::hangup())
