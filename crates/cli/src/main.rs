@@ -34,7 +34,8 @@ pub struct Cli {
         global = true,
         env = "JOBWARD_LOG_FORMAT",
         value_enum,
-        value_name = "FORMAT"
+        value_name = "FORMAT",
+        display_order = 900
     )]
     pub log_format: Option<config::LogFormat>,
     #[command(subcommand)]
@@ -54,7 +55,7 @@ pub struct StoreArgs {
     pub db: Option<String>,
 }
 
-const AUDIT_ABOUT: &str = "Check invariants 1-3 (and 6) on the database; exits 1 on any violation.";
+const AUDIT_ABOUT: &str = "Check invariants 1-3 (and 6) on the database; exits 1 on any violation";
 const AUDIT_LONG_ABOUT: &str = "Check the ledger's invariants on the live database, reading the \
 rows themselves rather than trusting the schema's CHECK constraints; exits 1 on any violation.
 
