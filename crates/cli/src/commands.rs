@@ -5,39 +5,58 @@ use std::time::Duration;
 
 use jobward_core::duration::{format_duration, parse_duration, parse_positive_duration};
 use jobward_core::{Reason, State};
-use jobward_server::alerts::Alerts;
-use jobward_server::http::{AppState, Reloader, Tokens};
-use jobward_server::{Node, NodeConfig, NodeError, Reaper, default_node_name, log_path};
+use jobward_server::http::{Reloader, Tokens};
+use jobward_server::{
+    HealthAlertConfig, NodeConfig, NodeError, Reaper, ReaperConfig, RetentionConfig,
+    SchedulerConfig, ServeConfig, ServeError, default_node_name, log_path,
+};
 use jobward_store::{
-    AuditParams, CancelOutcome, CancelParams, DynStore, ExecutionFilter, ExecutionRow,
+    AuditParams, CancelOutcome, CancelParams, DynStore, EventRow, ExecutionFilter, ExecutionRow,
     HealthParams, OpenMode, SyncJobs, TriggerParams,
 };
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::output::{self, ago, dur, print_json, run_json, table, time};
+use crate::output::{self, Names, ago, dur, outln, print_json, run_json, table, time};
 use crate::{
-    AuditArgs, CleanupArgs, Cli, Command, Failure, HealthArgs, HeartbeatArgs, JobsCommand,
-    NodesCommand, RemoteArgs, RunsCommand, RunsListArgs, ServeArgs, WorkerArgs,
+    AuditArgs, BackupArgs, CheckArgs, CleanupArgs, Cli, Command, Failure, HealthArgs,
+    HeartbeatArgs, JobsCommand, NodesCommand, RemoteArgs, RunsCommand, RunsListArgs, ServeArgs,
+    StoreArgs, WorkerArgs,
 };
 use jobward::config::{self, Overrides, Settings};
 
 type R<T = ()> = Result<T, Failure>;
 
-fn config_path(cli: &Cli) -> Option<PathBuf> {
-    cli.config.clone().or_else(|| {
-        let p = PathBuf::from("jobward.toml");
-        p.exists().then_some(p)
-    })
+/// The configuration file of a command: its own --config, else the one before the command
+/// (or JOBWARD_CONFIG), else ./jobward.toml if it exists.
+pub fn config_path(cli: &Cli) -> Option<PathBuf> {
+    cli.command
+        .store_args()
+        .and_then(|s| s.config.clone())
+        .or_else(|| cli.config.clone())
+        .or_else(|| {
+            let p = PathBuf::from("jobward.toml");
+            p.exists().then_some(p)
+        })
+}
+
+/// The database URL given on the command line or in the environment, if any.
+fn db_flag(cli: &Cli) -> Option<String> {
+    cli.command
+        .store_args()
+        .and_then(|s: &StoreArgs| s.db.clone())
+        .or_else(|| cli.db.clone())
 }
 
 fn overrides(cli: &Cli, serve: Option<&ServeArgs>) -> Overrides {
     let mut o = Overrides {
-        db: cli.db.clone(),
-        tokens: std::env::var("JOBWARD_TOKENS").ok(),
-        ..Default::default()
+        db: db_flag(cli),
+        ..Overrides::from_env()
     };
+    if serve.is_some() || matches!(cli.command, Command::Check(_)) {
+        o = o.with_telemetry_env();
+    }
     if let Some(s) = serve {
         o.bind = s.bind.clone();
         o.node_name = s.node_name.clone();
@@ -78,25 +97,28 @@ async fn open_existing(s: &Settings) -> R<DynStore> {
 pub async fn run(cli: Cli) -> R {
     match &cli.command {
         Command::Serve(args) => serve(&cli, args).await,
-        Command::Migrate => migrate(&cli).await,
-        Command::Jobs(JobsCommand::List { json }) => jobs_list(&cli, *json).await,
-        Command::Jobs(JobsCommand::Trigger { name, wait, json }) => {
-            jobs_trigger(&cli, name, *wait, *json).await
-        }
+        Command::Migrate(_) => migrate(&cli).await,
+        Command::Jobs(JobsCommand::List { json, .. }) => jobs_list(&cli, *json).await,
+        Command::Jobs(JobsCommand::Trigger {
+            name, wait, json, ..
+        }) => jobs_trigger(&cli, name, *wait, *json).await,
         Command::Runs(RunsCommand::List(args)) => runs_list(&cli, args).await,
         Command::Runs(RunsCommand::Show {
             id,
             log_lines,
             json,
+            ..
         }) => runs_show(&cli, *id, *log_lines, *json).await,
-        Command::Runs(RunsCommand::Cancel { id, no_wait }) => {
+        Command::Runs(RunsCommand::Cancel { id, no_wait, .. }) => {
             runs_cancel(&cli, *id, *no_wait).await
         }
         Command::Cleanup(args) => cleanup(&cli, args).await,
         Command::Health(args) => health(&cli, args).await,
         Command::Audit(args) => audit(&cli, args).await,
-        Command::Nodes(NodesCommand::List { json }) => nodes_list(&cli, *json).await,
+        Command::Nodes(NodesCommand::List { json, .. }) => nodes_list(&cli, *json).await,
         Command::Jobs(JobsCommand::Reload(remote)) => jobs_reload(&cli, remote).await,
+        Command::Check(args) => check(&cli, args),
+        Command::Backup(args) => backup(&cli, args).await,
         Command::Worker(args) => worker(args).await,
         Command::Heartbeat(args) => heartbeat(args).await,
     }
@@ -107,15 +129,15 @@ async fn migrate(cli: &Cli) -> R {
     let (_, opened) =
         jobward_store::open_with(&s.server.db, OpenMode::CreateAndMigrate, &s.server.store).await?;
     match (opened.created, opened.applied_migrations.is_empty()) {
-        (true, _) => println!(
+        (true, _) => outln!(
             "created the jobward schema in {}",
             jobward_store::display_url(&s.server.db)
         ),
-        (false, true) => println!(
+        (false, true) => outln!(
             "database {}: schema is up to date",
             jobward_store::display_url(&s.server.db)
         ),
-        (false, false) => println!(
+        (false, false) => outln!(
             "database {}: applied migrations {:?}",
             jobward_store::display_url(&s.server.db),
             opened.applied_migrations
@@ -136,6 +158,55 @@ fn heartbeat_interval(s: &Settings) -> Duration {
     (shortest / 3).clamp(Duration::from_millis(100), Duration::from_secs(10))
 }
 
+/// The node's settings from the configuration.
+fn node_config(s: &Settings) -> NodeConfig {
+    let interval = heartbeat_interval(s);
+    NodeConfig {
+        name: s.server.node_name.clone().unwrap_or_else(default_node_name),
+        log_dir: s.server.log_dir.clone(),
+        log_max_bytes: s.server.log_max_bytes,
+        max_running: s.server.max_running,
+        node_lease: (interval * 3).max(s.defaults.heartbeat),
+        heartbeat_interval: interval,
+        poll_interval: s.server.poll_interval,
+        shutdown_grace: s.server.shutdown_grace,
+        api_url: None,
+        alerts: None,
+        reaper: ReaperConfig {
+            interval: s.server.reaper_interval,
+            ..Default::default()
+        },
+        scheduler: SchedulerConfig::default(),
+        retention: RetentionConfig {
+            interval: s.server.retention_interval,
+            ..Default::default()
+        },
+        lost_nodes: Default::default(),
+        health_alert: HealthAlertConfig {
+            settings: s.health.clone(),
+            ..Default::default()
+        },
+    }
+}
+
+/// Re-reads the configuration file and syncs its jobs (SIGHUP, `jobs reload`).
+fn reloader(store: &DynStore, path: PathBuf, overrides: Overrides) -> Reloader {
+    let store = store.clone();
+    std::sync::Arc::new(move || {
+        let (store, overrides, path) = (store.clone(), overrides.clone(), path.clone());
+        Box::pin(async move {
+            let s = config::load(Some(&path), &overrides).map_err(|e| e.0)?;
+            store
+                .sync_jobs(SyncJobs {
+                    jobs: s.jobs,
+                    limits: s.limits,
+                })
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
+}
+
 async fn serve(cli: &Cli, args: &ServeArgs) -> R {
     let overrides = overrides(cli, Some(args));
     let path = config_path(cli);
@@ -150,134 +221,104 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> R {
     let listener = tokio::net::TcpListener::bind(s.server.bind)
         .await
         .map_err(|e| Failure::Input(format!("cannot listen on {}: {e}", s.server.bind)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Failure::Check(format!("cannot read the listening address: {e}")))?;
-    let api_url = s.server.public_url.clone().unwrap_or_else(|| {
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            addr.ip().to_string()
-        };
-        format!("http://{host}:{}", addr.port())
-    });
     let (store, opened) =
         jobward_store::open_with(&s.server.db, OpenMode::CreateAndMigrate, &s.server.store).await?;
+    let db_display = jobward_store::display_url(&s.server.db);
     if opened.created {
-        info!(db = %jobward_store::display_url(&s.server.db), "created the jobward schema in an empty database");
+        info!(db = %db_display, "created the jobward schema in an empty database");
     } else if !opened.applied_migrations.is_empty() {
-        info!(db = %jobward_store::display_url(&s.server.db), migrations = ?opened.applied_migrations, "brought the database schema up to date");
+        info!(db = %db_display, migrations = ?opened.applied_migrations, "brought the database schema up to date");
     }
-    let alerts = Alerts::start(s.alerts.clone());
-    let interval = heartbeat_interval(&s);
-    let cfg = NodeConfig {
-        name: s.server.node_name.clone().unwrap_or_else(default_node_name),
-        log_dir: s.server.log_dir.clone(),
-        log_max_bytes: s.server.log_max_bytes,
-        max_running: s.server.max_running,
-        node_lease: (interval * 3).max(s.defaults.heartbeat),
-        heartbeat_interval: interval,
-        reaper_interval: s.server.reaper_interval,
-        scheduler_interval: Duration::from_secs(1),
-        poll_interval: s.server.poll_interval,
-        retention_interval: s.server.retention_interval,
-        shutdown_grace: s.server.shutdown_grace,
-        api_url: Some(api_url.clone()),
-        alerts: alerts.clone(),
+    let cfg = ServeConfig {
+        reload: path.map(|p| reloader(&store, p, overrides.clone())),
+        store,
+        db_display,
+        config_source: s.source.clone(),
+        listener,
+        public_url: s.server.public_url.clone(),
+        node: node_config(&s),
+        jobs: SyncJobs {
+            jobs: s.jobs.clone(),
+            limits: s.limits.clone(),
+        },
+        tokens: Tokens(s.tokens.clone()),
         health: s.health.clone(),
-        health_check_interval: Duration::from_secs(15),
+        webhooks: s.alerts.clone(),
+        telemetry: s.telemetry.clone(),
     };
-    let jobs = SyncJobs {
-        jobs: s.jobs.clone(),
-        limits: s.limits.clone(),
+    match jobward_server::run(cfg).await {
+        Ok(_) => Ok(()),
+        Err(e @ ServeError::Node(NodeError::NameInUse { .. })) => {
+            Err(Failure::Check(e.to_string()))
+        }
+        Err(ServeError::Node(NodeError::Store(e))) => Err(e.into()),
+        Err(e @ (ServeError::Superseded | ServeError::Setup(_))) => {
+            Err(Failure::Check(e.to_string()))
+        }
+    }
+}
+
+/// `jobward check`: the configuration as `serve` would read it, and each job's next three
+/// fires, without opening any database.
+fn check(cli: &Cli, _args: &CheckArgs) -> R {
+    let Some(path) = config_path(cli) else {
+        return Err(Failure::Input(
+            "no configuration to check: pass --config FILE (or put a jobward.toml here)".into(),
+        ));
     };
-    let node = match Node::start(store.clone(), cfg.clone(), jobs).await {
-        Ok(n) => n,
-        Err(e @ NodeError::NameInUse { .. }) => return Err(Failure::Check(e.to_string())),
-        Err(NodeError::Store(e)) => return Err(e.into()),
-    };
-    let reloader: Option<Reloader> = path.clone().map(|path| {
-        let store = store.clone();
-        let overrides = overrides.clone();
-        let r: Reloader = std::sync::Arc::new(move || {
-            let (store, overrides, path) = (store.clone(), overrides.clone(), path.clone());
-            Box::pin(async move {
-                let s = config::load(Some(&path), &overrides).map_err(|e| e.0)?;
-                store
-                    .sync_jobs(SyncJobs {
-                        jobs: s.jobs,
-                        limits: s.limits,
-                    })
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        });
-        r
-    });
-    let state = AppState::new(
-        store.clone(),
-        Tokens(s.tokens.clone()),
-        s.server.log_dir.clone(),
-    )
-    .with(|a| {
-        a.health = s.health.clone();
-        a.work = node.work();
-        a.executor = Some(node.executor().clone());
-        a.reload = reloader.clone();
-        a.alerts = alerts.clone();
-    });
-    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, jobward_server::http::app(state.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = http_stopped.await;
-            })
-            .into_future(),
+    let s = config::load(Some(&path), &overrides(cli, None))?;
+    let now = chrono::Utc::now();
+    outln!(
+        "{}: valid: {} job(s); ledger {}; API on {}",
+        s.source,
+        s.jobs.len(),
+        jobward_store::display_url(&s.server.db),
+        s.server.bind
     );
-    info!(
-        node = %cfg.name, incarnation = %node.id(), db = %jobward_store::display_url(&s.server.db), config = %s.source, api = %api_url,
-        auth = if s.tokens.is_empty() { "off (loopback only)" } else { "tokens" },
-        jobs = s.jobs.len(), added = node.sync.added.len(), changed = node.sync.changed.len(),
-        removed = node.sync.removed.len(), recovered = node.recovery.report.recovered.len(), "jobward node serving"
-    );
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| Failure::Check(format!("cannot listen for SIGTERM: {e}")))?;
-    let mut hup = signal(SignalKind::hangup())
-        .map_err(|e| Failure::Check(format!("cannot listen for SIGHUP: {e}")))?;
-    let why = loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break "SIGINT",
-            _ = term.recv() => break "SIGTERM",
-            _ = hup.recv() => match &reloader {
-                Some(r) => match r().await {
-                    Ok(rep) => {
-                        state.signal_work();
-                        info!(added = ?rep.added, changed = ?rep.changed, removed = ?rep.removed, "SIGHUP: configuration reloaded");
-                    }
-                    Err(e) => warn!(error = %e, "SIGHUP: the configuration is invalid; nothing changed"),
-                },
-                None => warn!("SIGHUP: there is no configuration file to reload"),
-            },
-            _ = node.superseded() => {
-                return Err(Failure::Check("this node was declared lost and could not rejoin (another live node holds its name, or the database refused); it stopped its processes".into()));
+    if s.jobs.is_empty() {
+        return Ok(());
+    }
+    let mut t = table(&["JOB", "SCHEDULE", "RUNS ON", "NEXT FIRES"]);
+    for j in &s.jobs {
+        let mut fires = Vec::new();
+        let mut at = now;
+        while fires.len() < 3 {
+            match j.schedule.next_after(at) {
+                Some(next) => {
+                    fires.push(time(Some(next)));
+                    at = next;
+                }
+                None => break,
             }
         }
-    };
-    info!(signal = why, grace = %format_duration(cfg.shutdown_grace), "graceful shutdown: no new work; waiting for running executions");
-    // A second signal stops at once; the children die with us (parent-death signal).
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("jobward: second interrupt: exiting now");
-        std::process::exit(130);
-    });
-    state.begin_shutdown();
-    let report = node.shutdown().await;
-    let _ = http_stop.send(());
-    let _ = server.await;
-    info!(
-        drained = report.drained,
-        cancelled = report.cancelled.len(),
-        "stopped"
+        t.add_row(vec![
+            j.name.clone(),
+            j.schedule.describe(),
+            j.queue
+                .as_deref()
+                .map(|q| format!("queue {q}"))
+                .unwrap_or_else(|| "a node".into()),
+            if fires.is_empty() {
+                "- (only when triggered)".into()
+            } else {
+                fires.join(", ")
+            },
+        ]);
+    }
+    outln!("{t}");
+    Ok(())
+}
+
+/// `jobward backup FILE`: an online, consistent copy of the SQLite ledger.
+async fn backup(cli: &Cli, a: &BackupArgs) -> R {
+    let s = settings(cli, None)?;
+    let store = open_existing(&s).await?;
+    store.backup(&a.file).await?;
+    let size = std::fs::metadata(&a.file).map(|m| m.len()).unwrap_or(0);
+    outln!(
+        "backed up {} to {} ({size} bytes)",
+        jobward_store::display_url(&s.server.db),
+        a.file.display()
     );
     Ok(())
 }
@@ -288,7 +329,7 @@ async fn jobs_reload(cli: &Cli, remote: &RemoteArgs) -> R {
         .reload()
         .await
         .map_err(|e| Failure::Check(format!("reload failed: {e}")))?;
-    println!(
+    outln!(
         "reloaded: {} added {:?}, {} changed {:?}, {} removed {:?}, {} unchanged",
         r.added.len(),
         r.added,
@@ -511,7 +552,7 @@ async fn jobs_list(cli: &Cli, json: bool) -> R {
             j.spec.concurrency_key.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -534,16 +575,17 @@ async fn jobs_trigger(cli: &Cli, name: &str, wait: bool, json: bool) -> R {
         if json {
             print_json(&run_json(e, now));
         } else if e.state == State::Skipped {
-            println!(
+            outln!(
                 "skipped: job '{name}' run #{} (execution {}): {}",
                 e.number,
                 e.id,
                 e.message.as_deref().unwrap_or("")
             );
         } else {
-            println!(
+            outln!(
                 "queued: job '{name}' run #{} (execution {})",
-                e.number, e.id
+                e.number,
+                e.id
             );
             let h = store
                 .health(HealthParams {
@@ -552,7 +594,7 @@ async fn jobs_trigger(cli: &Cli, name: &str, wait: bool, json: bool) -> R {
                 })
                 .await?;
             if h.live_nodes == 0 {
-                println!(
+                outln!(
                     "note: no jobward node is serving {} right now; it starts when one does",
                     jobward_store::display_url(&s.server.db)
                 );
@@ -565,7 +607,7 @@ async fn jobs_trigger(cli: &Cli, name: &str, wait: bool, json: bool) -> R {
     if json {
         print_json(&run_json(&end, now));
     } else {
-        println!(
+        outln!(
             "job '{name}' run #{} (execution {}) {}{}",
             end.number,
             end.id,
@@ -637,11 +679,21 @@ async fn runs_list(cli: &Cli, a: &RunsListArgs) -> R {
     if a.json {
         print_json(&rows.iter().map(|e| run_json(e, now)).collect::<Vec<_>>());
     } else if rows.is_empty() {
-        println!("no executions match");
+        outln!("no executions match");
     } else {
-        println!("{}", output::runs_table(&rows, now));
+        outln!("{}", output::runs_table(&rows, now));
     }
     Ok(())
+}
+
+/// What `runs show` shows: an execution, its events and the tail of its log.
+struct Shown {
+    e: ExecutionRow,
+    events: Vec<EventRow>,
+    now: jobward_core::Timestamp,
+    log_path: PathBuf,
+    log: Option<String>,
+    names: Names,
 }
 
 async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
@@ -653,42 +705,73 @@ async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
         .ok_or(jobward_store::StoreError::ExecutionNotFound(id))?;
     let events = store.events(id).await?;
     let now = store.now().await?;
-    let path = log_path(&s.server.log_dir, &e.job, e.id);
-    let log = jobward_exec::log::read_tail(&path, 64 * 1024)
+    let names = if json {
+        Names::default()
+    } else {
+        Names::new(&store.list_nodes().await?)
+    };
+    let log_path = log_path(&s.server.log_dir, &e.job, e.id);
+    let log = jobward_exec::log::read_tail(&log_path, 64 * 1024)
         .ok()
         .flatten()
         .map(|t| {
             let lines: Vec<&str> = t.lines().collect();
             lines[lines.len().saturating_sub(log_lines)..].join("\n")
         });
-    if json {
-        #[derive(Serialize)]
-        struct Show<'a> {
-            execution: jobward_protocol::ExecutionView,
-            command: &'a str,
-            events: Vec<jobward_protocol::EventView>,
-            log_tail: Option<String>,
-        }
-        print_json(&Show {
-            execution: run_json(&e, now),
-            command: &e.command,
-            events: events
-                .iter()
-                .map(jobward_server::http::views::event)
-                .collect(),
-            log_tail: log,
-        });
-        return Ok(());
-    }
-    let state = match (e.reason, &e.message) {
-        (Some(r), Some(m)) => format!("{} ({r}): {m}", output::status(&e, now)),
-        _ => output::status(&e, now),
+    let shown = Shown {
+        e,
+        events,
+        now,
+        log_path,
+        log,
+        names,
     };
-    println!(
+    if json {
+        show_json(shown);
+    } else {
+        show_fields(&shown);
+        show_events(&shown);
+        show_log(&shown, log_lines);
+    }
+    Ok(())
+}
+
+/// The `--json` form: ids as they are stored.
+fn show_json(shown: Shown) {
+    #[derive(Serialize)]
+    struct Show<'a> {
+        execution: jobward_protocol::ExecutionView,
+        command: &'a str,
+        events: Vec<jobward_protocol::EventView>,
+        log_tail: Option<String>,
+    }
+    print_json(&Show {
+        execution: run_json(&shown.e, shown.now),
+        command: &shown.e.command,
+        events: shown
+            .events
+            .iter()
+            .map(jobward_server::http::views::event)
+            .collect(),
+        log_tail: shown.log,
+    });
+}
+
+fn show_fields(shown: &Shown) {
+    let (e, now) = (&shown.e, shown.now);
+    let state = match (e.reason, &e.message) {
+        (Some(r), Some(m)) => format!("{} ({r}): {}", output::status(e, now), shown.names.human(m)),
+        _ => output::status(e, now),
+    };
+    outln!(
         "execution {}: job '{}' run #{}, attempt {} of {}",
-        e.id, e.job, e.number, e.attempt, e.max_attempts
+        e.id,
+        e.job,
+        e.number,
+        e.attempt,
+        e.max_attempts
     );
-    let field = |k: &str, v: String| println!("  {k:<13} {v}");
+    let field = |k: &str, v: String| outln!("  {k:<13} {v}");
     field("state", state);
     field(
         "trigger",
@@ -717,7 +800,7 @@ async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
         field("start by", time(e.start_deadline));
     }
     if let Some(owner) = &e.lease_owner {
-        field("owner", owner.clone());
+        field("owner", shown.names.human(owner));
     }
     if let Some(p) = &e.process {
         field(
@@ -736,8 +819,11 @@ async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
     if let Some(prev) = e.retry_of {
         field("retry of", format!("execution {prev}"));
     }
-    println!("events:");
-    for ev in &events {
+}
+
+fn show_events(shown: &Shown) {
+    outln!("events:");
+    for ev in &shown.events {
         let change = match (ev.kind, ev.from, ev.to) {
             (jobward_store::EventKind::Refused, _, _) => "REFUSED".to_string(),
             (jobward_store::EventKind::Note, _, _) => "note".to_string(),
@@ -750,24 +836,27 @@ async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
             .as_deref()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {}  {change}{reason}  by {}: {}",
             time(Some(ev.at)),
-            ev.actor,
-            ev.message
+            shown.names.human(&ev.actor),
+            shown.names.human(&ev.message)
         );
     }
-    match log {
+}
+
+fn show_log(shown: &Shown, log_lines: usize) {
+    let path = shown.log_path.display();
+    match &shown.log {
         Some(text) if !text.is_empty() => {
-            println!("log (last {log_lines} lines of {}):", path.display());
+            outln!("log (last {log_lines} lines of {path}):");
             for line in text.lines() {
-                println!("  {line}");
+                outln!("  {line}");
             }
         }
-        Some(_) => println!("log: empty ({})", path.display()),
-        None => println!("log: none at {}", path.display()),
+        Some(_) => outln!("log: empty ({path})"),
+        None => outln!("log: none at {path}"),
     }
-    Ok(())
 }
 
 async fn runs_cancel(cli: &Cli, id: i64, no_wait: bool) -> R {
@@ -783,32 +872,34 @@ async fn runs_cancel(cli: &Cli, id: i64, no_wait: bool) -> R {
         .await?;
     match out {
         CancelOutcome::Cancelled { execution } => {
-            println!("execution {} cancelled (it was queued)", execution.id)
+            outln!("execution {} cancelled (it was queued)", execution.id)
         }
         CancelOutcome::AlreadyTerminal { execution } => {
-            println!(
+            outln!(
                 "execution {} already ended: {}",
-                execution.id, execution.state
+                execution.id,
+                execution.state
             );
         }
         CancelOutcome::Requested { execution } => {
-            println!(
+            let names = Names::new(&store.list_nodes().await?);
+            outln!(
                 "cancel requested for execution {}; its owner {} must stop it by {}",
                 execution.id,
-                execution.lease_owner.as_deref().unwrap_or("-"),
+                names.human(execution.lease_owner.as_deref().unwrap_or("-")),
                 time(execution.cancel_deadline)
             );
             if !no_wait {
                 let limit = execution.timeouts.kill_grace + Duration::from_secs(5);
                 let end = wait_terminal(&store, id, Some(limit)).await?;
                 if end.state.is_terminal() {
-                    println!(
+                    outln!(
                         "execution {id} is {}: {}",
                         end.state,
                         end.message.unwrap_or_default()
                     );
                 } else {
-                    println!(
+                    outln!(
                         "execution {id} is still stopping; the ledger settles it by its cancel deadline {}",
                         time(end.cancel_deadline)
                     );
@@ -827,6 +918,7 @@ async fn cleanup(cli: &Cli, a: &CleanupArgs) -> R {
     let report =
         jobward_server::cleanup::stale_executions(&store, stale_after, a.apply, actor()).await?;
     let now = store.now().await?;
+    let names = Names::new(&store.list_nodes().await?);
     if a.json {
         print_json(&jobward_server::http::views::cleanup(
             &report,
@@ -836,7 +928,7 @@ async fn cleanup(cli: &Cli, a: &CleanupArgs) -> R {
         return Ok(());
     }
     if report.candidates.is_empty() {
-        println!(
+        outln!(
             "no running execution has a last heartbeat older than {}",
             format_duration(stale_after)
         );
@@ -869,22 +961,25 @@ async fn cleanup(cli: &Cli, a: &CleanupArgs) -> R {
             format!("{}/{}", e.attempt, e.max_attempts),
             time(e.started_at),
             ago(now, e.heartbeat_at),
-            e.lease_owner.clone().unwrap_or_else(|| "-".into()),
+            e.lease_owner
+                .as_deref()
+                .map(|o| names.human(o))
+                .unwrap_or_else(|| "-".into()),
             became,
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     if report.dry_run {
-        println!(
+        outln!(
             "dry run: {} execution(s) would change; run again with --apply to change them",
             report.candidates.len()
         );
     } else {
         for c in &report.changed {
-            println!("execution {}: {}", c.id, c.message);
+            outln!("execution {}: {}", c.id, names.human(&c.message));
         }
         let retries = report.changed.iter().filter(|c| c.retry.is_some()).count();
-        println!(
+        outln!(
             "applied: {} changed to timed_out (manual_cleanup), {} ended meanwhile and were left alone, {} retr{} scheduled",
             report.changed.len(),
             report.raced.len(),
@@ -917,7 +1012,7 @@ async fn health(cli: &Cli, a: &HealthArgs) -> R {
         print_json(&out);
     } else {
         let m = &out.metrics;
-        println!("status: {}", out.status);
+        outln!("status: {}", out.status);
         for (k, v) in [
             ("running_executions", m.running_executions),
             ("queued_executions", m.queued_executions),
@@ -927,11 +1022,15 @@ async fn health(cli: &Cli, a: &HealthArgs) -> R {
             ("recent_executions_24h", m.recent_executions_24h),
             ("live_nodes", m.live_nodes),
         ] {
-            println!("{k}: {v}");
+            outln!("{k}: {v}");
         }
-        println!("timestamp: {}", m.timestamp.to_rfc3339());
+        outln!(
+            "timestamp: {}",
+            m.timestamp
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
         for w in &out.warnings {
-            println!("warning: {w}");
+            outln!("warning: {w}");
         }
     }
     if out.warnings.is_empty() {
@@ -947,11 +1046,7 @@ async fn audit(cli: &Cli, a: &AuditArgs) -> R {
     let store = open_existing(&s).await?;
     let mut repaired = None;
     if a.repair {
-        let reaper = Reaper {
-            store: store.clone(),
-            actor: actor(),
-            batch: 500,
-        };
+        let reaper = Reaper::new(store.clone(), actor(), ReaperConfig::default());
         repaired = Some(reaper.run_once().await?);
     }
     let violations = store.audit(AuditParams { tolerance }).await?;
@@ -970,23 +1065,28 @@ async fn audit(cli: &Cli, a: &AuditArgs) -> R {
     } else {
         if let Some(r) = &repaired {
             for rec in &r.recovered {
-                println!(
+                outln!(
                     "repaired: execution {} (job '{}' run #{}) -> {} ({}): {}",
-                    rec.id, rec.job, rec.number, rec.to, rec.reason, rec.message
+                    rec.id,
+                    rec.job,
+                    rec.number,
+                    rec.to,
+                    rec.reason,
+                    rec.message
                 );
             }
-            println!(
+            outln!(
                 "repair: {} execution(s) settled by the reaper rules",
                 r.recovered.len()
             );
         }
         for v in &violations {
-            println!("invariant {}: {}", v.invariant, v.message);
+            outln!("invariant {}: {}", v.invariant, v.message);
         }
         if violations.is_empty() {
-            println!("audit: ok, no violation of invariants 1-3 and 6");
+            outln!("audit: ok, no violation of invariants 1-3 and 6");
         } else {
-            println!("audit: {} violation(s)", violations.len());
+            outln!("audit: {} violation(s)", violations.len());
         }
     }
     if violations.is_empty() {
@@ -1030,6 +1130,6 @@ async fn nodes_list(cli: &Cli, json: bool) -> R {
             state,
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }

@@ -13,6 +13,7 @@ use jobward_core::{
 use jobward_server::alerts::{AlertKind, Webhook};
 use jobward_server::health::HealthSettings;
 use jobward_server::http::{Role, Token};
+use jobward_server::telemetry::TelemetryConfig;
 use serde::Deserialize;
 
 /// A configuration error, already phrased for the user.
@@ -37,6 +38,15 @@ pub struct RawConfig {
     pub token: Vec<RawToken>,
     #[serde(default)]
     pub alert: Vec<RawAlert>,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +81,7 @@ pub struct RawServer {
     pub retention_interval: Option<String>,
     pub pg_idle_in_transaction_timeout: Option<String>,
     pub pg_lock_timeout: Option<String>,
+    pub log_format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +158,30 @@ pub struct ServerSettings {
     pub poll_interval: Duration,
     pub retention_interval: Duration,
     pub store: jobward_store::StoreOptions,
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, message and the event's fields.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format '{other}' (expected text or json)"
+            )),
+        }
+    }
 }
 
 /// A validated configuration.
@@ -160,6 +195,8 @@ pub struct Settings {
     pub jobs: Vec<JobSpec>,
     pub tokens: Vec<Token>,
     pub alerts: Vec<Webhook>,
+    /// OTLP export of execution traces, when an endpoint is configured.
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 pub const DEFAULT_DB: &str = "sqlite://jobward.db";
@@ -180,6 +217,29 @@ pub struct Overrides {
     pub shutdown_grace: Option<String>,
     pub long_running_after: Option<String>,
     pub warn_long_running: Option<u64>,
+    /// OTEL_EXPORTER_OTLP_ENDPOINT.
+    pub otlp_endpoint: Option<String>,
+    /// OTEL_SERVICE_NAME.
+    pub service_name: Option<String>,
+}
+
+impl Overrides {
+    /// The overrides every command takes from the environment.
+    pub fn from_env() -> Overrides {
+        Overrides {
+            tokens: std::env::var("JOBWARD_TOKENS").ok(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds the OpenTelemetry variables (for `serve` and `check` only: a stray variable must
+    /// not stop `runs list`).
+    pub fn with_telemetry_env(mut self) -> Overrides {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        self.otlp_endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT");
+        self.service_name = var("OTEL_SERVICE_NAME");
+        self
+    }
 }
 
 /// Where a problem is: "file: job 'x': field 'y': ..." .
@@ -237,23 +297,74 @@ impl Ctx<'_> {
 }
 
 /// Reads and validates a configuration file. `None` means no file: defaults only.
+///
+/// Relative paths of the ledger (`sqlite://PATH`) and of `log_dir`, written in the file or
+/// defaulted, are relative to the file's directory, so every command that reads the same
+/// file finds the same ledger wherever it runs. Flags and environment variables are
+/// relative to the working directory.
 pub fn load(path: Option<&Path>, o: &Overrides) -> Result<Settings, ConfigError> {
-    let (source, raw) = match path {
-        None => ("(defaults)".to_string(), RawConfig::default()),
+    let (source, raw, base) = match path {
+        None => ("(defaults)".to_string(), RawConfig::default(), None),
         Some(p) => {
             let shown = p.display().to_string();
             let text = std::fs::read_to_string(p)
                 .map_err(|e| ConfigError(format!("cannot read config {shown}: {e}")))?;
             let raw = parse(&shown, &text)?;
-            (shown, raw)
+            (
+                shown,
+                raw,
+                Some(p.parent().unwrap_or(Path::new("")).to_path_buf()),
+            )
         }
     };
-    validate(&source, raw, o)
+    validate(&source, raw, o, base.as_deref())
 }
 
-/// Parses and validates configuration text (`file` names it in errors).
+/// Parses and validates configuration text (`file` names it in errors). Relative paths stay
+/// relative to the working directory.
 pub fn load_str(file: &str, text: &str, o: &Overrides) -> Result<Settings, ConfigError> {
-    validate(file, parse(file, text)?, o)
+    validate(file, parse(file, text)?, o, None)
+}
+
+/// The `[server] log_format` of a configuration file, if it can be read (before logging
+/// starts; any error is reported later by the command itself).
+pub fn peek_log_format(path: &Path) -> Option<LogFormat> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let raw: RawConfig = toml::from_str(&text).ok()?;
+    raw.server.log_format?.parse().ok()
+}
+
+/// A relative path of the file, made relative to the file's directory.
+fn beside(base: Option<&Path>, p: PathBuf) -> PathBuf {
+    match base {
+        Some(dir) if p.is_relative() && !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p,
+    }
+}
+
+/// A `sqlite:` URL of the file with a relative path, made relative to the file's directory.
+fn sqlite_beside(base: Option<&Path>, url: String) -> String {
+    let Some(base) = base.filter(|b| !b.as_os_str().is_empty()) else {
+        return url;
+    };
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url;
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path == ":memory:" || Path::new(path).is_absolute() {
+        return url;
+    }
+    let joined = base.join(path);
+    match query {
+        Some(q) => format!("sqlite://{}?{q}", joined.display()),
+        None => format!("sqlite://{}", joined.display()),
+    }
 }
 
 /// Parses TOML, turning a parse error into "file:line:col: message" on one line.
@@ -298,8 +409,13 @@ fn enclosing_job(text: &str, offset: usize) -> Option<String> {
 
 /// Validates parsed configuration. Its errors quote values from the file (names, URLs,
 /// patterns), which may hold newlines: those are shown escaped, so every error is one line.
-fn validate(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigError> {
-    validate_fields(file, raw, o).map_err(|e| ConfigError(escape_controls(&e.0)))
+fn validate(
+    file: &str,
+    raw: RawConfig,
+    o: &Overrides,
+    base: Option<&Path>,
+) -> Result<Settings, ConfigError> {
+    validate_fields(file, raw, o, base).map_err(|e| ConfigError(escape_controls(&e.0)))
 }
 
 fn escape_controls(s: &str) -> String {
@@ -314,7 +430,12 @@ fn escape_controls(s: &str) -> String {
         .collect()
 }
 
-fn validate_fields(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings, ConfigError> {
+fn validate_fields(
+    file: &str,
+    raw: RawConfig,
+    o: &Overrides,
+    base: Option<&Path>,
+) -> Result<Settings, ConfigError> {
     let top = Ctx { file, job: None };
     let RawConfig {
         server,
@@ -324,12 +445,51 @@ fn validate_fields(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings
         job,
         token,
         alert,
+        telemetry,
     } = raw;
+    let server = server_settings(&top, server, o, base)?;
+    let job_defaults = job_defaults(&top, defaults, o)?;
+    let health = health_settings(&top, health, o)?;
+    let limits = limits(&top, concurrency)?;
+    let mut jobs = Vec::with_capacity(job.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, j) in job.into_iter().enumerate() {
+        jobs.push(job_spec(file, i + 1, j, &job_defaults, &limits, &mut seen)?);
+    }
+    let tokens = tokens(&top, token, o.tokens.as_deref())?;
+    if !server.bind.ip().is_loopback() && tokens.is_empty() {
+        return Err(top.err(
+            "server.bind",
+            format!(
+                "refusing to serve on {} without tokens: anyone who can reach it could trigger and cancel jobs; \
+                 add [[token]] entries (or JOBWARD_TOKENS) or bind to 127.0.0.1",
+                server.bind
+            ),
+        ));
+    }
+    Ok(Settings {
+        source: file.to_string(),
+        server,
+        defaults: job_defaults.timeouts,
+        health,
+        limits,
+        jobs,
+        tokens,
+        alerts: alerts(&top, alert)?,
+        telemetry: telemetry_settings(&top, telemetry, o)?,
+    })
+}
 
-    let db =
-        o.db.clone()
-            .or(server.db)
-            .unwrap_or_else(|| DEFAULT_DB.to_string());
+fn server_settings(
+    top: &Ctx<'_>,
+    server: RawServer,
+    o: &Overrides,
+    base: Option<&Path>,
+) -> Result<ServerSettings, ConfigError> {
+    let db = match o.db.clone() {
+        Some(db) => db,
+        None => sqlite_beside(base, server.db.unwrap_or_else(|| DEFAULT_DB.to_string())),
+    };
     if !(db.starts_with("sqlite:")
         || db.starts_with("postgres://")
         || db.starts_with("postgresql://"))
@@ -346,12 +506,13 @@ fn validate_fields(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings
     if let Some(n) = &node_name {
         validate_name("node name", n).map_err(|e| top.err("server.node_name", e))?;
     }
-    let log_dir = PathBuf::from(
-        o.log_dir
-            .clone()
-            .or(server.log_dir)
-            .unwrap_or_else(|| "jobward-logs".into()),
-    );
+    let log_dir = match o.log_dir.clone() {
+        Some(dir) => PathBuf::from(dir),
+        None => beside(
+            base,
+            PathBuf::from(server.log_dir.unwrap_or_else(|| "jobward-logs".into())),
+        ),
+    };
     let bind_text = o
         .bind
         .clone()
@@ -371,7 +532,16 @@ fn validate_fields(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings
             format!("'{u}' must start with http:// or https://"),
         ));
     }
-    let server = ServerSettings {
+    let log_format = server
+        .log_format
+        .as_deref()
+        .map(|f| {
+            f.parse::<LogFormat>()
+                .map_err(|e| top.err("server.log_format", e))
+        })
+        .transpose()?
+        .unwrap_or_default();
+    Ok(ServerSettings {
         db,
         bind,
         public_url: server.public_url,
@@ -416,12 +586,29 @@ fn validate_fields(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings
                 jobward_store::StoreOptions::default().pg_lock_timeout,
             )?,
         },
-    };
+        log_format,
+    })
+}
 
+/// What a job does not say for itself: from `[defaults]`, flags and the project defaults.
+struct JobDefaults {
+    timeouts: Timeouts,
+    overlap: Overlap,
+    misfire: Misfire,
+    misfire_grace: Duration,
+    history: History,
+    retry: RetryPolicy,
+}
+
+fn job_defaults(
+    top: &Ctx<'_>,
+    defaults: RawDefaults,
+    o: &Overrides,
+) -> Result<JobDefaults, ConfigError> {
     let base = Timeouts::default();
-    let defaults_t = Timeouts {
+    let timeouts = Timeouts {
         heartbeat: min_1s(
-            &top,
+            top,
             "defaults.heartbeat_timeout",
             top.pos(
                 "defaults.heartbeat_timeout",
@@ -441,33 +628,36 @@ fn validate_fields(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings
         )?,
         kill_grace: top.dur("defaults.kill_grace", &defaults.kill_grace, base.kill_grace)?,
     };
-    let default_overlap =
-        parse_overlap(&top, "defaults.overlap", &defaults.overlap, Overlap::Skip)?;
-    let default_misfire = parse_misfire(
-        &top,
-        "defaults.misfire",
-        &defaults.misfire,
-        Misfire::RunOnce,
-    )?;
-    let default_grace = top.dur(
-        "defaults.misfire_grace",
-        &defaults.misfire_grace,
-        Duration::from_secs(60),
-    )?;
-    let default_history = history(
-        &top,
-        "defaults.history",
-        defaults.history.as_ref(),
-        History::default(),
-    )?;
-    let default_retry = retry(
-        &top,
-        "defaults.retry",
-        defaults.retry.as_ref(),
-        RetryPolicy::default(),
-    )?;
+    Ok(JobDefaults {
+        timeouts,
+        overlap: parse_overlap(top, "defaults.overlap", &defaults.overlap, Overlap::Skip)?,
+        misfire: parse_misfire(top, "defaults.misfire", &defaults.misfire, Misfire::RunOnce)?,
+        misfire_grace: top.dur(
+            "defaults.misfire_grace",
+            &defaults.misfire_grace,
+            Duration::from_secs(60),
+        )?,
+        history: history(
+            top,
+            "defaults.history",
+            defaults.history.as_ref(),
+            History::default(),
+        )?,
+        retry: retry(
+            top,
+            "defaults.retry",
+            defaults.retry.as_ref(),
+            RetryPolicy::default(),
+        )?,
+    })
+}
 
-    let health = HealthSettings {
+fn health_settings(
+    top: &Ctx<'_>,
+    health: RawHealth,
+    o: &Overrides,
+) -> Result<HealthSettings, ConfigError> {
+    Ok(HealthSettings {
         long_running_after: top.pos(
             "health.long_running_after",
             &o.long_running_after.clone().or(health.long_running_after),
@@ -479,8 +669,13 @@ fn validate_fields(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings
                 top.at_least("health.warn_long_running", health.warn_long_running, 0, 5)? as u64
             }
         },
-    };
+    })
+}
 
+fn limits(
+    top: &Ctx<'_>,
+    concurrency: BTreeMap<String, i64>,
+) -> Result<BTreeMap<String, u32>, ConfigError> {
     let mut limits = BTreeMap::new();
     for (key, limit) in concurrency {
         validate_name("concurrency key", &key)
@@ -499,126 +694,126 @@ fn validate_fields(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings
         }
         limits.insert(key, limit as u32);
     }
+    Ok(limits)
+}
 
-    let mut jobs = Vec::with_capacity(job.len());
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, j) in job.into_iter().enumerate() {
-        let Some(name) = j.name.clone() else {
-            return Err(ConfigError(format!(
-                "{file}: job #{}: field 'name' is missing",
-                i + 1
-            )));
-        };
-        validate_name("job name", &name)
-            .map_err(|e| ConfigError(format!("{file}: job #{}: field 'name': {e}", i + 1)))?;
-        if let Some(first) = seen.insert(name.clone(), i + 1) {
-            return Err(ConfigError(format!(
-                "{file}: job '{name}' is defined twice (jobs #{first} and #{})",
-                i + 1
-            )));
-        }
-        let ctx = Ctx {
-            file,
-            job: Some(name.clone()),
-        };
-        let command = match j.command.as_deref().map(str::trim) {
-            None => return Err(ctx.err("command", "is missing")),
-            Some("") => return Err(ctx.err("command", "is empty")),
-            Some(_) => j.command.clone().unwrap_or_default(),
-        };
-        let schedule = match (&j.schedule, &j.every) {
-            (Some(_), Some(_)) => {
-                return Err(ctx.err(
-                    "every",
-                    "a job has either 'schedule' (cron) or 'every', not both",
-                ));
-            }
-            (Some(cron), None) => Schedule::cron(cron, j.timezone.as_deref().unwrap_or("UTC"))
-                .map_err(|e| match e {
-                    jobward_core::schedule::ScheduleError::TimeZone(_) => ctx.err("timezone", e),
-                    _ => ctx.err("schedule", e),
-                })?,
-            (None, Some(every)) => {
-                if j.timezone.is_some() {
-                    return Err(ctx.err("timezone", "only applies to a cron 'schedule'"));
-                }
-                let d = parse_positive_duration(every).map_err(|e| ctx.err("every", e))?;
-                Schedule::every(d).map_err(|e| ctx.err("every", e))?
-            }
-            (None, None) => {
-                if j.timezone.is_some() {
-                    return Err(ctx.err("timezone", "only applies to a cron 'schedule'"));
-                }
-                Schedule::Manual
-            }
-        };
-        if let Some(k) = &j.concurrency_key
-            && !limits.contains_key(k)
-        {
-            return Err(ctx.err(
-                "concurrency_key",
-                format!("'{k}' has no limit in [concurrency] (add: {k} = 1)"),
-            ));
-        }
-        let timeouts = Timeouts {
-            heartbeat: min_1s(
-                &ctx,
-                "heartbeat_timeout",
-                ctx.pos(
-                    "heartbeat_timeout",
-                    &j.heartbeat_timeout,
-                    defaults_t.heartbeat,
-                )?,
-            )?,
-            run: ctx.pos("run_timeout", &j.run_timeout, defaults_t.run)?,
-            queue: ctx.pos("queue_timeout", &j.queue_timeout, defaults_t.queue)?,
-            kill_grace: ctx.dur("kill_grace", &j.kill_grace, defaults_t.kill_grace)?,
-        };
-        jobs.push(JobSpec {
-            name,
-            command,
-            schedule,
-            timeouts,
-            overlap: parse_overlap(&ctx, "overlap", &j.overlap, default_overlap)?,
-            misfire: parse_misfire(&ctx, "misfire", &j.misfire, default_misfire)?,
-            misfire_grace: ctx.dur("misfire_grace", &j.misfire_grace, default_grace)?,
-            concurrency_key: j.concurrency_key.clone(),
-            history: history(&ctx, "history", j.history.as_ref(), default_history)?,
-            retry: retry(&ctx, "retry", j.retry.as_ref(), default_retry)?,
-            queue: match j.queue {
-                None => None,
-                Some(q) if q == LOCAL_RUNNER => None,
-                Some(q) => {
-                    validate_name("queue name", &q).map_err(|e| ctx.err("queue", e))?;
-                    Some(q)
-                }
-            },
-            priority: match j.priority {
-                None => 0,
-                Some(p) if (-1000..=1000).contains(&p) => p as i32,
-                Some(p) => {
-                    return Err(ctx.err(
-                        "priority",
-                        format!("must be between -1000 and 1000, got {p}"),
-                    ));
-                }
-            },
-        });
+/// One `[[job]]` (number `n` in the file).
+fn job_spec(
+    file: &str,
+    n: usize,
+    j: RawJob,
+    d: &JobDefaults,
+    limits: &BTreeMap<String, u32>,
+    seen: &mut HashMap<String, usize>,
+) -> Result<JobSpec, ConfigError> {
+    let Some(name) = j.name.clone() else {
+        return Err(ConfigError(format!(
+            "{file}: job #{n}: field 'name' is missing"
+        )));
+    };
+    validate_name("job name", &name)
+        .map_err(|e| ConfigError(format!("{file}: job #{n}: field 'name': {e}")))?;
+    if let Some(first) = seen.insert(name.clone(), n) {
+        return Err(ConfigError(format!(
+            "{file}: job '{name}' is defined twice (jobs #{first} and #{n})"
+        )));
     }
-
-    let tokens = tokens(&top, token, o.tokens.as_deref())?;
-    if !server.bind.ip().is_loopback() && tokens.is_empty() {
-        return Err(top.err(
-            "server.bind",
-            format!(
-                "refusing to serve on {} without tokens: anyone who can reach it could trigger and cancel jobs; \
-                 add [[token]] entries (or JOBWARD_TOKENS) or bind to 127.0.0.1",
-                server.bind
-            ),
+    let ctx = Ctx {
+        file,
+        job: Some(name.clone()),
+    };
+    let command = match j.command.as_deref().map(str::trim) {
+        None => return Err(ctx.err("command", "is missing")),
+        Some("") => return Err(ctx.err("command", "is empty")),
+        Some(_) => j.command.clone().unwrap_or_default(),
+    };
+    let schedule = schedule(&ctx, &j)?;
+    if let Some(k) = &j.concurrency_key
+        && !limits.contains_key(k)
+    {
+        return Err(ctx.err(
+            "concurrency_key",
+            format!("'{k}' has no limit in [concurrency] (add: {k} = 1)"),
         ));
     }
+    let timeouts = Timeouts {
+        heartbeat: min_1s(
+            &ctx,
+            "heartbeat_timeout",
+            ctx.pos(
+                "heartbeat_timeout",
+                &j.heartbeat_timeout,
+                d.timeouts.heartbeat,
+            )?,
+        )?,
+        run: ctx.pos("run_timeout", &j.run_timeout, d.timeouts.run)?,
+        queue: ctx.pos("queue_timeout", &j.queue_timeout, d.timeouts.queue)?,
+        kill_grace: ctx.dur("kill_grace", &j.kill_grace, d.timeouts.kill_grace)?,
+    };
+    Ok(JobSpec {
+        name,
+        command,
+        schedule,
+        timeouts,
+        overlap: parse_overlap(&ctx, "overlap", &j.overlap, d.overlap)?,
+        misfire: parse_misfire(&ctx, "misfire", &j.misfire, d.misfire)?,
+        misfire_grace: ctx.dur("misfire_grace", &j.misfire_grace, d.misfire_grace)?,
+        concurrency_key: j.concurrency_key.clone(),
+        history: history(&ctx, "history", j.history.as_ref(), d.history)?,
+        retry: retry(&ctx, "retry", j.retry.as_ref(), d.retry)?,
+        queue: match j.queue {
+            None => None,
+            Some(q) if q == LOCAL_RUNNER => None,
+            Some(q) => {
+                validate_name("queue name", &q).map_err(|e| ctx.err("queue", e))?;
+                Some(q)
+            }
+        },
+        priority: match j.priority {
+            None => 0,
+            Some(p) if (-1000..=1000).contains(&p) => p as i32,
+            Some(p) => {
+                return Err(ctx.err(
+                    "priority",
+                    format!("must be between -1000 and 1000, got {p}"),
+                ));
+            }
+        },
+    })
+}
+
+/// A job's `schedule` (cron, with `timezone`), `every`, or neither (manual only).
+fn schedule(ctx: &Ctx<'_>, j: &RawJob) -> Result<Schedule, ConfigError> {
+    match (&j.schedule, &j.every) {
+        (Some(_), Some(_)) => Err(ctx.err(
+            "every",
+            "a job has either 'schedule' (cron) or 'every', not both",
+        )),
+        (Some(cron), None) => {
+            Schedule::cron(cron, j.timezone.as_deref().unwrap_or("UTC")).map_err(|e| match e {
+                jobward_core::schedule::ScheduleError::TimeZone(_) => ctx.err("timezone", e),
+                _ => ctx.err("schedule", e),
+            })
+        }
+        (None, Some(every)) => {
+            if j.timezone.is_some() {
+                return Err(ctx.err("timezone", "only applies to a cron 'schedule'"));
+            }
+            let d = parse_positive_duration(every).map_err(|e| ctx.err("every", e))?;
+            Schedule::every(d).map_err(|e| ctx.err("every", e))
+        }
+        (None, None) => {
+            if j.timezone.is_some() {
+                return Err(ctx.err("timezone", "only applies to a cron 'schedule'"));
+            }
+            Ok(Schedule::Manual)
+        }
+    }
+}
+
+fn alerts(top: &Ctx<'_>, raw: Vec<RawAlert>) -> Result<Vec<Webhook>, ConfigError> {
     let mut alerts = Vec::new();
-    for (i, a) in alert.into_iter().enumerate() {
+    for (i, a) in raw.into_iter().enumerate() {
         let field = format!("alert #{}", i + 1);
         let url = a
             .url
@@ -641,16 +836,41 @@ fn validate_fields(file: &str, raw: RawConfig, o: &Overrides) -> Result<Settings
         };
         alerts.push(Webhook { url, on });
     }
-    Ok(Settings {
-        source: file.to_string(),
-        server,
-        defaults: defaults_t,
-        health,
-        limits,
-        jobs,
-        tokens,
-        alerts,
-    })
+    Ok(alerts)
+}
+
+/// `[telemetry]`; OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME beat the file.
+fn telemetry_settings(
+    top: &Ctx<'_>,
+    raw: RawTelemetry,
+    o: &Overrides,
+) -> Result<Option<TelemetryConfig>, ConfigError> {
+    let Some(endpoint) = o.otlp_endpoint.clone().or(raw.otlp_endpoint) else {
+        return Ok(None);
+    };
+    let scheme = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"));
+    if scheme.is_none_or(|rest| rest.is_empty() || rest.starts_with('/')) {
+        return Err(top.err(
+            "telemetry.otlp_endpoint",
+            format!(
+                "'{endpoint}' must be an http:// or https:// URL such as http://127.0.0.1:4318"
+            ),
+        ));
+    }
+    let service_name = o
+        .service_name
+        .clone()
+        .or(raw.service_name)
+        .unwrap_or_else(|| "jobward".into());
+    if service_name.trim().is_empty() || service_name.chars().any(char::is_control) {
+        return Err(top.err("telemetry.service_name", "must be a non-empty name"));
+    }
+    Ok(Some(TelemetryConfig {
+        otlp_endpoint: endpoint,
+        service_name,
+    }))
 }
 
 fn tokens(
@@ -839,7 +1059,12 @@ mod tests {
     use super::*;
 
     fn load_str(text: &str) -> Result<Settings, ConfigError> {
-        validate("t.toml", parse("t.toml", text)?, &Overrides::default())
+        validate(
+            "t.toml",
+            parse("t.toml", text)?,
+            &Overrides::default(),
+            None,
+        )
     }
 
     const ISSUE_EXAMPLE: &str = r#"
@@ -1033,6 +1258,81 @@ retry = { max_attempts = 3, backoff = "10s", max_backoff = "10m" }
     }
 
     #[test]
+    fn relative_ledger_and_log_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("etc/jobward.toml");
+        std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
+        std::fs::write(
+            &conf,
+            "[server]\ndb = \"sqlite://data/ledger.db?mode=rwc\"\nlog_dir = \"logs\"\n",
+        )
+        .unwrap();
+        let s = load(Some(&conf), &Overrides::default()).unwrap();
+        let etc = dir.path().join("etc");
+        assert_eq!(
+            s.server.db,
+            format!("sqlite://{}?mode=rwc", etc.join("data/ledger.db").display())
+        );
+        assert_eq!(s.server.log_dir, etc.join("logs"));
+        // Defaults live beside the file too; absolute paths and flags are left alone.
+        std::fs::write(&conf, "").unwrap();
+        let s = load(Some(&conf), &Overrides::default()).unwrap();
+        assert_eq!(
+            s.server.db,
+            format!("sqlite://{}", etc.join("jobward.db").display())
+        );
+        assert_eq!(s.server.log_dir, etc.join("jobward-logs"));
+        std::fs::write(&conf, "[server]\ndb = \"sqlite:///var/lib/j.db\"\n").unwrap();
+        assert_eq!(
+            load(Some(&conf), &Overrides::default()).unwrap().server.db,
+            "sqlite:///var/lib/j.db"
+        );
+        let o = Overrides {
+            db: Some("sqlite://here.db".into()),
+            log_dir: Some("here-logs".into()),
+            ..Default::default()
+        };
+        let s = load(Some(&conf), &o).unwrap();
+        assert_eq!(s.server.db, "sqlite://here.db");
+        assert_eq!(s.server.log_dir, PathBuf::from("here-logs"));
+        // A file in the working directory keeps its relative paths as they are.
+        let s = load(Some(Path::new("jobward-test-nonexistent.toml")), &o);
+        assert!(s.is_err());
+    }
+
+    #[test]
+    fn telemetry_and_log_format_are_validated() {
+        let s = load_str("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n[server]\nlog_format = \"json\"\n").unwrap();
+        let t = s.telemetry.unwrap();
+        assert_eq!(t.otlp_endpoint, "http://127.0.0.1:4318");
+        assert_eq!(t.service_name, "jobward");
+        assert_eq!(s.server.log_format, LogFormat::Json);
+        assert!(load_str("").unwrap().telemetry.is_none());
+        let e = one_line_error("[telemetry]\notlp_endpoint = \"127.0.0.1:4318\"\n");
+        assert!(e.contains("field 'telemetry.otlp_endpoint'"), "{e}");
+        let e = one_line_error("[server]\nlog_format = \"xml\"\n");
+        assert!(
+            e.contains("field 'server.log_format': unknown log format 'xml'"),
+            "{e}"
+        );
+        let o = Overrides {
+            otlp_endpoint: Some("http://collector:4318".into()),
+            service_name: Some("billing".into()),
+            ..Default::default()
+        };
+        let raw = parse("t.toml", "[telemetry]\notlp_endpoint = \"http://x:1\"\n").unwrap();
+        let t = validate("t.toml", raw, &o, None)
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(
+            (t.otlp_endpoint.as_str(), t.service_name.as_str()),
+            ("http://collector:4318", "billing"),
+            "the environment beats the file"
+        );
+    }
+
+    #[test]
     fn overrides_beat_the_file() {
         let raw = parse(
             "t.toml",
@@ -1044,7 +1344,7 @@ retry = { max_attempts = 3, backoff = "10s", max_backoff = "10m" }
             db: Some("sqlite:///tmp/x.db".into()),
             ..Default::default()
         };
-        let s = validate("t.toml", raw, &o).unwrap();
+        let s = validate("t.toml", raw, &o, None).unwrap();
         assert_eq!(s.jobs[0].timeouts.run, Duration::from_secs(300));
         assert_eq!(s.server.db, "sqlite:///tmp/x.db");
     }

@@ -19,15 +19,58 @@ use clap::{Args, Parser, Subcommand};
     about = "A job scheduler and execution ledger: every execution reaches a terminal state with a true record."
 )]
 pub struct Cli {
-    /// Configuration file (TOML). Default: ./jobward.toml if it exists.
-    #[arg(long, global = true, env = "JOBWARD_CONFIG", value_name = "PATH")]
+    /// Configuration file (TOML). Default: ./jobward.toml if it exists. Also accepted after
+    /// the command; `worker` and `heartbeat` read no configuration and ignore it.
+    #[arg(long, env = "JOBWARD_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Database URL, e.g. sqlite://jobward.db. Overrides [server] db.
-    #[arg(long, global = true, env = "JOBWARD_DATABASE_URL", value_name = "URL")]
+    /// Database URL, e.g. sqlite://jobward.db. Overrides [server] db. Also accepted after
+    /// the command; `worker` and `heartbeat` ignore it.
+    #[arg(long, env = "JOBWARD_DATABASE_URL", value_name = "URL")]
     pub db: Option<String>,
+    /// Log lines as text or as one JSON object per line (default: [server] log_format, else
+    /// text).
+    #[arg(
+        long,
+        global = true,
+        env = "JOBWARD_LOG_FORMAT",
+        value_enum,
+        value_name = "FORMAT",
+        display_order = 900
+    )]
+    pub log_format: Option<config::LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Where a command finds its configuration and ledger (given after the command; the same
+/// flags before it, and JOBWARD_CONFIG / JOBWARD_DATABASE_URL, also work).
+#[derive(Args, Debug, Default, Clone)]
+pub struct StoreArgs {
+    /// Configuration file (TOML). Default: JOBWARD_CONFIG, else ./jobward.toml if it exists.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Database URL, e.g. sqlite://jobward.db. Overrides [server] db (default:
+    /// JOBWARD_DATABASE_URL).
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
+}
+
+const AUDIT_ABOUT: &str = "Check invariants 1-3 (and 6) on the database; exits 1 on any violation";
+const AUDIT_LONG_ABOUT: &str = "Check the ledger's invariants on the live database, reading the \
+rows themselves rather than trusting the schema's CHECK constraints; exits 1 on any violation.
+
+Invariants checked:
+  1  States: every state is a known one; a terminal execution has finished_at and a live one \
+does not; failed, timed_out, cancelled and skipped carry a reason kind (one that explains the \
+state) and a message; queued, running and completed carry no reason.
+  2  Deadlines: a queued execution has a start deadline, a running one its lease expiry and \
+run deadline, and none is past a deadline (or a cancel deadline) by more than --tolerance.
+  3  One source of truth: a running execution has a lease owner and token, is not owned by a \
+node that stopped, and no concurrency key has more running executions than its limit.
+  6  Events: every terminal execution has the transition event that led to its state.
+
+With --repair, the reaper's rules are applied first (what is overdue is settled as the reaper \
+would), then the audit runs.";
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -44,17 +87,69 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Health figures; exits 1 when the status is `warning`.
     Health(HealthArgs),
-    /// Check invariants 1-3 (and 6) on the database; exits 1 on any violation.
+    #[command(about = AUDIT_ABOUT, long_about = AUDIT_LONG_ABOUT)]
     Audit(AuditArgs),
     /// Create the database or bring its schema up to date.
-    Migrate,
+    Migrate(MigrateArgs),
     /// Nodes that have served this database.
     #[command(subcommand)]
     Nodes(NodesCommand),
-    /// Run a remote worker: claim executions of some queues from a jobward server and run them.
+    /// Validate a configuration file and show each job's next three fires; touches no
+    /// database. Exits 0 when it is valid, 2 with the error when not.
+    Check(CheckArgs),
+    /// Write a consistent copy of the SQLite ledger to a new file while it is in use
+    /// (PostgreSQL: use pg_dump).
+    Backup(BackupArgs),
+    /// Run a remote worker: claim executions of some queues from a jobward server and run
+    /// them. Reads no configuration file or database: only its flags.
     Worker(WorkerArgs),
-    /// Report progress from inside a running execution (reads the JOBWARD_* variables).
+    /// Report progress from inside a running execution (reads the JOBWARD_* variables; no
+    /// configuration file or database).
     Heartbeat(HeartbeatArgs),
+}
+
+impl Command {
+    /// The configuration and ledger flags given after this command, if it takes them.
+    pub fn store_args(&self) -> Option<&StoreArgs> {
+        match self {
+            Command::Serve(a) => Some(&a.store),
+            Command::Jobs(JobsCommand::List { store, .. })
+            | Command::Jobs(JobsCommand::Trigger { store, .. })
+            | Command::Runs(RunsCommand::Show { store, .. })
+            | Command::Runs(RunsCommand::Cancel { store, .. })
+            | Command::Nodes(NodesCommand::List { store, .. }) => Some(store),
+            Command::Jobs(JobsCommand::Reload(a)) => Some(&a.store),
+            Command::Runs(RunsCommand::List(a)) => Some(&a.store),
+            Command::Cleanup(a) => Some(&a.store),
+            Command::Health(a) => Some(&a.store),
+            Command::Audit(a) => Some(&a.store),
+            Command::Migrate(a) => Some(&a.store),
+            Command::Check(a) => Some(&a.store),
+            Command::Backup(a) => Some(&a.store),
+            Command::Worker(_) | Command::Heartbeat(_) => None,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// The new file to write (it must not exist).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +199,8 @@ pub struct RemoteArgs {
     /// A token with the operate role, when the server has tokens.
     #[arg(long, env = "JOBWARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Args, Debug, Default)]
@@ -134,23 +231,32 @@ pub struct ServeArgs {
     /// How long a graceful shutdown waits for running executions, e.g. 30s.
     #[arg(long, env = "JOBWARD_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum JobsCommand {
     /// Jobs with their schedule, next fire and status (derived from their executions).
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Queue an execution of a job now (under its overlap policy).
     Trigger {
+        /// The job to trigger.
         name: String,
         /// Wait until it ends; exit 1 unless it completed.
         #[arg(long)]
         wait: bool,
+        /// Print the execution as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Make the running server re-read its configuration (jobs and concurrency limits);
     /// running executions are not disturbed. SIGHUP does the same.
@@ -163,19 +269,26 @@ pub enum RunsCommand {
     List(RunsListArgs),
     /// One execution: its fields, event timeline and log tail.
     Show {
+        /// The execution id (the ID column of `runs list`).
         id: i64,
         /// Lines of log to show.
         #[arg(long, default_value_t = 40)]
         log_lines: usize,
+        /// Print JSON (with node incarnation ids instead of names).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Cancel an execution: at once if queued; a running one is stopped (SIGTERM, then SIGKILL).
     Cancel {
+        /// The execution id.
         id: i64,
         /// Return without waiting for the owner to confirm.
         #[arg(long)]
         no_wait: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -187,18 +300,23 @@ pub struct RunsListArgs {
     /// Only this state (repeatable).
     #[arg(long = "status", value_name = "STATE")]
     pub status: Vec<String>,
-    #[arg(long)]
+    /// Only executions of this job.
+    #[arg(long, value_name = "NAME")]
     pub job: Option<String>,
     /// Only running executions whose last heartbeat is older than this, e.g. 10m.
     #[arg(long, value_name = "DUR")]
     pub stale_after: Option<String>,
+    /// Most executions shown (1 to 10000).
     #[arg(long, default_value_t = 50)]
     pub limit: i64,
     /// Page: only executions with an id below this one.
     #[arg(long, value_name = "ID")]
     pub before: Option<i64>,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Args, Debug)]
@@ -209,12 +327,16 @@ pub struct CleanupArgs {
     /// Change them (timed_out, reason manual_cleanup). Without it: a dry run.
     #[arg(long)]
     pub apply: bool,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct HealthArgs {
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
     /// Running longer than this counts as long-running (default from [health], 1h).
@@ -223,6 +345,8 @@ pub struct HealthArgs {
     /// Warn when more than this many executions are long-running (default 5).
     #[arg(long, value_name = "N")]
     pub warn_long_running: Option<u64>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Args, Debug)]
@@ -233,15 +357,22 @@ pub struct AuditArgs {
     /// How far past a deadline a live execution may be (one reaper tick and some).
     #[arg(long, default_value = "5s", value_name = "DUR")]
     pub tolerance: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum NodesCommand {
+    /// Every incarnation of every node, with its state.
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -273,21 +404,81 @@ impl From<jobward_store::StoreError> for Failure {
             | SchemaTooNew { .. }
             | SchemaTooOld { .. }
             | Missing(_)
-            | Open { .. }
-            | UnsupportedUrl(_) => Failure::Input(e.to_string()),
+            | UnsupportedUrl(_)
+            | Unsupported(_) => Failure::Input(e.to_string()),
+            Open { url, message } => Failure::Input(output::open_error(&url, &message)),
             other => Failure::Check(other.to_string()),
         }
+    }
+}
+
+/// A clap error as one line: `jobward: error: ... (usage: ...)`. Help and version are
+/// printed as they are.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let code = e.exit_code().clamp(0, 255) as u8;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(code);
+    }
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let what = lines
+        .next()
+        .unwrap_or("bad usage")
+        .trim_start_matches("error: ");
+    let usage = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .map(|u| format!(" (usage: {u})"))
+        .unwrap_or_default();
+    eprintln!("jobward: error: {what}{usage}");
+    ExitCode::from(code)
+}
+
+/// Log lines go to stderr, as text or JSON; the filter is JOBWARD_LOG (default `info` for the
+/// long-running commands, `warn` for the others).
+fn init_logging(cli: &Cli) {
+    let long_running = matches!(cli.command, Command::Serve(_) | Command::Worker(_));
+    let filter = std::env::var("JOBWARD_LOG").unwrap_or_else(|_| {
+        if long_running {
+            "info".into()
+        } else {
+            "warn".into()
+        }
+    });
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into());
+    let format = cli.log_format.or_else(|| {
+        cli.command
+            .store_args()
+            .and_then(|_| commands::config_path(cli))
+            .and_then(|p| config::peek_log_format(&p))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format.unwrap_or_default() {
+        config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = e.exit_code();
-            let _ = e.print();
-            return ExitCode::from(code.clamp(0, 255) as u8);
-        }
+        Err(e) => return usage_error(e),
     };
     // Fault injection for the fault tests: nothing happens unless FAILPOINTS names a point
     // ("name=action;name=action", the fail crate's syntax, e.g. "complete_before_commit=sleep(3000)").
@@ -300,21 +491,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let serving = matches!(cli.command, Command::Serve(_));
-    let filter = std::env::var("JOBWARD_LOG").unwrap_or_else(|_| {
-        if serving {
-            "info".into()
-        } else {
-            "warn".into()
-        }
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -332,9 +509,90 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Check(m)) => {
-            eprintln!("jobward: {m}");
+            eprintln!("jobward: error: {m}");
             ExitCode::from(1)
         }
         Err(Failure::Quiet) => ExitCode::from(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn every_command(c: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), c.clone()));
+        for sub in c.get_subcommands() {
+            every_command(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_flag_and_argument_has_help() {
+        let mut all = Vec::new();
+        every_command(&Cli::command(), "jobward".into(), &mut all);
+        let mut missing = Vec::new();
+        for (path, c) in &all {
+            for arg in c.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+            if c.get_about().is_none() && path != "jobward help" {
+                missing.push(format!("{path}: (the command itself)"));
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn worker_and_heartbeat_do_not_offer_config_or_db() {
+        let mut all = Vec::new();
+        every_command(&Cli::command(), "jobward".into(), &mut all);
+        for (path, c) in &all {
+            let names: Vec<&str> = c.get_arguments().map(|a| a.get_id().as_str()).collect();
+            let offers = names.contains(&"config") || names.contains(&"db");
+            if path == "jobward worker" || path == "jobward heartbeat" {
+                assert!(!offers, "{path} offers --config/--db: {names:?}");
+            } else if c.get_subcommands().next().is_none()
+                && !path.ends_with(" help")
+                && !path.contains(" help ")
+            {
+                assert!(offers, "{path} does not take --config/--db: {names:?}");
+            }
+        }
+        // Given before the command, they still work (and worker ignores them).
+        assert!(Cli::try_parse_from(["jobward", "--config", "x.toml", "runs", "list"]).is_ok());
+        assert!(Cli::try_parse_from(["jobward", "runs", "list", "--config", "x.toml"]).is_ok());
+        assert!(
+            Cli::try_parse_from([
+                "jobward", "worker", "--config", "x", "--server", "http://h", "--queue", "q"
+            ])
+            .is_err(),
+            "worker refuses --config after it"
+        );
+    }
+
+    #[test]
+    fn audit_help_lists_the_invariants_it_checks() {
+        let mut c = Cli::command();
+        let audit = c.find_subcommand_mut("audit").unwrap();
+        let help = audit.render_long_help().to_string();
+        for inv in [
+            "1  States",
+            "2  Deadlines",
+            "3  One source of truth",
+            "6  Events",
+        ] {
+            assert!(
+                help.contains(inv),
+                "audit --help does not list {inv:?}:\n{help}"
+            );
+        }
     }
 }

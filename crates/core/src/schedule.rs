@@ -79,11 +79,10 @@ impl Schedule {
             pattern: pattern.into(),
             problem,
         };
-        let cron = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .build()
+        let parser = CronParser::builder().seconds(Seconds::Optional).build();
+        let cron = parser
             .parse(pattern)
-            .map_err(|e| cron_err(e.to_string()))?;
+            .map_err(|e| cron_err(explain_cron_error(&parser, pattern, &e.to_string())))?;
         // A field such as "," parses as selecting nothing; searching for its next instant
         // then walks a year of seconds (tens of seconds of CPU) before giving up.
         let p = &cron.pattern;
@@ -224,6 +223,41 @@ impl Schedule {
             Schedule::Manual => "manual".into(),
         }
     }
+}
+
+/// Names the field of a cron pattern that does not parse, and says why without the parser's
+/// jargon: `second field '61': ...`.
+fn explain_cron_error(parser: &CronParser, pattern: &str, problem: &str) -> String {
+    let problem = problem
+        .trim_start_matches("Component error: ")
+        .trim_start_matches("Invalid pattern: ")
+        .trim_end_matches('.');
+    let fields: Vec<&str> = pattern.split_whitespace().collect();
+    let names: &[&str] = match fields.len() {
+        5 => &["minute", "hour", "day-of-month", "month", "day-of-week"],
+        6 => &[
+            "second",
+            "minute",
+            "hour",
+            "day-of-month",
+            "month",
+            "day-of-week",
+        ],
+        n => {
+            return format!(
+                "expected 5 fields (minute hour day-of-month month day-of-week) or 6 (with seconds first), got {n}"
+            );
+        }
+    };
+    for (i, field) in fields.iter().enumerate() {
+        let probe: Vec<&str> = (0..fields.len())
+            .map(|j| if j == i { *field } else { "*" })
+            .collect();
+        if parser.parse(&probe.join(" ")).is_err() {
+            return format!("{} field '{field}': {problem}", names[i]);
+        }
+    }
+    problem.to_string()
 }
 
 /// A run of instants: how many, the first and the last.
@@ -371,6 +405,19 @@ pub fn after(t: Timestamp, d: Duration) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cron_error_names_the_field() {
+        let e = Schedule::cron("61 * * * * *", "UTC")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("second field '61'"), "{e}");
+        let e = Schedule::cron("0 25 * * *", "UTC").unwrap_err().to_string();
+        assert!(e.contains("hour field '25'"), "{e}");
+        let e = Schedule::cron("* * *", "UTC").unwrap_err().to_string();
+        assert!(e.contains("expected 5 fields"), "{e}");
+        assert!(!e.contains("Component error"), "{e}");
+    }
 
     fn utc(s: &str) -> Timestamp {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

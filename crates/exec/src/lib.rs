@@ -10,6 +10,7 @@ pub mod log;
 pub mod process;
 pub mod procfs;
 pub mod recovery;
+pub mod service;
 mod supervisor;
 
 pub use process::{Ending, Exit, Finished, Identity, Launch, Running, Stop, signal_group, spawn};

@@ -121,6 +121,10 @@ pub fn spawn(launch: &Launch) -> io::Result<Running> {
     if let Some(dir) = &launch.cwd {
         cmd.current_dir(dir);
     }
+    // The runner's service manager speaks to the runner only (see `service`).
+    for var in crate::service::SERVICE_MANAGER_VARS {
+        cmd.env_remove(var);
+    }
     // SAFETY: the hook runs only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(plan.hook());

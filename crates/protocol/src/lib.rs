@@ -284,6 +284,10 @@ pub struct ClaimedExecution {
     pub terminate_after_ms: u64,
     /// Then SIGKILL after this long.
     pub kill_grace_ms: u64,
+    /// The W3C trace context of this attempt's run span, when the server exports traces:
+    /// give it to the process as `TRACEPARENT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -417,4 +421,17 @@ pub struct ProgressRequest {
     pub phase: Option<String>,
     #[schema(value_type = Option<serde_json::Value>)]
     pub checkpoint: Option<Value>,
+}
+
+/// The answer of `/livez` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProbeView {
+    /// `ok`, or `unavailable` (with status 503).
+    pub status: String,
+    /// Why it is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The node's incarnation, when one is registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }

@@ -38,13 +38,15 @@ pub async fn stale_executions(
     let notes = tokio::task::spawn_blocking(move || kill_local(&candidates, &hosts))
         .await
         .map_err(|e| StoreError::Database(format!("process sweep failed: {e}")))?;
-    store
+    let report = store
         .cleanup(CleanupParams {
             apply: true,
             process_notes: Some(notes),
             ..params
         })
-        .await
+        .await?;
+    crate::telemetry::recovered(store, &report.changed);
+    Ok(report)
 }
 
 /// For each execution: kills its proven survivors when it ran on this host (same boot), or

@@ -195,6 +195,9 @@ impl Executor {
         if let Some(c) = &row.checkpoint {
             env.push(("JOBWARD_CHECKPOINT".into(), c.to_string()));
         }
+        if let Some(tp) = crate::telemetry::traceparent(&row) {
+            env.push(("TRACEPARENT".into(), tp));
+        }
         if let (Some(url), Some(token)) = (&self.cfg.api_url, &row.lease_token) {
             env.push(("JOBWARD_SERVER_URL".into(), url.clone()));
             env.push(("JOBWARD_LEASE_TOKEN".into(), token.clone()));
@@ -270,6 +273,9 @@ impl Executor {
             match self.store.complete(params).await {
                 Ok(s) => {
                     crate::metrics::transition(&s.execution);
+                    if !s.repeated {
+                        crate::telemetry::settled(&self.store, &s);
+                    }
                     if let Some(a) = &self.cfg.alerts
                         && crate::http::worker::failed_for_good(&s)
                     {

@@ -11,10 +11,17 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod serve;
 pub mod services;
+pub mod telemetry;
 
 pub use executor::{Executor, ExecutorConfig, log_path, outcome_of};
 pub use node::{
-    Node, NodeConfig, NodeError, Recovery, ShutdownReport, default_node_name, recover_previous,
+    Node, NodeConfig, NodeError, NodeStatus, Recovery, ShutdownReport, default_node_name,
+    recover_previous,
 };
-pub use services::{Reaper, Retention, Scheduler};
+pub use serve::{ServeConfig, ServeError, ServeReport, run};
+pub use services::{
+    HealthAlert, HealthAlertConfig, LostNodes, LostNodesConfig, Reaper, ReaperConfig, Retention,
+    RetentionConfig, Scheduler, SchedulerConfig,
+};

@@ -6,21 +6,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use jobward_core::Reason;
 use jobward_core::duration::format_duration;
+use jobward_exec::service::Liveness;
 use jobward_exec::{Recorded, Stop};
 use jobward_store::{
-    CancelParams, DynStore, ExecutionId, HealthParams, NewNode, ReapReport, RecoverParams,
-    RegisterOutcome, StoreError, SyncJobs, SyncReport,
+    CancelParams, DynStore, ExecutionId, NewNode, ReapReport, RecoverParams, RegisterOutcome,
+    StoreError, SyncJobs, SyncReport,
 };
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::alerts::{AlertKind, Alerts};
+use crate::alerts::Alerts;
 use crate::executor::{Executor, ExecutorConfig};
-use crate::health::HealthSettings;
-use crate::services::{Reaper, Retention, Scheduler};
+use crate::services::{
+    HealthAlert, HealthAlertConfig, LostNodes, LostNodesConfig, Reaper, ReaperConfig, Retention,
+    RetentionConfig, Scheduler, SchedulerConfig, alert_recovered,
+};
 
 /// Settings of a node, validated by the caller.
 #[derive(Clone)]
@@ -34,20 +39,19 @@ pub struct NodeConfig {
     pub node_lease: Duration,
     /// How often leases (the node's and its executions') are renewed.
     pub heartbeat_interval: Duration,
-    pub reaper_interval: Duration,
-    /// Longest sleep of the scheduler between ticks.
-    pub scheduler_interval: Duration,
     /// How often the executor looks for work and cancel requests written by other processes.
     pub poll_interval: Duration,
-    pub retention_interval: Duration,
     /// How long a graceful shutdown lets running executions finish before cancelling them.
     pub shutdown_grace: Duration,
     /// Given to runs as JOBWARD_SERVER_URL (for `jobward heartbeat`).
     pub api_url: Option<String>,
     pub alerts: Option<Alerts>,
-    pub health: HealthSettings,
-    /// How often health is checked for the health alert.
-    pub health_check_interval: Duration,
+    pub reaper: ReaperConfig,
+    pub scheduler: SchedulerConfig,
+    pub retention: RetentionConfig,
+    pub lost_nodes: LostNodesConfig,
+    /// Health settings and how often the health alert checks them.
+    pub health_alert: HealthAlertConfig,
 }
 
 impl NodeConfig {
@@ -60,16 +64,69 @@ impl NodeConfig {
             max_running: 64,
             node_lease: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
-            reaper_interval: Duration::from_secs(1),
-            scheduler_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(500),
-            retention_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             api_url: None,
             alerts: None,
-            health: HealthSettings::default(),
-            health_check_interval: Duration::from_secs(15),
+            reaper: ReaperConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            retention: RetentionConfig::default(),
+            lost_nodes: LostNodesConfig::default(),
+            health_alert: HealthAlertConfig::default(),
         }
+    }
+}
+
+/// What the rest of the process (the HTTP probes, the watchdog) may know of the node.
+#[derive(Debug, Default)]
+pub struct NodeStatus {
+    /// The current incarnation (a rejoin after being declared lost gives a new one).
+    incarnation: std::sync::RwLock<String>,
+    /// False while the node rejoins, and once it gave up (superseded).
+    registered: std::sync::atomic::AtomicBool,
+    /// Beats at the end of every maintenance tick (leases, lost nodes, reaper).
+    pub maintenance: Liveness,
+    /// Beats at the end of every scheduler tick.
+    pub scheduler: Liveness,
+    /// Beats at the end of every claim-and-cancel-poll tick.
+    pub intake: Liveness,
+    /// Cleared when a graceful shutdown stops the scheduler and the claimers on purpose.
+    intake_watched: std::sync::atomic::AtomicBool,
+    /// How long each loop sleeps between ticks (maintenance, scheduler, intake): a loop is
+    /// stalled by the time since its last tick beyond its own sleep.
+    intervals: [Duration; 3],
+}
+
+impl NodeStatus {
+    pub fn incarnation(&self) -> String {
+        self.incarnation.read().expect("node lock").clone()
+    }
+
+    /// The node holds a live registration (it is not rejoining, nor superseded).
+    pub fn registered(&self) -> bool {
+        self.registered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How long the most stalled of the node's main loops has gone without completing a
+    /// tick (the service manager's watchdog is fed only while this is short). The scheduler
+    /// and the claimers are not watched once a graceful shutdown stopped them.
+    pub fn stalled_for(&self) -> Duration {
+        let [maintenance, scheduler, intake] = self.intervals;
+        let mut stalled = self.maintenance.age().saturating_sub(maintenance);
+        if self
+            .intake_watched
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            stalled = stalled
+                .max(self.scheduler.age().saturating_sub(scheduler))
+                .max(self.intake.age().saturating_sub(intake));
+        }
+        stalled
+    }
+
+    fn set_registered(&self, on: bool) {
+        self.registered
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -106,8 +163,7 @@ pub struct ShutdownReport {
 }
 
 pub struct Node {
-    /// The current incarnation (a rejoin after being declared lost gives a new one).
-    id: Arc<std::sync::RwLock<String>>,
+    status: Arc<NodeStatus>,
     store: DynStore,
     cfg: NodeConfig,
     executor: Arc<Executor>,
@@ -184,9 +240,10 @@ async fn rejoin(
     store: &DynStore,
     cfg: &NodeConfig,
     ex: &Executor,
-    incarnation: &std::sync::RwLock<String>,
+    status: &NodeStatus,
 ) -> Result<String, NodeError> {
-    let old = incarnation.read().expect("node lock").clone();
+    let old = status.incarnation();
+    status.set_registered(false);
     ex.pause_intake(true);
     let running = ex.running_ids();
     error!(
@@ -201,12 +258,13 @@ async fn rejoin(
         warn!(executions = ?left, "some runs had not ended 10 s after SIGKILL");
     }
     let new = register(store, cfg).await?;
-    *incarnation.write().expect("node lock") = new.clone();
+    *status.incarnation.write().expect("node lock") = new.clone();
     ex.rebind(new.clone());
     // What the old incarnation still held (normally nothing: it was settled as node_lost),
     // and any process of it that survived, are dealt with as at a start.
     recover_previous(store, &cfg.name, &new).await?;
     ex.pause_intake(false);
+    status.set_registered(true);
     info!(previous = %old, incarnation = %new, "rejoined as a new incarnation");
     Ok(new)
 }
@@ -236,16 +294,28 @@ impl Node {
             },
             work.clone(),
         );
-        let reaper = Reaper {
-            store: store.clone(),
-            actor: format!("reaper@{id}"),
-            batch: 500,
-        };
+        let reaper = Reaper::new(store.clone(), format!("reaper@{id}"), cfg.reaper);
         reaper.run_once().await?;
         let (intake, _) = watch::channel(false);
         let (maintenance, _) = watch::channel(false);
+        let status = Arc::new(NodeStatus {
+            incarnation: std::sync::RwLock::new(id),
+            intervals: [
+                cfg.heartbeat_interval.min(cfg.reaper.interval),
+                cfg.scheduler.max_sleep,
+                cfg.poll_interval,
+            ],
+            ..Default::default()
+        });
+        status.set_registered(true);
+        status
+            .intake_watched
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        status.maintenance.beat();
+        status.scheduler.beat();
+        status.intake.beat();
         let mut node = Node {
-            id: Arc::new(std::sync::RwLock::new(id)),
+            status,
             store,
             cfg,
             executor,
@@ -259,28 +329,17 @@ impl Node {
             recovery,
         };
         node.spawn_loops(reaper);
-        // Work queued by other processes and nodes (PostgreSQL's LISTEN) wakes the claimers.
-        if let Some(signal) = node.store.work_signal() {
-            let work = node.work.clone();
-            let mut stop = node.intake.subscribe();
-            node.intake_tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = signal.notified() => {
-                            work.notify_waiters();
-                            work.notify_one();
-                        }
-                        _ = stop.changed() => return,
-                    }
-                }
-            });
-        }
         Ok(node)
     }
 
     /// The current incarnation id.
     pub fn id(&self) -> String {
-        self.id.read().expect("node lock").clone()
+        self.status.incarnation()
+    }
+
+    /// Registration and liveness, for probes and the service manager's watchdog.
+    pub fn status(&self) -> Arc<NodeStatus> {
+        self.status.clone()
     }
 
     pub fn executor(&self) -> &Arc<Executor> {
@@ -302,41 +361,59 @@ impl Node {
     }
 
     fn spawn_loops(&mut self, reaper: Reaper) {
-        let cfg = self.cfg.clone();
-        // Claiming and cancel polling.
-        {
-            let ex = self.executor.clone();
-            let mut stop = self.intake.subscribe();
-            self.intake_tasks.spawn(async move {
-                loop {
+        self.spawn_intake();
+        self.spawn_scheduler();
+        self.spawn_maintenance(reaper);
+        self.spawn_health_alert();
+        self.spawn_retention();
+        self.spawn_work_listener();
+    }
+
+    /// Claiming and cancel polling; woken early when work may be claimable.
+    fn spawn_intake(&mut self) {
+        let ex = self.executor.clone();
+        let status = self.status.clone();
+        let every = self.cfg.poll_interval;
+        spawn_every(
+            &mut self.intake_tasks,
+            self.intake.subscribe(),
+            Some(self.executor.wake.clone()),
+            move || {
+                let (ex, status) = (ex.clone(), status.clone());
+                async move {
                     if let Err(e) = ex.claim_once().await {
                         warn!(error = %e, "claim failed");
                     }
                     if let Err(e) = ex.poll_cancels().await {
                         warn!(error = %e, "cancel poll failed");
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(cfg.poll_interval) => {}
-                        _ = ex.wake.notified() => {}
-                        _ = stop.changed() => return,
-                    }
+                    status.intake.beat();
+                    Some(every)
                 }
-            });
-        }
-        // Scheduler.
-        {
-            let mut sched = Scheduler {
-                store: self.store.clone(),
-                actor: String::new(),
-            };
-            let incarnation = self.id.clone();
-            let ex = self.executor.clone();
-            let store = self.store.clone();
-            let mut stop = self.intake.subscribe();
-            self.intake_tasks.spawn(async move {
-                loop {
-                    let mut sleep = cfg.scheduler_interval;
-                    sched.actor = format!("scheduler@{}", incarnation.read().expect("node lock"));
+            },
+        );
+    }
+
+    /// The scheduler: sleeps until the next due instant, at most `scheduler.max_sleep`.
+    fn spawn_scheduler(&mut self) {
+        let (store, ex, status) = (
+            self.store.clone(),
+            self.executor.clone(),
+            self.status.clone(),
+        );
+        let max_sleep = self.cfg.scheduler.max_sleep;
+        spawn_every(
+            &mut self.intake_tasks,
+            self.intake.subscribe(),
+            None,
+            move || {
+                let (store, ex, status) = (store.clone(), ex.clone(), status.clone());
+                async move {
+                    let sched = Scheduler {
+                        store: store.clone(),
+                        actor: format!("scheduler@{}", status.incarnation()),
+                    };
+                    let mut sleep = max_sleep;
                     match sched.run_once().await {
                         Ok(r) => {
                             if !r.fired.is_empty() || !r.caught_up.is_empty() {
@@ -354,40 +431,53 @@ impl Node {
                         }
                         Err(e) => warn!(error = %e, "scheduler tick failed"),
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(sleep) => {}
-                        _ = stop.changed() => return,
-                    }
+                    status.scheduler.beat();
+                    Some(sleep)
                 }
-            });
-        }
-        // Leases, then the reaper. This node renews its own leases (one batched statement for
-        // every run and the node itself) right before each reaper pass, so that a node that
-        // was stalled does not reap its own live runs; a lease someone else settled meanwhile
-        // comes back as lost, and its process group is killed at once.
-        {
-            let ex = self.executor.clone();
-            let superseded = self.superseded.clone();
-            let alerts = cfg.alerts.clone();
-            let mut stop = self.maintenance.subscribe();
-            let tick = cfg.heartbeat_interval.min(cfg.reaper_interval);
-            let incarnation = self.id.clone();
-            let mut reaper = reaper;
-            let cfg = cfg.clone();
-            self.maintenance_tasks.spawn(async move {
-                loop {
+            },
+        );
+    }
+
+    /// Leases, then lost nodes, then the reaper. This node renews its own leases (one batched
+    /// statement for every run and the node itself) right before each reaper pass, so that a
+    /// node that was stalled does not reap its own live runs; a lease someone else settled
+    /// meanwhile comes back as lost, and its process group is killed at once. Each completed
+    /// tick beats the node's maintenance liveness (the service manager's watchdog).
+    fn spawn_maintenance(&mut self, reaper: Reaper) {
+        let ex = self.executor.clone();
+        let superseded = self.superseded.clone();
+        let status = self.status.clone();
+        let cfg = self.cfg.clone();
+        let tick = cfg.heartbeat_interval.min(cfg.reaper.interval);
+        let reaper = Arc::new(reaper);
+        let store = self.store.clone();
+        spawn_every(
+            &mut self.maintenance_tasks,
+            self.maintenance.subscribe(),
+            None,
+            move || {
+                let (ex, superseded, status, cfg, reaper, store) = (
+                    ex.clone(),
+                    superseded.clone(),
+                    status.clone(),
+                    cfg.clone(),
+                    reaper.clone(),
+                    store.clone(),
+                );
+                async move {
+                    fail::fail_point!("maintenance_tick");
                     match ex.heartbeat(cfg.node_lease).await {
                         Ok(r) if !r.node_ok => {
-                            if let Err(e) = rejoin(&reaper.store, &cfg, &ex, &incarnation).await {
+                            if let Err(e) = rejoin(&store, &cfg, &ex, &status).await {
                                 error!(error = %e, "could not rejoin; stopping every process and exiting");
                                 for id in ex.running_ids() {
                                     ex.stop(id, Stop::Immediate, None);
                                 }
+                                status.set_registered(false);
                                 superseded.notify_waiters();
                                 superseded.notify_one();
-                                return;
+                                return None;
                             }
-                            reaper.actor = format!("reaper@{}", incarnation.read().expect("node lock"));
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -395,43 +485,31 @@ impl Node {
                             warn!(error = %e, "heartbeat failed; the processes keep running and the lease is renewed when the database answers");
                         }
                     }
-                    // Nodes that stopped heartbeating: their local executions are settled
-                    // (node_lost) by whichever live node gets to them first.
-                    match reaper.store.settle_lost_nodes(&reaper.actor).await {
-                        Ok(r) => {
-                            for rec in &r.recovered {
-                                crate::services::log_recovered("lost node", rec);
-                                crate::metrics::recovered(rec);
-                                alert_recovered(alerts.as_ref(), rec);
-                            }
-                            // A lost node on this host left processes behind: they carry its
-                            // incarnation as their marker, which proves they are its own.
-                            let lost: std::collections::BTreeSet<String> = r.recovered.iter().filter_map(|rec| rec.node_id.clone()).collect();
-                            if !lost.is_empty() {
-                                let killed = tokio::task::spawn_blocking(move || {
-                                    let table = jobward_exec::ProcessTable::snapshot();
-                                    lost.iter().map(|id| table.sweep_owner(id).killed.len()).sum::<usize>()
-                                })
-                                .await
-                                .unwrap_or(0);
-                                if killed > 0 {
-                                    info!(killed, "killed processes that lost nodes left on this host");
-                                }
-                            }
-                            if !r.recovered.is_empty() {
-                                ex.wake.notify_one();
-                            }
-                        }
+                    let actor = format!("reaper@{}", status.incarnation());
+                    let lost = LostNodes {
+                        store: store.clone(),
+                        actor: actor.clone(),
+                        cfg: cfg.lost_nodes,
+                        alerts: cfg.alerts.clone(),
+                    };
+                    match lost.run_once().await {
+                        Ok(r) if !r.settled.recovered.is_empty() => ex.wake.notify_one(),
+                        Ok(_) => {}
                         Err(e) => {
                             crate::metrics::database_error("settle_lost_nodes");
                             warn!(error = %e, "lost-node check failed");
                         }
                     }
+                    let reaper = Reaper {
+                        store: reaper.store.clone(),
+                        actor,
+                        batch: reaper.batch,
+                    };
                     match reaper.run_once().await {
                         Ok(r) => {
                             for rec in &r.recovered {
                                 ex.stop(rec.id, Stop::Immediate, None);
-                                alert_recovered(alerts.as_ref(), rec);
+                                alert_recovered(cfg.alerts.as_ref(), rec);
                             }
                             if !r.recovered.is_empty() {
                                 ex.wake.notify_one();
@@ -442,65 +520,88 @@ impl Node {
                             warn!(error = %e, "reaper tick failed");
                         }
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(tick) => {}
-                        _ = stop.changed() => return,
-                    }
+                    status.maintenance.beat();
+                    Some(tick)
                 }
-            });
-        }
-        // Health alerts: one alert when health turns `warning`.
-        if let Some(alerts) = cfg.alerts.clone() {
-            let store = self.store.clone();
-            let settings = cfg.health.clone();
-            let mut stop = self.maintenance.subscribe();
-            self.maintenance_tasks.spawn(async move {
-                let mut was_warning = false;
-                loop {
-                    let params = HealthParams {
-                        long_running_after: settings.long_running_after,
-                        stale_after: None,
-                    };
-                    if let Ok(m) = store.health(params).await {
-                        let view = crate::http::views::health(m, &settings);
-                        let warning = view.status == "warning";
-                        if warning && !was_warning {
-                            alerts.send(AlertKind::Health, serde_json::json!({ "health": view }));
-                        }
-                        was_warning = warning;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(cfg.health_check_interval) => {}
-                        _ = stop.changed() => return,
-                    }
+            },
+        );
+    }
+
+    /// Health alerts: one alert when health turns `warning`.
+    fn spawn_health_alert(&mut self) {
+        let Some(alerts) = self.cfg.alerts.clone() else {
+            return;
+        };
+        let every = self.cfg.health_alert.interval;
+        let check = Arc::new(tokio::sync::Mutex::new(HealthAlert {
+            store: self.store.clone(),
+            cfg: self.cfg.health_alert.clone(),
+            alerts,
+            was_warning: false,
+        }));
+        spawn_every(
+            &mut self.maintenance_tasks,
+            self.maintenance.subscribe(),
+            None,
+            move || {
+                let check = check.clone();
+                async move {
+                    let _ = check.lock().await.run_once().await;
+                    Some(every)
                 }
-            });
-        }
-        // Retention.
-        {
-            let retention = Retention {
-                store: self.store.clone(),
-                log_dir: cfg.log_dir.clone(),
-                batch: 1000,
-            };
-            let mut stop = self.maintenance.subscribe();
-            self.maintenance_tasks.spawn(async move {
-                loop {
+            },
+        );
+    }
+
+    fn spawn_retention(&mut self) {
+        let retention = Arc::new(Retention::new(
+            self.store.clone(),
+            self.cfg.log_dir.clone(),
+            self.cfg.retention,
+        ));
+        let every = self.cfg.retention.interval;
+        spawn_every(
+            &mut self.maintenance_tasks,
+            self.maintenance.subscribe(),
+            None,
+            move || {
+                let retention = retention.clone();
+                async move {
                     if let Err(e) = retention.run_once().await {
                         warn!(error = %e, "retention failed");
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(cfg.retention_interval) => {}
-                        _ = stop.changed() => return,
-                    }
+                    Some(every)
                 }
-            });
-        }
+            },
+        );
+    }
+
+    /// Work queued by other processes and nodes (PostgreSQL's LISTEN) wakes the claimers.
+    fn spawn_work_listener(&mut self) {
+        let Some(signal) = self.store.work_signal() else {
+            return;
+        };
+        let work = self.work.clone();
+        let mut stop = self.intake.subscribe();
+        self.intake_tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = signal.notified() => {
+                        work.notify_waiters();
+                        work.notify_one();
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        });
     }
 
     /// Graceful shutdown: stop scheduling and claiming, let running executions finish within
     /// the grace period, cancel the rest with reason `shutdown`, and mark the node stopped.
     pub async fn shutdown(mut self) -> ShutdownReport {
+        self.status
+            .intake_watched
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let _ = self.intake.send(true);
         while self.intake_tasks.join_next().await.is_some() {}
         let before = self.executor.running_count();
@@ -549,13 +650,36 @@ impl Node {
     }
 }
 
-fn alert_recovered(alerts: Option<&Alerts>, r: &jobward_store::Recovered) {
-    if let Some(a) = alerts {
-        a.send(
-            AlertKind::Recovered,
-            serde_json::to_value(r).unwrap_or_default(),
-        );
-    }
+/// Runs `tick` in a loop until `stop` changes: after each tick, sleeps for the duration it
+/// returned (or until `wake` is notified); a tick that returns `None` ends the loop. A tick
+/// always runs to its end: `stop` is only looked at between ticks.
+fn spawn_every<F, Fut>(
+    tasks: &mut JoinSet<()>,
+    mut stop: watch::Receiver<bool>,
+    wake: Option<Arc<Notify>>,
+    mut tick: F,
+) where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Option<Duration>> + Send + 'static,
+{
+    tasks.spawn(async move {
+        loop {
+            let Some(sleep) = tick().await else {
+                return;
+            };
+            let woken = async {
+                match &wake {
+                    Some(w) => w.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = woken => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
 }
 
 /// True when the node recorded as (host, pid, start time, boot) cannot be alive: it ran on
@@ -672,6 +796,7 @@ pub async fn recover_previous(
         crate::services::log_recovered("startup recovery", r);
         crate::metrics::recovered(r);
     }
+    crate::telemetry::recovered(store, &report.recovered);
     if !report.recovered.is_empty() {
         info!(
             recovered = report.recovered.len(),

@@ -264,3 +264,56 @@ async fn tokens_need_a_login_and_read_sessions_see_no_buttons() {
         "the cookie does not carry the secret in clear"
     );
 }
+
+/// People read node names, not incarnation ids: the Where column, the runner and the event
+/// actors show `name (short id)`.
+#[tokio::test]
+async fn pages_show_node_names_instead_of_incarnation_ids() {
+    let d = dash(false).await;
+    let incarnation = "0b7e3c1a-5d2f-4e8a-9c6b-1f2a3b4c5d6e";
+    let node = jobward_store::NewNode {
+        id: incarnation.into(),
+        name: "dash-node".into(),
+        hostname: "h".into(),
+        pid: 1,
+        start_ticks: None,
+        boot_id: None,
+        lease: std::time::Duration::from_secs(30),
+        supersede: vec![],
+    };
+    d.store.register_node(node).await.unwrap();
+    let id = d
+        .store
+        .trigger(jobward_store::TriggerParams {
+            job: "nightly".into(),
+            actor: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .execution
+        .id;
+    let claimed = d
+        .store
+        .claim(jobward_store::ClaimParams {
+            owner: incarnation.into(),
+            runner: "local".into(),
+            node_id: Some(incarnation.into()),
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    for page in ["/".to_string(), format!("/executions/{id}")] {
+        let (s, body, _) = d.get(&page, None).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        assert!(
+            body.contains("dash-node (0b7e3c1a)"),
+            "{page} does not name the node"
+        );
+        assert!(
+            !body.contains(incarnation),
+            "{page} shows the incarnation id"
+        );
+    }
+}

@@ -511,6 +511,68 @@ async fn the_openapi_document_covers_every_endpoint() {
             "{method} {templated} documents no error"
         );
     }
+    // And the other way: every documented operation is in the role table (or is a probe or
+    // the lease-proven progress report), so no route escapes the role test.
+    let mut table: Vec<(String, String)> = endpoints()
+        .into_iter()
+        .map(|(m, uri, _, _)| {
+            let t = uri
+                .replace("/local/", "/{name}/")
+                .replace("/api/jobs/local", "/api/jobs/{name}")
+                .replace("/1", "/{id}");
+            (m.as_str().to_lowercase(), t)
+        })
+        .collect();
+    table.extend([
+        ("post".into(), "/api/executions/{id}/progress".into()),
+        ("get".into(), "/livez".into()),
+        ("get".into(), "/readyz".into()),
+    ]);
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            assert!(
+                table.contains(&(method.clone(), path.clone())),
+                "{method} {path} is documented but not in the role table"
+            );
+        }
+    }
+    // The probes: documented, with no security requirement.
+    for (path, statuses) in [("/livez", &["200"][..]), ("/readyz", &["200", "503"])] {
+        let op = &doc["paths"][path]["get"];
+        assert!(op.is_object(), "GET {path} is not documented");
+        for st in statuses {
+            assert!(
+                op["responses"][*st].is_object(),
+                "GET {path} documents no {st}"
+            );
+        }
+        assert_eq!(
+            op["security"],
+            json!([{}]),
+            "GET {path} needs no token: {op}"
+        );
+    }
+}
+
+/// The probes answer without a token even when tokens are configured; `/readyz` is 503
+/// with a reason when no node runs here or the server is shutting down.
+#[tokio::test]
+async fn probes_answer_without_a_token_and_readyz_says_why_not() {
+    let api = api(true).await;
+    let (s, v) = api.call(Method::GET, "/livez", None, None).await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("ok")),
+        "{v}"
+    );
+    let (s, v) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["status"], "unavailable");
+    assert!(v["reason"].as_str().unwrap().contains("no node"), "{v}");
+    api.state.begin_shutdown();
+    let (s, v) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["reason"], "shutting down");
 }
 
 #[tokio::test]

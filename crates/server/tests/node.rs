@@ -13,7 +13,7 @@ async fn node(dir: &tempfile::TempDir, jobs: Vec<JobSpec>) -> (DynStore, Node) {
         .unwrap();
     let mut cfg = NodeConfig::new("node-test", dir.path().join("logs"));
     cfg.poll_interval = Duration::from_millis(50);
-    cfg.reaper_interval = Duration::from_millis(100);
+    cfg.reaper.interval = Duration::from_millis(100);
     cfg.heartbeat_interval = Duration::from_millis(300);
     cfg.node_lease = Duration::from_secs(3);
     cfg.shutdown_grace = Duration::from_millis(200);
@@ -188,11 +188,11 @@ async fn health_turning_warning_posts_one_alert() {
     let mut cfg = NodeConfig::new("alerting", dir.path().join("logs"));
     cfg.poll_interval = Duration::from_millis(50);
     cfg.shutdown_grace = Duration::from_millis(100);
-    cfg.health = jobward_server::health::HealthSettings {
+    cfg.health_alert.settings = jobward_server::health::HealthSettings {
         long_running_after: Duration::from_millis(300),
         warn_long_running: 0,
     };
-    cfg.health_check_interval = Duration::from_millis(100);
+    cfg.health_alert.interval = Duration::from_millis(100);
     let webhook = jobward_server::alerts::Webhook {
         url: format!("http://127.0.0.1:{port}/hook"),
         on: vec![jobward_server::alerts::AlertKind::Health],

@@ -68,6 +68,8 @@ struct Shared {
     finished: Notify,
     /// When the server last confirmed our leases.
     last_heartbeat: Mutex<Instant>,
+    /// Beats at the end of every heartbeat-loop round (the service manager's watchdog).
+    liveness: jobward_exec::service::Liveness,
     report: Mutex<WorkerReport>,
 }
 
@@ -99,6 +101,7 @@ pub async fn run(
         runs: Mutex::new(HashMap::new()),
         finished: Notify::new(),
         last_heartbeat: Mutex::new(Instant::now()),
+        liveness: Default::default(),
         report: Mutex::new(WorkerReport::default()),
     });
     // What a previous run under this worker id left behind (it was killed before it could
@@ -118,6 +121,15 @@ pub async fn run(
     let (hb_stop_tx, hb_stop) = watch::channel(false);
     let hb = tokio::spawn(heartbeat_loop(shared.clone(), hb_stop));
     info!(worker = %cfg.worker_id, server = %cfg.server, queues = ?cfg.queues, concurrency = cfg.concurrency, "worker started");
+    // What a previous run left is dealt with and the loops run: ready for the service manager.
+    jobward_exec::service::ready(&format!(
+        "worker {} claiming {:?} from {}",
+        cfg.worker_id, cfg.queues, cfg.server
+    ));
+    let watchdog = {
+        let shared = shared.clone();
+        jobward_exec::service::spawn_watchdog(move || shared.liveness.age())
+    };
     let mut backoff = Duration::from_millis(200);
     loop {
         if *shutdown.borrow() {
@@ -144,6 +156,10 @@ pub async fn run(
         match claimed {
             Ok(resp) => {
                 backoff = Duration::from_millis(200);
+                if !resp.executions.is_empty() {
+                    let ids: Vec<i64> = resp.executions.iter().map(|e| e.id).collect();
+                    info!(count = ids.len(), executions = ?ids, "claimed");
+                }
                 for e in resp.executions {
                     start(&shared, &mut tasks, e);
                 }
@@ -158,6 +174,7 @@ pub async fn run(
             }
             Err(e) => {
                 error!(error = %e, "claim refused; stopping the worker");
+                jobward_exec::service::stopping("claim refused");
                 shutdown_runs(&shared, &mut tasks).await;
                 let _ = hb_stop_tx.send(true);
                 let _ = hb.await;
@@ -168,9 +185,13 @@ pub async fn run(
         while tasks.try_join_next().is_some() {}
     }
     info!(running = shared.running(), grace = ?cfg.shutdown_grace, "worker shutting down: no more claims");
+    jobward_exec::service::stopping("worker shutting down: no more claims");
     shutdown_runs(&shared, &mut tasks).await;
     let _ = hb_stop_tx.send(true);
     let _ = hb.await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     let report = shared.report.lock().expect("worker lock").clone();
     info!(
         completed = report.completed,
@@ -254,6 +275,9 @@ fn env_of(shared: &Shared, e: &ClaimedExecution) -> Vec<(String, String)> {
     }
     if let Some(c) = &e.checkpoint {
         env.push(("JOBWARD_CHECKPOINT".into(), c.to_string()));
+    }
+    if let Some(tp) = &e.traceparent {
+        env.push(("TRACEPARENT".into(), tp.clone()));
     }
     env
 }
@@ -471,6 +495,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
+        shared.liveness.beat();
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,

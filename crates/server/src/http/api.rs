@@ -449,6 +449,7 @@ pub async fn cancel(
     let (result, e) = match &out {
         CancelOutcome::Cancelled { execution } => {
             metrics::transition(execution);
+            crate::telemetry::execution_ended(&state.store, execution, None);
             ("cancelled", execution)
         }
         CancelOutcome::Requested { execution } => {

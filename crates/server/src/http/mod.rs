@@ -6,6 +6,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod openapi;
+pub mod probes;
 pub mod views;
 pub mod worker;
 
@@ -55,6 +56,8 @@ pub struct AppInner {
     pub executor: Option<Arc<Executor>>,
     pub reload: Option<Reloader>,
     pub alerts: Option<Alerts>,
+    /// The node this server belongs to, for `/readyz`.
+    pub node: Option<Arc<crate::node::NodeStatus>>,
     /// Per-process secret from which the dashboard derives its CSRF tokens.
     pub dashboard_key: [u8; 32],
     shutting_down: AtomicBool,
@@ -81,6 +84,7 @@ impl AppState {
             executor: None,
             reload: None,
             alerts: None,
+            node: None,
             dashboard_key: random_key(),
             shutting_down: AtomicBool::new(false),
         }))
@@ -115,6 +119,7 @@ impl AppState {
 
     /// After a terminal transition: wake claimers for its retry, alert on a final failure.
     pub fn after_settled(&self, s: &Settled) {
+        crate::telemetry::settled(&self.store, s);
         if s.retry.is_some() {
             self.signal_work();
         }
@@ -204,7 +209,12 @@ pub fn app(state: AppState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), auth::require_worker));
     // Proven by the execution's own lease token in the body.
     let by_lease = Router::new().route("/api/executions/{id}/progress", post(api::progress));
+    // Probes answer without a token.
+    let probes = Router::new()
+        .route("/livez", get(probes::livez))
+        .route("/readyz", get(probes::readyz));
     Router::new()
+        .merge(probes)
         .merge(read)
         .merge(operate)
         .merge(worker)

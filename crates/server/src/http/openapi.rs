@@ -4,7 +4,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api, worker};
+use super::{api, probes, worker};
 
 struct Bearer;
 
@@ -31,12 +31,12 @@ impl Modify for Bearer {
         api::jobs, api::job, api::trigger, api::pause, api::resume,
         api::executions, api::execution, api::events, api::log, api::cancel, api::progress,
         worker::claim, worker::heartbeat, worker::complete, worker::release,
-        super::metrics_endpoint, document,
+        super::metrics_endpoint, document, probes::livez, probes::readyz,
     ),
     modifiers(&Bearer),
     security(("bearer" = [])),
     tags(
-        (name = "system", description = "health, running executions, stale cleanup, reload, metrics"),
+        (name = "system", description = "health, running executions, stale cleanup, reload, metrics, liveness and readiness probes"),
         (name = "jobs", description = "job definitions (from the operator's configuration only) and triggers"),
         (name = "executions", description = "executions, their events and logs"),
         (name = "worker", description = "the worker protocol: claim, heartbeat, complete, release"),

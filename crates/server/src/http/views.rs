@@ -8,6 +8,45 @@ use jobward_store::{CleanupReport, EventRow, ExecutionRow, HealthMetrics, JobRow
 
 use crate::health::HealthSettings;
 
+/// Node incarnation ids as people read them, `name (short id)`: tables, actors and messages
+/// for humans use this; JSON keeps the ids.
+#[derive(Debug, Default, Clone)]
+pub struct NodeNames(std::collections::HashMap<String, String>);
+
+impl NodeNames {
+    pub fn new(nodes: &[jobward_store::NodeRow]) -> NodeNames {
+        NodeNames(
+            nodes
+                .iter()
+                .map(|n| {
+                    let short: String = n.id.chars().take(8).collect();
+                    (n.id.clone(), format!("{} ({short})", n.name))
+                })
+                .collect(),
+        )
+    }
+
+    /// `text` with every known incarnation id in it replaced by its node's name.
+    pub fn human(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (id, name) in &self.0 {
+            if out.contains(id.as_str()) {
+                out = out.replace(id.as_str(), name);
+            }
+        }
+        out
+    }
+
+    /// Where an execution runs or ran: its lease owner, else its node.
+    pub fn where_of(&self, e: &ExecutionRow) -> String {
+        e.lease_owner
+            .as_deref()
+            .or(e.node_id.as_deref())
+            .map(|o| self.human(o))
+            .unwrap_or_else(|| "—".into())
+    }
+}
+
 /// How a running execution that nobody heartbeats for reads, everywhere.
 pub fn silent_text(silence: std::time::Duration) -> String {
     format!(

@@ -157,6 +157,7 @@ pub async fn claim(
                     heartbeat_timeout_ms: e.timeouts.heartbeat.as_millis() as u64,
                     terminate_after_ms: e.timeouts.run.as_millis() as u64,
                     kill_grace_ms: e.timeouts.kill_grace.as_millis() as u64,
+                    traceparent: crate::telemetry::traceparent(&e),
                 })
                 .collect();
             return Ok(axum::Json(ClaimResponse { executions }));
@@ -422,6 +423,7 @@ pub async fn release(
     r.lost.iter().for_each(|_| metrics::refused("release"));
     for s in &r.released {
         metrics::transition(&s.execution);
+        crate::telemetry::settled(&state.store, s);
     }
     if !r.released.is_empty() {
         state.signal_work();

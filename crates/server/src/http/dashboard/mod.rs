@@ -5,6 +5,7 @@
 mod pages;
 mod session;
 
+use crate::http::views::NodeNames;
 use std::time::Duration;
 
 use axum::extract::{Form, Path, Query, Request, State};
@@ -253,7 +254,10 @@ async fn overview(State(state): State<AppState>, Extension(viewer): Extension<Vi
         })
         .await?;
     let now = state.store.now().await?;
-    ok(pages::overview(&viewer, now, &health, &running, &failures))
+    let names = NodeNames::new(&state.store.list_nodes().await?);
+    ok(pages::overview(
+        &viewer, &names, now, &health, &running, &failures,
+    ))
 }
 
 /// A job's recent executions, for its success rate and chart.
@@ -393,7 +397,15 @@ async fn execution(
     .await
     .unwrap_or(None);
     let now = state.store.now().await?;
-    ok(pages::execution(&viewer, now, &e, &events, log.as_deref()))
+    let names = NodeNames::new(&state.store.list_nodes().await?);
+    ok(pages::execution(
+        &viewer,
+        &names,
+        now,
+        &e,
+        &events,
+        log.as_deref(),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -425,8 +437,10 @@ async fn stale(
         })
         .await?;
     let now = state.store.now().await?;
+    let names = NodeNames::new(&state.store.list_nodes().await?);
     ok(pages::stale(
         &viewer,
+        &names,
         now,
         &text,
         &report.candidates,

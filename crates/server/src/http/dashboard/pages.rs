@@ -1,6 +1,7 @@
 //! The dashboard's markup. Every status is shown as colour, symbol and text together; every
 //! time as an absolute UTC time with how long ago (or ahead) it is.
 
+use crate::http::views::NodeNames;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -191,6 +192,7 @@ fn button(v: &Viewer, action: &str, label: &str, class: &str, confirm: Option<&s
 
 pub fn overview(
     v: &Viewer,
+    names: &NodeNames,
     now: Timestamp,
     health: &HealthView,
     running: &[ExecutionRow],
@@ -234,7 +236,7 @@ pub fn overview(
                             td.num data-label="Runtime" { (e.runtime(now).map(dur).unwrap_or_default()) }
                             td.num data-label="Heartbeat" { (ago(e.heartbeat_at, now)) }
                             td data-label="Progress" { (progress(e)) }
-                            td.hide-narrow { code { (e.lease_owner.as_deref().or(e.node_id.as_deref()).unwrap_or("—")) } }
+                            td.hide-narrow { code { (names.where_of(e)) } }
                         }
                     } }
                 } }
@@ -481,6 +483,7 @@ fn chart(rows: &[ExecutionRow], now: Timestamp) -> Markup {
 
 pub fn execution(
     v: &Viewer,
+    names: &NodeNames,
     now: Timestamp,
     e: &ExecutionRow,
     events: &[EventRow],
@@ -497,7 +500,7 @@ pub fn execution(
                 dt { "Execution" } dd { (e.id) " (attempt " (e.attempt) " of " (e.max_attempts) ")" @if let Some(r) = e.retry_of { ", retry of " a href={ "/executions/" (r) } { (r) } } }
                 dt { "Status" } dd { (exec_badge(e, now)) @if e.cancel_reason.is_some() && live { " " span.tag { "cancel requested" } } }
                 dt { "Reason" } dd { (reason(e)) }
-                @if let Some(m) = &e.message { dt { "Message" } dd { (m) } }
+                @if let Some(m) = &e.message { dt { "Message" } dd { (names.human(m)) } }
                 dt { "Trigger" } dd { (e.trigger) @if let Some(s) = e.scheduled_for { " for " (when(Some(s), now)) } }
                 dt { "Queued" } dd { (when(Some(e.queued_at), now)) }
                 dt { "Started" } dd { (when(e.started_at, now)) }
@@ -509,7 +512,7 @@ pub fn execution(
                     dt { "Run deadline" } dd { (when(e.run_deadline, now)) }
                     dt { "Progress" } dd { (progress(e)) }
                 }
-                dt { "Runner" } dd { code { (e.runner) } @if let Some(o) = e.lease_owner.as_deref().or(e.node_id.as_deref()) { " on " code { (o) } } }
+                dt { "Runner" } dd { code { (e.runner) } @if e.lease_owner.is_some() || e.node_id.is_some() { " on " code { (names.where_of(e)) } } }
                 @if let Some(p) = &e.process { dt { "Process" } dd { "pid " (p.pid) } }
                 @if let Some(c) = e.exit_code { dt { "Exit code" } dd { (c) } }
                 @if let Some(s) = e.signal { dt { "Signal" } dd { (s) } }
@@ -529,8 +532,8 @@ pub fn execution(
                             EventKind::Note => { span.tag { "note" } }
                         } }
                         td { (ev.reason.as_deref().unwrap_or("")) }
-                        td { code { (ev.actor) } }
-                        td { (ev.message) }
+                        td { code { (names.human(&ev.actor)) } }
+                        td { (names.human(&ev.message)) }
                     }
                 } }
             } }
@@ -548,6 +551,7 @@ pub fn execution(
 
 pub fn stale(
     v: &Viewer,
+    names: &NodeNames,
     now: Timestamp,
     stale_after: &str,
     rows: &[ExecutionRow],
@@ -579,7 +583,7 @@ pub fn stale(
                             td { (when(e.started_at, now)) }
                             td { (when(e.heartbeat_at, now)) }
                             td { (when(e.lease_expires_at, now)) }
-                            td { code { (e.lease_owner.as_deref().or(e.node_id.as_deref()).unwrap_or("—")) } }
+                            td { code { (names.where_of(e)) } }
                         }
                     } }
                 } }
