@@ -457,3 +457,68 @@ overlap = "allow"
         assert!(!n.log_text().contains("declared lost"), "{}", n.log_text());
     }
 }
+
+/// Found by the chaos run: a node cut off inside its own heartbeat held the one liveness row
+/// until PostgreSQL ended its session (5 s), every other node's heartbeat queued behind it,
+/// their leases ran out, and healthy nodes were declared lost (by themselves). A heartbeat
+/// never waits for that row now, and a node never declares itself lost.
+#[test]
+fn a_session_stuck_on_the_liveness_row_costs_no_healthy_node() {
+    let (env, schema) = Env::postgres(
+        "",
+        "[[job]]\nname = \"work\"\ncommand = \"sleep 12\"\noverlap = \"allow\"\n",
+    );
+    let a = env.serve_as(Some("a"));
+    let b = env.serve_as(Some("b"));
+    let ids: Vec<i64> = (0..4).map(|_| env.trigger("work")).collect();
+    for id in &ids {
+        env.wait_state(*id, "running", Duration::from_secs(15));
+    }
+    // A session that takes the liveness row and sits on it for 4.5 s: longer than a lease (3 s),
+    // shorter than the lock timeout (5 s), so heartbeats that queue behind it wait it out.
+    let admin = pg_admin();
+    let sep = if admin.contains('?') { '&' } else { '?' };
+    let url = format!("{admin}{sep}options=-c%20search_path%3D{}", schema.0);
+    let out = std::process::Command::new("psql")
+        .arg(&url)
+        .args([
+            "-q",
+            "-c",
+            "BEGIN",
+            "-c",
+            "SELECT 1 FROM ledger_liveness FOR UPDATE",
+            "-c",
+            "SELECT pg_sleep(4.5)",
+            "-c",
+            "COMMIT",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in &ids {
+        let e = env.wait_for(*id, Duration::from_secs(30), "terminal", |e| {
+            e["status"] != "running" && e["status"] != "queued"
+        });
+        assert_eq!(
+            (e["status"].as_str(), e["attempt"].as_u64()),
+            (Some("completed"), Some(1)),
+            "a healthy node's run was settled: {e}"
+        );
+    }
+    let nodes = env.json(&["nodes", "list", "--json"]);
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["stopped_at"].is_null()),
+        "no healthy node was declared lost: {nodes}"
+    );
+    for n in [&a, &b] {
+        assert!(!n.log_text().contains("declared lost"), "{}", n.log_text());
+    }
+}

@@ -489,6 +489,7 @@ impl Node {
                     let lost = LostNodes {
                         store: store.clone(),
                         actor: actor.clone(),
+                        own: Some(status.incarnation()),
                         cfg: cfg.lost_nodes,
                         alerts: cfg.alerts.clone(),
                     };

@@ -224,13 +224,18 @@ pub struct LostNodesReport {
 pub struct LostNodes {
     pub store: DynStore,
     pub actor: String,
+    /// This node's incarnation: it never declares itself lost.
+    pub own: Option<String>,
     pub cfg: LostNodesConfig,
     pub alerts: Option<Alerts>,
 }
 
 impl LostNodes {
     pub async fn run_once(&self) -> Result<LostNodesReport, StoreError> {
-        let settled = self.store.settle_lost_nodes(&self.actor).await?;
+        let settled = self
+            .store
+            .settle_lost_nodes(&self.actor, self.own.as_deref())
+            .await?;
         for rec in &settled.recovered {
             log_recovered("lost node", rec);
             crate::metrics::recovered(rec);

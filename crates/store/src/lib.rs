@@ -71,8 +71,9 @@ pub trait Store: Send + Sync + 'static {
     /// must settle before it schedules anything (invariant 8).
     async fn orphans_of(&self, name: &str, node_id: &str) -> Result<Vec<ExecutionRow>>;
     /// Settles the local executions of nodes whose node lease expired (reason `node_lost`)
-    /// and marks those nodes stopped. Safe to run on every node at once.
-    async fn settle_lost_nodes(&self, actor: &str) -> Result<ReapReport>;
+    /// and marks those nodes stopped. Safe to run on every node at once. `own` is the
+    /// caller's incarnation, never declared lost by itself: it is running this.
+    async fn settle_lost_nodes(&self, actor: &str, own: Option<&str>) -> Result<ReapReport>;
     /// Settles those orphans (reason `node_restarted`, each with its message) and marks the
     /// old incarnations stopped.
     async fn settle_orphans(

@@ -1121,22 +1121,36 @@ pub(crate) async fn release(tx: &mut dyn Conn, p: &ReleaseParams) -> Result<Rele
     Ok(report)
 }
 
-fn reap_message(row: &ExecutionRow, d: Deadline, now: Timestamp, key_full: bool) -> String {
+/// Where a settled run's process may still be (invariant 11: a record settled while its
+/// process might be alive says so).
+fn may_still_run(host: &str) -> String {
+    format!("its process may still be alive on {host} until its owner learns the lease is lost")
+}
+
+fn reap_message(
+    row: &ExecutionRow,
+    d: Deadline,
+    now: Timestamp,
+    key_full: bool,
+    host: &str,
+) -> String {
     let owner = row.lease_owner.as_deref().unwrap_or("its owner");
     match d {
         Deadline::Lease => {
             let last = row.heartbeat_at.unwrap_or(row.queued_at);
             format!(
-                "no heartbeat from {owner} since {} ({} ago); heartbeat timeout is {}",
+                "no heartbeat from {owner} since {} ({} ago); heartbeat timeout is {}; {}",
                 ts(last),
                 format_duration(between(last, now)),
-                format_duration(row.timeouts.heartbeat)
+                format_duration(row.timeouts.heartbeat),
+                may_still_run(host)
             )
         }
         Deadline::Run => format!(
-            "ran past its run timeout of {} (plus {} kill grace) and {owner} did not record an end",
+            "ran past its run timeout of {} (plus {} kill grace) and {owner} did not record an end; {}",
             format_duration(row.timeouts.run),
-            format_duration(row.timeouts.kill_grace)
+            format_duration(row.timeouts.kill_grace),
+            may_still_run(host)
         ),
         Deadline::Queue => {
             let mut m = format!(
@@ -1150,9 +1164,10 @@ fn reap_message(row: &ExecutionRow, d: Deadline, now: Timestamp, key_full: bool)
             m
         }
         Deadline::Cancel => format!(
-            "{owner} did not confirm the cancel requested at {} ({}) by its deadline",
+            "{owner} did not confirm the cancel requested at {} ({}) by its deadline; {}",
             row.cancel_requested_at.map(ts).unwrap_or_default(),
-            row.cancel_message.as_deref().unwrap_or("no message")
+            row.cancel_message.as_deref().unwrap_or("no message"),
+            may_still_run(host)
         ),
     }
 }
@@ -1182,6 +1197,7 @@ pub(crate) async fn settle_due(
 ) -> Result<Vec<Recovered>> {
     let now = tx.now();
     let mut due = Vec::new();
+    let mut hosts: HashMap<String, String> = HashMap::new();
     for row in &rows {
         let Some(d) = to_core(row).due(now) else {
             continue;
@@ -1190,10 +1206,24 @@ pub(crate) async fn settle_due(
             (Some(k), Deadline::Queue) => table::key_full(tx, k).await?,
             _ => false,
         };
-        due.push((
-            row,
-            Apply::new(Event::Expire(d), reap_message(row, d, now, full), actor),
-        ));
+        let host = match &row.node_id {
+            Some(node) => match hosts.get(node) {
+                Some(h) => h.clone(),
+                None => {
+                    let h = table::node_host(tx, node)
+                        .await?
+                        .unwrap_or_else(|| format!("the host of node {node}"));
+                    hosts.insert(node.clone(), h.clone());
+                    h
+                }
+            },
+            None => format!(
+                "the host of worker '{}'",
+                row.lease_owner.as_deref().unwrap_or("?")
+            ),
+        };
+        let message = reap_message(row, d, now, full, &host);
+        due.push((row, Apply::new(Event::Expire(d), message, actor)));
     }
     let rows: Vec<&ExecutionRow> = due.iter().map(|(r, _)| *r).collect();
     Ok(settle_many(tx, due)
@@ -1389,16 +1419,25 @@ pub(crate) async fn register_node(tx: &mut dyn Conn, node: &NewNode) -> Result<R
 /// Settles the executions of nodes whose lease expired (reason `node_lost`) and marks those
 /// nodes stopped, so that if one comes back it learns it was replaced and stops its processes.
 /// Leases held by remote workers are not the node's and are left alone.
-pub(crate) async fn settle_lost_nodes(tx: &mut dyn Conn, actor: &str) -> Result<ReapReport> {
+pub(crate) async fn settle_lost_nodes(
+    tx: &mut dyn Conn,
+    actor: &str,
+    own: Option<&str>,
+) -> Result<ReapReport> {
     let mut report = ReapReport::default();
-    for node in table::expired_nodes(tx).await? {
+    for node in table::expired_nodes(tx)
+        .await?
+        .into_iter()
+        .filter(|n| Some(n.id.as_str()) != own)
+    {
         let message = format!(
-            "node '{}' (incarnation {}, pid {} on {}) stopped heartbeating at {}; settled by {actor}",
+            "node '{}' (incarnation {}, pid {} on {}) stopped heartbeating at {}; settled by {actor}; {}",
             node.name,
             node.id,
             node.pid,
             node.hostname,
-            ts(node.heartbeat_at)
+            ts(node.heartbeat_at),
+            may_still_run(&node.hostname)
         );
         for row in table::running_on_node(tx, &node.id).await? {
             if let Some(s) = settle(

@@ -95,9 +95,12 @@ impl<B: Backend> Store for Ledger<B> {
         read!(self, p, |tx, p| reads::orphans_of(tx, &p.0, &p.1).await)
     }
 
-    async fn settle_lost_nodes(&self, actor: &str) -> Result<ReapReport> {
-        write!(self, actor.to_string(), |tx, a| ops::settle_lost_nodes(
-            tx, &a
+    async fn settle_lost_nodes(&self, actor: &str, own: Option<&str>) -> Result<ReapReport> {
+        let p = (actor.to_string(), own.map(str::to_string));
+        write!(self, p, |tx, p| ops::settle_lost_nodes(
+            tx,
+            &p.0,
+            p.1.as_deref()
         )
         .await)
     }

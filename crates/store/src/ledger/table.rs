@@ -886,10 +886,15 @@ pub(crate) async fn node_beat(
         )
         .await?
         == 1;
+    // Never waits: a node frozen (or cut off) inside its own heartbeat holds this row until
+    // PostgreSQL ends its session; every other node's heartbeat must not queue behind it
+    // (their leases would run out while they wait). A beat that finds the row taken skips it:
+    // somebody is writing, which is all this row records.
     tx.execute(
         "UPDATE ledger_liveness SET alive_since = CASE WHEN $1 - last_beat > $2 \
          /*pg: OR last_beat < jw_ms(pg_postmaster_start_time())*/ THEN $1 ELSE alive_since END, \
-         last_beat = $1 WHERE id = 1",
+         last_beat = $1 \
+         WHERE id = (SELECT id FROM ledger_liveness WHERE id = 1 /*pg: FOR UPDATE SKIP LOCKED*/)",
         &[now.into(), dur_ms(lease).into()],
     )
     .await?;
@@ -922,6 +927,14 @@ pub(crate) async fn running_on_node(tx: &mut dyn Conn, node_id: &str) -> Result<
         &[node_id.into()],
     )
     .await
+}
+
+/// The host a node incarnation ran on.
+pub(crate) async fn node_host(tx: &mut dyn Conn, id: &str) -> Result<Option<String>> {
+    tx.one("SELECT hostname FROM nodes WHERE id = $1", &[id.into()])
+        .await?
+        .map(|r| r.text(0))
+        .transpose()
 }
 
 pub(crate) async fn list_nodes(tx: &mut dyn Conn) -> Result<Vec<NodeRow>> {

@@ -1369,7 +1369,7 @@ case! {
             .remove(0);
         assert!(
             store
-                .settle_lost_nodes("n2")
+                .settle_lost_nodes("n2", Some("n2"))
                 .await
                 .unwrap()
                 .recovered
@@ -1404,7 +1404,7 @@ case! {
             })
             .await
             .unwrap();
-        let report = store.settle_lost_nodes("reaper@n2").await.unwrap();
+        let report = store.settle_lost_nodes("reaper@n2", Some("n2")).await.unwrap();
         assert_eq!(
             report.count(jobward_core::Reason::NodeLost),
             1,
@@ -1592,7 +1592,7 @@ case! {
         );
         assert!(
             store
-                .settle_lost_nodes("n1")
+                .settle_lost_nodes("n1", Some("n1"))
                 .await
                 .unwrap()
                 .recovered
@@ -1633,7 +1633,7 @@ case! {
                 .await
                 .unwrap();
         }
-        store.settle_lost_nodes("n1").await.unwrap();
+        store.settle_lost_nodes("n1", Some("n1")).await.unwrap();
         let nodes = store.list_nodes().await.unwrap();
         let n2 = nodes.iter().find(|n| n.id == "n2").unwrap();
         assert!(
