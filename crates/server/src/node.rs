@@ -172,7 +172,6 @@ pub struct Node {
     intake_tasks: JoinSet<()>,
     maintenance_tasks: JoinSet<()>,
     superseded: Arc<Notify>,
-    work: Arc<Notify>,
     pub sync: SyncReport,
     pub recovery: Recovery,
 }
@@ -281,7 +280,6 @@ impl Node {
         info!(node = %id, name = %cfg.name, "node registered");
         let sync = store.sync_jobs(jobs).await?;
         let recovery = recover_previous(&store, &cfg.name, &id).await?;
-        let work = Arc::new(Notify::new());
         let executor = Executor::new(
             store.clone(),
             ExecutorConfig {
@@ -292,7 +290,7 @@ impl Node {
                 api_url: cfg.api_url.clone(),
                 alerts: cfg.alerts.clone(),
             },
-            work.clone(),
+            Arc::new(Notify::new()),
         );
         let reaper = Reaper::new(store.clone(), format!("reaper@{id}"), cfg.reaper);
         reaper.run_once().await?;
@@ -324,7 +322,6 @@ impl Node {
             intake_tasks: JoinSet::new(),
             maintenance_tasks: JoinSet::new(),
             superseded: Arc::new(Notify::new()),
-            work,
             sync,
             recovery,
         };
@@ -348,11 +345,6 @@ impl Node {
 
     pub fn store(&self) -> &DynStore {
         &self.store
-    }
-
-    /// Notified when work may be claimable; shared with the HTTP server's long polls.
-    pub fn work(&self) -> Arc<Notify> {
-        self.work.clone()
     }
 
     /// Resolves when another incarnation took this node's place: it must stop at once.
@@ -577,20 +569,17 @@ impl Node {
         );
     }
 
-    /// Work queued by other processes and nodes (PostgreSQL's LISTEN) wakes the claimers.
+    /// Work for the local runner, queued by this process or another node, wakes the executor;
+    /// work for remote queues does not.
     fn spawn_work_listener(&mut self) {
-        let Some(signal) = self.store.work_signal() else {
-            return;
-        };
-        let work = self.work.clone();
+        let signal = self.store.work_signal();
+        let wake = self.executor.wake.clone();
         let mut stop = self.intake.subscribe();
         self.intake_tasks.spawn(async move {
+            let local = [jobward_core::LOCAL_RUNNER.to_string()];
             loop {
                 tokio::select! {
-                    _ = signal.notified() => {
-                        work.notify_waiters();
-                        work.notify_one();
-                    }
+                    _ = signal.notified(&local) => wake.notify_one(),
                     _ = stop.changed() => return,
                 }
             }

@@ -118,7 +118,6 @@ pub async fn run(cfg: ServeConfig) -> Result<ServeReport, ServeError> {
     let started = Node::start(store.clone(), node, jobs).await?;
     let state = AppState::new(store.clone(), tokens, log_dir).with(|a| {
         a.health = health;
-        a.work = started.work();
         a.executor = Some(started.executor().clone());
         a.reload = reload.clone();
         a.alerts = alerts;

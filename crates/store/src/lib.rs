@@ -17,6 +17,7 @@ mod rows;
 mod sql;
 pub mod sqlite;
 pub mod types;
+mod work;
 
 pub use ledger::ops::{MAX_BACKFILL, REAPER_DUE};
 
@@ -28,6 +29,7 @@ use jobward_core::Timestamp;
 pub use clock::Clock;
 pub use error::StoreError;
 pub use types::*;
+pub use work::WorkSignal;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -45,10 +47,9 @@ pub trait Store: Send + Sync + 'static {
         0
     }
 
-    /// Notified when another process (or node) queued work, for backends that can tell.
-    fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
-        None
-    }
+    /// Rung when work becomes claimable (queued by this process, another process, or
+    /// another node), per runner.
+    fn work_signal(&self) -> Arc<WorkSignal>;
 
     /// The store's `now`.
     async fn now(&self) -> Result<Timestamp>;

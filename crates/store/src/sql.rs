@@ -195,9 +195,9 @@ pub(crate) trait Conn: Send {
         Ok(())
     }
 
-    /// Tells claimers (on every node) that work for `runner` may be claimable once this
-    /// transaction commits.
-    async fn notify_work(&mut self, runner: &str) -> Result<()>;
+    /// Tells claimers (on every node) that `count` executions of `runner` may be claimable
+    /// once this transaction commits.
+    async fn notify_work(&mut self, runner: &str, count: usize) -> Result<()>;
 }
 
 impl dyn Conn + '_ {

@@ -267,14 +267,16 @@ async fn the_work_listener_wakes_claimers_and_survives_a_killed_connection() {
     let (a, _) = open(&url, OpenMode::CreateAndMigrate).await.unwrap();
     let (b, _) = open(&url, OpenMode::Existing).await.unwrap();
     conformance::define(&a, vec![conformance::spec("a")], &[]).await;
-    let signal = a.work_signal().expect("PostgreSQL signals work");
-    let woken = |signal: std::sync::Arc<tokio::sync::Notify>, store: DynStore| async move {
+    let signal = a.work_signal();
+    let local = vec!["local".to_string()];
+    let woken = |signal: std::sync::Arc<jobward_store::WorkSignal>, store: DynStore| async move {
+        let local = vec!["local".to_string()];
         // Drop a wake-up stored earlier, then wait for the one this trigger causes.
-        while tokio::time::timeout(Duration::from_millis(20), signal.notified())
+        while tokio::time::timeout(Duration::from_millis(20), signal.notified(&local))
             .await
             .is_ok()
         {}
-        let notified = signal.notified();
+        let notified = signal.notified(&local);
         store
             .trigger(TriggerParams {
                 job: "a".into(),
@@ -292,6 +294,39 @@ async fn the_work_listener_wakes_claimers_and_survives_a_killed_connection() {
         woken(signal.clone(), b.clone()).await,
         "a trigger on another node wakes this one"
     );
+    // Work for a remote queue wakes that queue's claimers, not the local runner's.
+    conformance::define(
+        &b,
+        vec![conformance::spec("a"), {
+            let mut q = conformance::spec("q");
+            q.queue = Some("q".into());
+            q
+        }],
+        &[],
+    )
+    .await;
+    let queue = vec!["q".to_string()];
+    while tokio::time::timeout(Duration::from_millis(20), signal.notified(&local))
+        .await
+        .is_ok()
+    {}
+    let (for_queue, for_local) = (signal.notified(&queue), signal.notified(&local));
+    b.trigger(TriggerParams {
+        job: "q".into(),
+        actor: "t".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), for_queue)
+        .await
+        .expect("the queue's claimers are woken");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), for_local)
+            .await
+            .is_err(),
+        "work for a remote queue does not wake the local runner"
+    );
     let mut admin = raw(&admin_url()).await;
     let killed: Vec<i32> = sqlx::query_scalar(
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'jobward' AND query ILIKE 'LISTEN%' \
@@ -304,6 +339,9 @@ async fn the_work_listener_wakes_claimers_and_survives_a_killed_connection() {
         !killed.is_empty(),
         "a listener connection was found and terminated"
     );
+    // The listener reconnects within its first backoff (100 ms); work queued after that
+    // wakes claimers through NOTIFY again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         woken(signal, b).await,
         "the listener reconnected and wakes claimers again"

@@ -201,9 +201,6 @@ pub async fn trigger(
             priority: None,
         })
         .await?;
-    if !created.existing {
-        state.signal_work();
-    }
     let now = now(&state).await?;
     let status = if created.existing {
         StatusCode::OK

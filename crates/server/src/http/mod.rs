@@ -50,8 +50,8 @@ pub struct AppInner {
     pub tokens: Tokens,
     pub log_dir: PathBuf,
     pub health: HealthSettings,
-    /// Woken when work may be claimable: long-polling claims and the local executor wait on it.
-    pub work: Arc<Notify>,
+    /// Rung when the server begins to shut down: waiting claims return at once.
+    shutdown: Notify,
     /// This node's local executor, to stop a cancelled run at once.
     pub executor: Option<Arc<Executor>>,
     pub reload: Option<Reloader>,
@@ -80,7 +80,7 @@ impl AppState {
             tokens,
             log_dir,
             health: HealthSettings::default(),
-            work: Arc::new(Notify::new()),
+            shutdown: Notify::new(),
             executor: None,
             reload: None,
             alerts: None,
@@ -96,15 +96,25 @@ impl AppState {
         self
     }
 
+    /// Jobs changed (reloaded, resumed): every claimer looks again.
     pub fn signal_work(&self) {
-        self.work.notify_waiters();
-        self.work.notify_one();
+        self.store.work_signal().notify_all();
     }
 
     /// Claims answer empty from now on, and waiting claims return.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        self.work.notify_waiters();
+        self.shutdown.notify_waiters();
+    }
+
+    /// Resolves when work for one of `queues` may be claimable, or the server begins to shut
+    /// down.
+    pub async fn claim_wait(&self, queues: &[String]) {
+        let signal = self.store.work_signal();
+        tokio::select! {
+            _ = signal.notified(queues) => {}
+            _ = self.shutdown.notified() => {}
+        }
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -120,9 +130,6 @@ impl AppState {
     /// After a terminal transition: wake claimers for its retry, alert on a final failure.
     pub fn after_settled(&self, s: &Settled) {
         crate::telemetry::settled(&self.store, s);
-        if s.retry.is_some() {
-            self.signal_work();
-        }
         if let Some(a) = &self.alerts
             && worker::failed_for_good(s)
         {

@@ -162,11 +162,11 @@ pub async fn claim(
                 .collect();
             return Ok(axum::Json(ClaimResponse { executions }));
         }
-        // Long poll: woken when work may have arrived, and polling for work written by
-        // other processes.
+        // Long poll: woken when work for these queues may have arrived (from any node), and
+        // polling now and then for work written by other processes on the same SQLite file.
         let _ = tokio::time::timeout(
             Duration::from_millis(250).min(until - tokio::time::Instant::now()),
-            state.work.notified(),
+            state.claim_wait(&req.queues),
         )
         .await;
     }
@@ -424,9 +424,6 @@ pub async fn release(
     for s in &r.released {
         metrics::transition(&s.execution);
         crate::telemetry::settled(&state.store, s);
-    }
-    if !r.released.is_empty() {
-        state.signal_work();
     }
     Ok(axum::Json(ReleaseResponse {
         released: r.released.iter().map(|s| s.execution.id).collect(),

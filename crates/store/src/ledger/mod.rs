@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use jobward_core::{JobSpec, Reason, RetryPolicy, State, Timeouts, Timestamp};
-use tokio::sync::Notify;
 
 use crate::sql::Conn;
 use crate::types::*;
@@ -49,8 +48,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn clock(&self) -> &Clock;
     /// Database errors met since opening, including those retries absorbed.
     fn errors(&self) -> u64;
-    /// Notified when work may have become claimable (written by any process or node).
-    fn work_signal(&self) -> Arc<Notify>;
+    /// Rung when work may have become claimable (written by any process or node).
+    fn work_signal(&self) -> Arc<crate::WorkSignal>;
     /// Runs `op` inside one write transaction and commits it; retried on transient failures
     /// that happened before the commit began.
     fn write<T: Send + 'static>(&self, op: Op<T>) -> BoxFuture<'_, Result<T>>;

@@ -381,7 +381,7 @@ pub(crate) async fn settle_many(
     freed.sort_unstable();
     freed.dedup();
     for runner in freed {
-        tx.notify_work(runner).await?;
+        tx.notify_work(runner, 1).await?;
     }
     let mut out = Vec::with_capacity(ends.len());
     for (row, end) in &ends {
@@ -1995,7 +1995,7 @@ pub(crate) async fn reschedule(tx: &mut dyn Conn, p: &Reschedule) -> Result<Exec
         &p.actor,
     )
     .await?;
-    tx.notify_work(&row.runner).await?;
+    tx.notify_work(&row.runner, 1).await?;
     table::load(tx, p.id)
         .await?
         .ok_or(StoreError::ExecutionNotFound(p.id))

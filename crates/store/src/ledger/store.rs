@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use jobward_core::{Reason, Timestamp};
-use tokio::sync::Notify;
 
 use super::{Backend, op, ops, reads, table};
 use crate::types::*;
-use crate::{Clock, Result, Store, StoreError};
+use crate::{Clock, Result, Store, StoreError, WorkSignal};
 
 pub(crate) struct Ledger<B> {
     pub db: B,
@@ -58,8 +57,8 @@ impl<B: Backend> Store for Ledger<B> {
         self.db.errors()
     }
 
-    fn work_signal(&self) -> Option<Arc<Notify>> {
-        Some(self.db.work_signal())
+    fn work_signal(&self) -> Arc<WorkSignal> {
+        self.db.work_signal()
     }
 
     async fn now(&self) -> Result<Timestamp> {

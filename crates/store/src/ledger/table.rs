@@ -171,15 +171,12 @@ pub(crate) async fn insert_executions(
         .into_iter()
         .map(|r| ((r.job.clone(), r.number, r.attempt), r))
         .collect();
-    let mut runners: Vec<&str> = values
-        .iter()
-        .filter(|v| v.state == State::Queued)
-        .map(|v| v.runner.as_str())
-        .collect();
-    runners.sort_unstable();
-    runners.dedup();
-    for runner in runners {
-        tx.notify_work(runner).await?;
+    let mut runners: std::collections::BTreeMap<&str, usize> = Default::default();
+    for v in values.iter().filter(|v| v.state == State::Queued) {
+        *runners.entry(v.runner.as_str()).or_default() += 1;
+    }
+    for (runner, count) in runners {
+        tx.notify_work(runner, count).await?;
     }
     values
         .iter()

@@ -15,11 +15,10 @@ use async_trait::async_trait;
 use jobward_core::Timestamp;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{Column, PgConnection, PgPool, Row as _, TypeInfo, ValueRef};
-use tokio::sync::Notify;
 
 use crate::ledger::{Backend, BoxFuture, Op};
 use crate::sql::{Arg, Conn, Dialect, Row, Val};
-use crate::{Clock, OpenMode, Opened, Result, StoreError};
+use crate::{Clock, OpenMode, Opened, Result, StoreError, WorkSignal};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static DIALECT: Dialect = Dialect::new("postgres");
@@ -67,7 +66,7 @@ pub(crate) fn pg_err(e: sqlx::Error) -> StoreError {
 pub struct PgBackend {
     pool: PgPool,
     clock: Clock,
-    work: Arc<Notify>,
+    work: Arc<WorkSignal>,
     url: String,
     errors: Arc<AtomicU64>,
 }
@@ -104,7 +103,7 @@ impl PgBackend {
         let store = PgBackend {
             pool,
             clock: Clock::default(),
-            work: Arc::new(Notify::new()),
+            work: WorkSignal::new(),
             url: url.to_string(),
             errors: Arc::default(),
         };
@@ -190,7 +189,7 @@ impl PgBackend {
                         errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::warn!(error = %e, "work listener lost its connection; reconnecting (claims poll meanwhile)");
                         // Notifications may have been missed: let claimers look.
-                        work.notify_waiters();
+                        work.notify_all();
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
@@ -246,7 +245,7 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-async fn listen(pool: &PgPool, work: &Notify) -> std::result::Result<(), sqlx::Error> {
+async fn listen(pool: &PgPool, work: &WorkSignal) -> std::result::Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen("jobward_work").await?;
     let ping_every = Duration::from_secs(5);
@@ -255,10 +254,12 @@ async fn listen(pool: &PgPool, work: &Notify) -> std::result::Result<(), sqlx::E
     loop {
         tokio::select! {
             n = listener.try_recv() => match n? {
-                Some(_) => {
+                Some(n) => {
                     last_heard = tokio::time::Instant::now();
-                    work.notify_waiters();
-                    work.notify_one();
+                    // "runner<TAB>count"; the listener's own ping carries no tab.
+                    if let Some((runner, count)) = n.payload().rsplit_once('\t') {
+                        work.notify(runner, count.parse().unwrap_or(1));
+                    }
                 }
                 None => return Err(sqlx::Error::Io(std::io::Error::other("listener connection lost"))),
             },
@@ -359,10 +360,10 @@ impl Conn for PgConn<'_> {
         Ok(())
     }
 
-    async fn notify_work(&mut self, runner: &str) -> Result<()> {
+    async fn notify_work(&mut self, runner: &str, count: usize) -> Result<()> {
         // Delivered to every node's listener when the transaction commits.
         sqlx::query("SELECT pg_notify('jobward_work', $1)")
-            .bind(runner)
+            .bind(format!("{runner}\t{count}"))
             .execute(&mut *self.conn)
             .await
             .map_err(pg_err)?;
@@ -383,7 +384,7 @@ impl Backend for PgBackend {
         self.errors.load(Ordering::Relaxed)
     }
 
-    fn work_signal(&self) -> Arc<Notify> {
+    fn work_signal(&self) -> Arc<WorkSignal> {
         self.work.clone()
     }
 

@@ -24,11 +24,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jobward_core::Timestamp;
 use rusqlite::types::ValueRef;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use crate::ledger::{Backend, BoxFuture, Op};
 use crate::sql::{Arg, Conn, Dialect, Row, Val};
-use crate::{Clock, OpenMode, Opened, Result, StoreError};
+use crate::{Clock, OpenMode, Opened, Result, StoreError, WorkSignal};
 
 static DIALECT: Dialect = Dialect::new("sqlite");
 
@@ -103,7 +103,8 @@ fn connect(path: &Path, create: bool) -> rusqlite::Result<rusqlite::Connection> 
 pub(crate) struct SqliteConn<'c> {
     conn: &'c mut rusqlite::Connection,
     now: Timestamp,
-    notified: bool,
+    /// Runners with newly claimable work, and how much: rung once the transaction commits.
+    notified: Vec<(String, usize)>,
 }
 
 fn bind(stmt: &mut rusqlite::CachedStatement<'_>, args: &[Arg<'_>]) -> rusqlite::Result<()> {
@@ -186,8 +187,8 @@ impl Conn for SqliteConn<'_> {
         self.execute_sync(sql, args).map_err(sqlite_err)
     }
 
-    async fn notify_work(&mut self, _runner: &str) -> Result<()> {
-        self.notified = true;
+    async fn notify_work(&mut self, runner: &str, count: usize) -> Result<()> {
+        self.notified.push((runner.to_string(), count));
         Ok(())
     }
 }
@@ -226,7 +227,7 @@ impl<T: Send + 'static> Job for Pending<T> {
 struct Shared {
     clock: Clock,
     errors: AtomicU64,
-    work: Arc<Notify>,
+    work: Arc<WorkSignal>,
 }
 
 pub struct SqliteBackend {
@@ -266,7 +267,7 @@ impl SqliteBackend {
         let shared = Arc::new(Shared {
             clock: Clock::default(),
             errors: AtomicU64::new(0),
-            work: Arc::new(Notify::new()),
+            work: WorkSignal::new(),
         });
         let (writer, jobs) = std::sync::mpsc::channel::<Box<dyn Job>>();
         let s = shared.clone();
@@ -324,16 +325,16 @@ fn writer_loop(
         }
         // The time is read once the write lock is held, so timestamps follow commit order.
         let now = shared.clock.now();
-        let mut notified = false;
+        let mut notified = Vec::new();
         for job in group.iter_mut() {
             let _ = conn.execute_batch("SAVEPOINT op");
             let mut c = SqliteConn {
                 conn: &mut conn,
                 now,
-                notified: false,
+                notified: Vec::new(),
             };
             if job.run(&mut c) {
-                notified |= c.notified;
+                notified.append(&mut c.notified);
                 let _ = conn.execute_batch("RELEASE op");
             } else {
                 let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
@@ -347,9 +348,10 @@ fn writer_loop(
         for job in group {
             job.deliver(commit.clone());
         }
-        if notified && commit.is_none() {
-            shared.work.notify_waiters();
-            shared.work.notify_one();
+        if commit.is_none() {
+            for (runner, count) in notified {
+                shared.work.notify(&runner, count);
+            }
         }
     }
 }
@@ -367,7 +369,7 @@ impl Backend for SqliteBackend {
         self.shared.errors.load(Ordering::Relaxed)
     }
 
-    fn work_signal(&self) -> Arc<Notify> {
+    fn work_signal(&self) -> Arc<WorkSignal> {
         self.shared.work.clone()
     }
 
@@ -399,7 +401,7 @@ impl Backend for SqliteBackend {
                 let mut c = SqliteConn {
                     conn: &mut conn,
                     now: shared.clock.now(),
-                    notified: false,
+                    notified: Vec::new(),
                 };
                 let r = run_now(op(&mut c)).and_then(|r| r);
                 let mut pool = readers.lock().expect("reader pool");
