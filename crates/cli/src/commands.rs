@@ -3,16 +3,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use jobward_core::State;
 use jobward_core::duration::{format_duration, parse_duration, parse_positive_duration};
-use jobward_core::{Reason, State};
 use jobward_server::http::{Reloader, Tokens};
 use jobward_server::{
     HealthAlertConfig, NodeConfig, NodeError, Reaper, ReaperConfig, RetentionConfig,
     SchedulerConfig, ServeConfig, ServeError, default_node_name, log_path,
 };
 use jobward_store::{
-    AuditParams, CancelOutcome, CancelParams, DynStore, EventRow, ExecutionFilter, ExecutionRow,
-    HealthParams, OpenMode, SyncJobs, TriggerParams,
+    AuditParams, CancelOutcome, DynStore, EventRow, ExecutionFilter, ExecutionRow, HealthParams,
+    OpenMode, SyncJobs, TriggerParams,
 };
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
@@ -84,6 +84,11 @@ fn actor() -> String {
 
 fn duration_arg(flag: &str, v: &str) -> R<Duration> {
     parse_duration(v).map_err(|e| Failure::Input(format!("--{flag}: {e}")))
+}
+
+/// The service layer over a store this command opened itself (no server in between).
+fn service(s: &Settings, store: &DynStore) -> std::sync::Arc<jobward_server::service::Service> {
+    jobward_server::service::Service::new(store.clone(), s.server.log_dir.clone(), None)
 }
 
 async fn open_existing(s: &Settings) -> R<DynStore> {
@@ -505,7 +510,7 @@ async fn jobs_list(cli: &Cli, json: bool) -> R {
                 schedule: j.spec.schedule.describe(),
                 next_fire_at: j.next_fire_at,
                 status: j.status(),
-                status_text: jobward_server::http::views::job_status_text(j, now),
+                status_text: jobward_server::views::job_status_text(j, now),
                 lease_expired: j.silent_for(now).is_some(),
                 paused: j.paused,
                 defined: j.defined,
@@ -529,7 +534,7 @@ async fn jobs_list(cli: &Cli, json: bool) -> R {
         "KEY",
     ]);
     for j in &jobs {
-        let mut status = jobward_server::http::views::job_status_text(j, now);
+        let mut status = jobward_server::views::job_status_text(j, now);
         if j.paused {
             status.push_str(" (paused)");
         }
@@ -559,7 +564,7 @@ async fn jobs_list(cli: &Cli, json: bool) -> R {
 async fn jobs_trigger(cli: &Cli, name: &str, wait: bool, json: bool) -> R {
     let s = settings(cli, None)?;
     let store = open_existing(&s).await?;
-    let created = store
+    let created = service(&s, &store)
         .trigger(TriggerParams {
             job: name.into(),
             actor: actor(),
@@ -751,7 +756,7 @@ fn show_json(shown: Shown) {
         events: shown
             .events
             .iter()
-            .map(jobward_server::http::views::event)
+            .map(jobward_server::views::event)
             .collect(),
         log_tail: shown.log,
     });
@@ -862,14 +867,7 @@ fn show_log(shown: &Shown, log_lines: usize) {
 async fn runs_cancel(cli: &Cli, id: i64, no_wait: bool) -> R {
     let s = settings(cli, None)?;
     let store = open_existing(&s).await?;
-    let out = store
-        .cancel(CancelParams {
-            id,
-            reason: Reason::CancelRequested,
-            message: format!("cancelled by {}", actor()),
-            actor: actor(),
-        })
-        .await?;
+    let out = service(&s, &store).cancel(id, actor()).await?;
     match out {
         CancelOutcome::Cancelled { execution } => {
             outln!("execution {} cancelled (it was queued)", execution.id)
@@ -915,16 +913,13 @@ async fn cleanup(cli: &Cli, a: &CleanupArgs) -> R {
     let stale_after = parse_positive_duration(&a.stale_after)
         .map_err(|e| Failure::Input(format!("--stale-after: {e}")))?;
     let store = open_existing(&s).await?;
-    let report =
-        jobward_server::cleanup::stale_executions(&store, stale_after, a.apply, actor()).await?;
+    let report = service(&s, &store)
+        .cleanup(stale_after, a.apply, actor())
+        .await?;
     let now = store.now().await?;
     let names = Names::new(&store.list_nodes().await?);
     if a.json {
-        print_json(&jobward_server::http::views::cleanup(
-            &report,
-            stale_after,
-            now,
-        ));
+        print_json(&jobward_server::views::cleanup(&report, stale_after, now));
         return Ok(());
     }
     if report.candidates.is_empty() {
@@ -1007,7 +1002,7 @@ async fn health(cli: &Cli, a: &HealthArgs) -> R {
             stale_after: None,
         })
         .await?;
-    let out = jobward_server::http::views::health(metrics, &settings);
+    let out = jobward_server::views::health(metrics, &settings);
     if a.json {
         print_json(&out);
     } else {
@@ -1046,7 +1041,7 @@ async fn audit(cli: &Cli, a: &AuditArgs) -> R {
     let store = open_existing(&s).await?;
     let mut repaired = None;
     if a.repair {
-        let reaper = Reaper::new(store.clone(), actor(), ReaperConfig::default());
+        let reaper = Reaper::new(service(&s, &store), actor(), ReaperConfig::default());
         repaired = Some(reaper.run_once().await?);
     }
     let violations = store.audit(AuditParams { tolerance }).await?;

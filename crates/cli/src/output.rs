@@ -48,7 +48,7 @@ pub fn dur(d: Option<Duration>) -> String {
 
 /// The status as every read surface says it (see `views::status_text`).
 pub fn status(e: &ExecutionRow, now: Timestamp) -> String {
-    jobward_server::http::views::status_text(e, now)
+    jobward_server::views::status_text(e, now)
 }
 
 /// The `runs list` table.
@@ -90,7 +90,7 @@ pub fn runs_table(rows: &[ExecutionRow], now: Timestamp) -> String {
 
 /// One execution in `--json` output: the API's view, so the CLI and the API agree.
 pub fn run_json(e: &ExecutionRow, now: Timestamp) -> jobward_protocol::ExecutionView {
-    jobward_server::http::views::execution(e, now)
+    jobward_server::views::execution(e, now)
 }
 
 pub fn print_json<T: Serialize>(v: &T) {
@@ -178,4 +178,4 @@ fn probe(url: &str) -> Option<String> {
     )
 }
 
-pub use jobward_server::http::views::NodeNames as Names;
+pub use jobward_server::views::NodeNames as Names;

@@ -9,18 +9,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+mod codes;
+pub use codes::*;
+
 /// Every error: `{"error": {"code": "lease_lost", "message": "..."}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable and machine-readable: bad_request, invalid_json, unauthorized, forbidden,
     /// not_found, method_not_allowed, conflict, lease_lost, payload_too_large, timeout,
     /// unavailable, internal.
-    pub code: String,
+    pub code: ErrorCode,
     /// For humans; never contains SQL or internals.
     pub message: String,
 }
@@ -34,7 +37,7 @@ pub struct ExecutionView {
     pub attempt: u32,
     pub max_attempts: u32,
     /// queued, running, completed, failed, timed_out, cancelled or skipped.
-    pub status: String,
+    pub status: Status,
     /// The status for humans: "running — no heartbeat for 15s (lease expired)",
     /// "running (cancelling: replaced)", or the status itself.
     pub status_text: String,
@@ -79,9 +82,9 @@ pub struct EventView {
     pub execution_id: i64,
     pub at: DateTime<Utc>,
     /// transition, refused or note.
-    pub kind: String,
-    pub from: Option<String>,
-    pub to: Option<String>,
+    pub kind: EventKind,
+    pub from: Option<Status>,
+    pub to: Option<Status>,
     pub reason: Option<String>,
     pub message: String,
     pub actor: String,
@@ -111,7 +114,7 @@ pub struct JobView {
     pub schedule: String,
     pub next_fire_at: Option<DateTime<Utc>>,
     /// running, queued, the state of its latest terminal execution, or "never run".
-    pub status: String,
+    pub status: JobStatus,
     /// The status for humans, e.g. "running — no heartbeat for 15s (lease expired)".
     pub status_text: String,
     /// One of its running executions has an expired lease (nobody heartbeats for it).
@@ -185,7 +188,7 @@ pub struct ExecutionPage {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CancelResponse {
     /// cancelled (it was queued), requested (its owner will stop it) or already_terminal.
-    pub result: String,
+    pub result: CancelResult,
     pub execution: ExecutionView,
 }
 
@@ -204,7 +207,7 @@ pub struct HealthMetricsView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthView {
     /// healthy or warning.
-    pub status: String,
+    pub status: HealthStatus,
     pub metrics: HealthMetricsView,
     pub warnings: Vec<String>,
 }
@@ -338,7 +341,7 @@ pub struct HeartbeatRequest {
 pub struct LostLeaseView {
     pub id: i64,
     /// What the execution is now (null if it no longer exists).
-    pub status: Option<String>,
+    pub status: Option<Status>,
     pub reason: Option<String>,
 }
 
@@ -369,8 +372,7 @@ pub struct CompleteRequest {
     pub lease_token: String,
     /// completed, failed, timed_out (the worker enforced the run timeout) or cancelled
     /// (it stopped the run on a cancel request).
-    #[schema(pattern = "^(completed|failed|timed_out|cancelled)$")]
-    pub outcome: String,
+    pub outcome: Outcome,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     #[schema(max_length = 4096)]
@@ -385,6 +387,91 @@ pub struct CompleteRequest {
 pub struct CompleteResponse {
     pub execution: ExecutionView,
     pub retry: Option<ExecutionView>,
+}
+
+/// One completion in a batch: what `CompleteRequest` says, without the worker id.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionReport {
+    pub id: i64,
+    /// The attempt the lease is for (1 to 1000000).
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub attempt: u32,
+    pub lease_token: String,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    #[schema(max_length = 4096)]
+    pub error: Option<String>,
+    /// The end of the run's output, kept as its log (at most 64 KiB).
+    #[serde(default)]
+    #[schema(max_length = 65536)]
+    pub log_tail: Option<String>,
+}
+
+/// Many completions in one call and one transaction, each still fenced by its own lease.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBatchRequest {
+    #[schema(min_length = 1, max_length = 200)]
+    pub worker_id: String,
+    #[schema(max_items = 1000)]
+    pub completions: Vec<CompletionReport>,
+}
+
+/// The answer to one completion of a batch, in the order they were sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CompletionResult {
+    pub id: i64,
+    /// accepted, repeated (the same completion was recorded before: same answer), lease_lost
+    /// (refused; it changed nothing) or rejected (see `error`).
+    pub result: ItemResult,
+    /// What the execution is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// The next attempt, when it will be retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CompleteBatchResponse {
+    pub results: Vec<CompletionResult>,
+}
+
+/// Complete these, then claim the next: a busy worker's one call per batch.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeRequest {
+    #[schema(min_length = 1, max_length = 200)]
+    pub worker_id: String,
+    /// Recorded first, each fenced by its own lease.
+    #[serde(default)]
+    #[schema(max_items = 1000)]
+    pub completions: Vec<CompletionReport>,
+    /// Queues to claim from, in order of preference.
+    #[schema(min_items = 1, max_items = 20)]
+    pub queues: Vec<String>,
+    /// How many executions to claim at most (0 to 100; 0 claims nothing).
+    #[schema(minimum = 0, maximum = 100)]
+    pub batch: u32,
+    /// Long poll: when nothing is claimable, wait up to this long for work (0 to 30000).
+    #[serde(default)]
+    #[schema(maximum = 30000)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExchangeResponse {
+    /// One per completion sent, in order.
+    pub results: Vec<CompletionResult>,
+    /// What was claimed.
+    pub executions: Vec<ClaimedExecution>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -427,7 +514,7 @@ pub struct ProgressRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ProbeView {
     /// `ok`, or `unavailable` (with status 503).
-    pub status: String,
+    pub status: ProbeStatus,
     /// Why it is not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -93,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let reaper = Reaper {
-        store: store.clone(),
+        service: jobward_server::service::Service::new(store.clone(), std::env::temp_dir(), None),
         actor: "bench".into(),
         batch: 500,
     };

@@ -15,10 +15,10 @@ use jobward_store::{
     HeartbeatReport, LeaseRef, Outcome, ProcessInfo, StoreError,
 };
 use tokio::sync::{Notify, mpsc};
-
-use crate::alerts::Alerts;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
+
+use crate::service::{LocalRuns, Service};
 
 /// Where an execution's log lives: `LOG_DIR/JOB/ID.log`.
 pub fn log_path(log_dir: &Path, job: &str, id: ExecutionId) -> PathBuf {
@@ -42,11 +42,11 @@ pub struct ExecutorConfig {
     pub max_running: u32,
     /// Given to every run as JOBWARD_SERVER_URL, for `jobward heartbeat`.
     pub api_url: Option<String>,
-    pub alerts: Option<Alerts>,
 }
 
 /// Shared between the node's loops.
 pub struct Executor {
+    service: Arc<Service>,
     store: DynStore,
     cfg: ExecutorConfig,
     /// The node incarnation it claims and heartbeats as; a node that rejoins after it was
@@ -63,9 +63,10 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn new(store: DynStore, cfg: ExecutorConfig, wake: Arc<Notify>) -> Arc<Executor> {
+    pub fn new(service: Arc<Service>, cfg: ExecutorConfig, wake: Arc<Notify>) -> Arc<Executor> {
         Arc::new(Executor {
-            store,
+            store: service.store.clone(),
+            service,
             owner: std::sync::RwLock::new(cfg.node_id.clone()),
             intake_paused: Default::default(),
             cfg,
@@ -138,7 +139,7 @@ impl Executor {
         }
         let owner = self.owner();
         let claimed = self
-            .store
+            .service
             .claim(ClaimParams {
                 owner: owner.clone(),
                 runner: "local".into(),
@@ -147,7 +148,6 @@ impl Executor {
             })
             .await?;
         let n = claimed.len();
-        claimed.iter().for_each(crate::metrics::claimed);
         for row in claimed {
             self.start(row).await;
         }
@@ -270,38 +270,9 @@ impl Executor {
                 outcome: outcome.clone(),
                 actor: row.lease_owner.clone().unwrap_or_else(|| self.owner()),
             };
-            match self.store.complete(params).await {
-                Ok(s) => {
-                    crate::metrics::transition(&s.execution);
-                    if !s.repeated {
-                        crate::telemetry::settled(&self.store, &s);
-                    }
-                    if let Some(a) = &self.cfg.alerts
-                        && crate::http::worker::failed_for_good(&s)
-                    {
-                        let view = crate::http::views::execution(
-                            &s.execution,
-                            s.execution.finished_at.unwrap_or_default(),
-                        );
-                        a.send(
-                            crate::alerts::AlertKind::Failed,
-                            serde_json::json!({ "execution": view }),
-                        );
-                    }
-                    if s.retry.is_some() {
-                        self.wake.notify_one();
-                    }
-                    let e = &s.execution;
-                    info!(
-                        job = %e.job, number = e.number, attempt = e.attempt, execution = e.id,
-                        state = %e.state, reason = e.reason.map(|r| r.to_string()).unwrap_or_default(),
-                        retry = s.retry.as_ref().map(|r| r.id).unwrap_or_default(),
-                        "execution ended"
-                    );
-                    return;
-                }
+            match self.service.complete(params, None).await {
+                Ok(_) => return,
                 Err(e @ StoreError::LeaseLost { .. }) => {
-                    crate::metrics::refused("completion");
                     warn!(job = %row.job, number = row.number, execution = row.id, "report refused: {e}");
                     return;
                 }
@@ -323,7 +294,7 @@ impl Executor {
     pub async fn heartbeat(&self, node_lease: Duration) -> Result<HeartbeatReport, StoreError> {
         let owner = self.owner();
         let report = self
-            .store
+            .service
             .heartbeat(HeartbeatParams {
                 owner: owner.clone(),
                 leases: self.leases().into_iter().map(Into::into).collect(),
@@ -331,7 +302,6 @@ impl Executor {
             })
             .await?;
         for lost in &report.lost {
-            crate::metrics::refused("heartbeat");
             warn!(execution = lost.id, state = ?lost.state, "lease lost: killing the process group at once");
             self.stop(lost.id, Stop::Immediate, None);
         }
@@ -372,6 +342,16 @@ impl Executor {
     pub async fn join_all(&self) {
         let mut tasks = self.tasks.lock().await;
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+impl LocalRuns for Executor {
+    fn stop_gracefully(&self, id: ExecutionId, reason: Reason) -> bool {
+        self.stop(id, Stop::Graceful, Some(reason))
+    }
+
+    fn kill(&self, id: ExecutionId) -> bool {
+        self.stop(id, Stop::Immediate, None)
     }
 }
 

@@ -12,8 +12,10 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod serve;
+pub mod service;
 pub mod services;
 pub mod telemetry;
+pub mod views;
 
 pub use executor::{Executor, ExecutorConfig, log_path, outcome_of};
 pub use node::{

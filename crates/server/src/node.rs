@@ -22,9 +22,10 @@ use tracing::{error, info, warn};
 
 use crate::alerts::Alerts;
 use crate::executor::{Executor, ExecutorConfig};
+use crate::service::{LocalRuns, Service};
 use crate::services::{
     HealthAlert, HealthAlertConfig, LostNodes, LostNodesConfig, Reaper, ReaperConfig, Retention,
-    RetentionConfig, Scheduler, SchedulerConfig, alert_recovered,
+    RetentionConfig, Scheduler, SchedulerConfig,
 };
 
 /// Settings of a node, validated by the caller.
@@ -165,6 +166,7 @@ pub struct ShutdownReport {
 pub struct Node {
     status: Arc<NodeStatus>,
     store: DynStore,
+    service: Arc<Service>,
     cfg: NodeConfig,
     executor: Arc<Executor>,
     intake: watch::Sender<bool>,
@@ -236,7 +238,7 @@ async fn register(store: &DynStore, cfg: &NodeConfig) -> Result<String, NodeErro
 /// another node settled its executions): it kills what it no longer owns, and comes back as
 /// a new incarnation instead of exiting. Claims stop meanwhile.
 async fn rejoin(
-    store: &DynStore,
+    service: &Service,
     cfg: &NodeConfig,
     ex: &Executor,
     status: &NodeStatus,
@@ -256,12 +258,12 @@ async fn rejoin(
     if !left.is_empty() {
         warn!(executions = ?left, "some runs had not ended 10 s after SIGKILL");
     }
-    let new = register(store, cfg).await?;
+    let new = register(&service.store, cfg).await?;
     *status.incarnation.write().expect("node lock") = new.clone();
     ex.rebind(new.clone());
     // What the old incarnation still held (normally nothing: it was settled as node_lost),
     // and any process of it that survived, are dealt with as at a start.
-    recover_previous(store, &cfg.name, &new).await?;
+    recover_previous(service, &cfg.name, &new).await?;
     ex.pause_intake(false);
     status.set_registered(true);
     info!(previous = %old, incarnation = %new, "rejoined as a new incarnation");
@@ -279,20 +281,22 @@ impl Node {
         let id = register(&store, &cfg).await?;
         info!(node = %id, name = %cfg.name, "node registered");
         let sync = store.sync_jobs(jobs).await?;
-        let recovery = recover_previous(&store, &cfg.name, &id).await?;
+        let service = Service::new(store.clone(), cfg.log_dir.clone(), cfg.alerts.clone());
+        let recovery = recover_previous(&service, &cfg.name, &id).await?;
         let executor = Executor::new(
-            store.clone(),
+            service.clone(),
             ExecutorConfig {
                 node_id: id.clone(),
                 log_dir: cfg.log_dir.clone(),
                 log_max_bytes: cfg.log_max_bytes,
                 max_running: cfg.max_running,
                 api_url: cfg.api_url.clone(),
-                alerts: cfg.alerts.clone(),
             },
             Arc::new(Notify::new()),
         );
-        let reaper = Reaper::new(store.clone(), format!("reaper@{id}"), cfg.reaper);
+        let local: Arc<dyn LocalRuns> = executor.clone();
+        service.attach_local(Arc::downgrade(&local));
+        let reaper = Reaper::new(service.clone(), format!("reaper@{id}"), cfg.reaper);
         reaper.run_once().await?;
         let (intake, _) = watch::channel(false);
         let (maintenance, _) = watch::channel(false);
@@ -315,6 +319,7 @@ impl Node {
         let mut node = Node {
             status,
             store,
+            service,
             cfg,
             executor,
             intake,
@@ -345,6 +350,12 @@ impl Node {
 
     pub fn store(&self) -> &DynStore {
         &self.store
+    }
+
+    /// The service layer every caller of this node's ledger goes through (the HTTP server
+    /// shares it).
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
     }
 
     /// Resolves when another incarnation took this node's place: it must stop at once.
@@ -388,32 +399,23 @@ impl Node {
 
     /// The scheduler: sleeps until the next due instant, at most `scheduler.max_sleep`.
     fn spawn_scheduler(&mut self) {
-        let (store, ex, status) = (
-            self.store.clone(),
-            self.executor.clone(),
-            self.status.clone(),
-        );
+        let (service, status) = (self.service.clone(), self.status.clone());
         let max_sleep = self.cfg.scheduler.max_sleep;
         spawn_every(
             &mut self.intake_tasks,
             self.intake.subscribe(),
             None,
             move || {
-                let (store, ex, status) = (store.clone(), ex.clone(), status.clone());
+                let (service, status) = (service.clone(), status.clone());
                 async move {
+                    let store = service.store.clone();
                     let sched = Scheduler {
-                        store: store.clone(),
+                        service,
                         actor: format!("scheduler@{}", status.incarnation()),
                     };
                     let mut sleep = max_sleep;
                     match sched.run_once().await {
                         Ok(r) => {
-                            if !r.fired.is_empty() || !r.caught_up.is_empty() {
-                                ex.wake.notify_one();
-                            }
-                            for id in &r.replaced {
-                                ex.stop(*id, Stop::Graceful, Some(Reason::Replaced));
-                            }
                             if let (Some(next), Ok(now)) = (r.next_fire_at, store.now().await) {
                                 sleep = sleep.min(
                                     jobward_core::deadline::between(now, next)
@@ -442,25 +444,23 @@ impl Node {
         let cfg = self.cfg.clone();
         let tick = cfg.heartbeat_interval.min(cfg.reaper.interval);
         let reaper = Arc::new(reaper);
-        let store = self.store.clone();
         spawn_every(
             &mut self.maintenance_tasks,
             self.maintenance.subscribe(),
             None,
             move || {
-                let (ex, superseded, status, cfg, reaper, store) = (
+                let (ex, superseded, status, cfg, reaper) = (
                     ex.clone(),
                     superseded.clone(),
                     status.clone(),
                     cfg.clone(),
                     reaper.clone(),
-                    store.clone(),
                 );
                 async move {
                     fail::fail_point!("maintenance_tick");
                     match ex.heartbeat(cfg.node_lease).await {
                         Ok(r) if !r.node_ok => {
-                            if let Err(e) = rejoin(&store, &cfg, &ex, &status).await {
+                            if let Err(e) = rejoin(&reaper.service, &cfg, &ex, &status).await {
                                 error!(error = %e, "could not rejoin; stopping every process and exiting");
                                 for id in ex.running_ids() {
                                     ex.stop(id, Stop::Immediate, None);
@@ -479,14 +479,12 @@ impl Node {
                     }
                     let actor = format!("reaper@{}", status.incarnation());
                     let lost = LostNodes {
-                        store: store.clone(),
+                        service: reaper.service.clone(),
                         actor: actor.clone(),
                         own: Some(status.incarnation()),
                         cfg: cfg.lost_nodes,
-                        alerts: cfg.alerts.clone(),
                     };
                     match lost.run_once().await {
-                        Ok(r) if !r.settled.recovered.is_empty() => ex.wake.notify_one(),
                         Ok(_) => {}
                         Err(e) => {
                             crate::metrics::database_error("settle_lost_nodes");
@@ -494,20 +492,12 @@ impl Node {
                         }
                     }
                     let reaper = Reaper {
-                        store: reaper.store.clone(),
+                        service: reaper.service.clone(),
                         actor,
                         batch: reaper.batch,
                     };
                     match reaper.run_once().await {
-                        Ok(r) => {
-                            for rec in &r.recovered {
-                                ex.stop(rec.id, Stop::Immediate, None);
-                                alert_recovered(cfg.alerts.as_ref(), rec);
-                            }
-                            if !r.recovered.is_empty() {
-                                ex.wake.notify_one();
-                            }
-                        }
+                        Ok(_) => {}
                         Err(e) => {
                             crate::metrics::database_error("reap");
                             warn!(error = %e, "reaper tick failed");
@@ -701,10 +691,11 @@ fn provably_dead(
 /// Startup recovery: kill what previous incarnations of this node left running (only what is
 /// provably theirs) and mark their executions `failed` with reason `node_restarted`.
 pub async fn recover_previous(
-    store: &DynStore,
+    service: &Service,
     name: &str,
     node_id: &str,
 ) -> Result<Recovery, StoreError> {
+    let store = &service.store;
     let orphans = store.orphans_of(name, node_id).await?;
     // Every earlier incarnation of this name that ran on this host: whatever their rows say
     // now (settled by a cleanup, a reaper, another node), a process still carrying one of
@@ -782,11 +773,7 @@ pub async fn recover_previous(
             settled,
         )
         .await?;
-    for r in &report.recovered {
-        crate::services::log_recovered("startup recovery", r);
-        crate::metrics::recovered(r);
-    }
-    crate::telemetry::recovered(store, &report.recovered);
+    service.recovered("startup recovery", &report.recovered);
     if !report.recovered.is_empty() {
         info!(
             recovered = report.recovered.len(),

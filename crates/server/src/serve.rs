@@ -118,9 +118,8 @@ pub async fn run(cfg: ServeConfig) -> Result<ServeReport, ServeError> {
     let started = Node::start(store.clone(), node, jobs).await?;
     let state = AppState::new(store.clone(), tokens, log_dir).with(|a| {
         a.health = health;
-        a.executor = Some(started.executor().clone());
+        a.service = started.service().clone();
         a.reload = reload.clone();
-        a.alerts = alerts;
         a.node = Some(started.status());
     });
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -151,7 +150,7 @@ pub async fn run(cfg: ServeConfig) -> Result<ServeReport, ServeError> {
             _ = hup.recv() => match &reload {
                 Some(r) => match r().await {
                     Ok(rep) => {
-                        state.signal_work();
+                        state.service.wake_all();
                         info!(added = ?rep.added, changed = ?rep.changed, removed = ?rep.removed, "SIGHUP: configuration reloaded");
                     }
                     Err(e) => warn!(error = %e, "SIGHUP: the configuration is invalid; nothing changed"),

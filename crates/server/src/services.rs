@@ -6,15 +6,18 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use jobward_store::{
     DynStore, FireReport, HealthParams, PruneParams, PruneReport, ReapParams, ReapReport,
-    Recovered, StoreError,
+    StoreError,
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::alerts::{AlertKind, Alerts};
 use crate::executor::log_path;
 use crate::health::HealthSettings;
+use crate::service::Service;
 
 /// The reaper's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,33 +102,17 @@ impl Default for HealthAlertConfig {
     }
 }
 
-/// One log line per recovered execution: job, number, attempt, last heartbeat, reason.
-pub fn log_recovered(what: &str, r: &Recovered) {
-    warn!(
-        job = %r.job,
-        number = r.number,
-        attempt = r.attempt,
-        execution = r.id,
-        last_heartbeat = r.last_heartbeat.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
-        reason = %r.reason,
-        owner = r.lease_owner.as_deref().unwrap_or("-"),
-        retry = r.retry.map(|id| id.to_string()).unwrap_or_else(|| "none".into()),
-        "{what}: {}",
-        r.message
-    );
-}
-
 /// The reaper: enforces every deadline (invariant 2).
 pub struct Reaper {
-    pub store: DynStore,
+    pub service: Arc<Service>,
     pub actor: String,
     pub batch: u32,
 }
 
 impl Reaper {
-    pub fn new(store: DynStore, actor: String, cfg: ReaperConfig) -> Reaper {
+    pub fn new(service: Arc<Service>, actor: String, cfg: ReaperConfig) -> Reaper {
         Reaper {
-            store,
+            service,
             actor,
             batch: cfg.batch,
         }
@@ -135,37 +122,38 @@ impl Reaper {
 impl Reaper {
     pub async fn run_once(&self) -> Result<ReapReport, StoreError> {
         let report = self
+            .service
             .store
             .reap(ReapParams {
                 actor: self.actor.clone(),
                 batch: self.batch,
             })
             .await?;
-        for r in &report.recovered {
-            log_recovered("reaper recovered execution", r);
-            crate::metrics::recovered(r);
-        }
-        crate::telemetry::recovered(&self.store, &report.recovered);
+        self.service
+            .recovered("reaper recovered execution", &report.recovered);
         Ok(report)
     }
 }
 
 /// The scheduler: fires due instants, each at most once (invariant 9).
 pub struct Scheduler {
-    pub store: DynStore,
+    pub service: Arc<Service>,
     pub actor: String,
 }
 
 impl Scheduler {
+    /// Fires what is due; a run replaced by a fire (overlap = replace) is stopped at once
+    /// when this node runs it.
     pub async fn run_once(&self) -> Result<FireReport, StoreError> {
-        let report = self.store.fire_due(&self.actor).await?;
+        let report = self.service.store.fire_due(&self.actor).await?;
+        self.service.replaced(&report.replaced);
         if !report.caught_up.is_empty() {
             info!(executions = ?report.caught_up, "catch-up runs created for instants missed during downtime");
         }
         if !report.skipped.is_empty() {
             info!(executions = ?report.skipped, "fires recorded as skipped");
             crate::telemetry::ended_ids(
-                &self.store,
+                &self.service.store,
                 &report
                     .skipped
                     .iter()
@@ -222,26 +210,21 @@ pub struct LostNodesReport {
 /// (`node_lost`) by whichever live node gets to them first, and what those nodes left
 /// running on this host is killed (invariant 11).
 pub struct LostNodes {
-    pub store: DynStore,
+    pub service: Arc<Service>,
     pub actor: String,
     /// This node's incarnation: it never declares itself lost.
     pub own: Option<String>,
     pub cfg: LostNodesConfig,
-    pub alerts: Option<Alerts>,
 }
 
 impl LostNodes {
     pub async fn run_once(&self) -> Result<LostNodesReport, StoreError> {
         let settled = self
+            .service
             .store
             .settle_lost_nodes(&self.actor, self.own.as_deref())
             .await?;
-        for rec in &settled.recovered {
-            log_recovered("lost node", rec);
-            crate::metrics::recovered(rec);
-            alert_recovered(self.alerts.as_ref(), rec);
-        }
-        crate::telemetry::recovered(&self.store, &settled.recovered);
+        self.service.recovered("lost node", &settled.recovered);
         // A lost node on this host left processes behind: they carry its incarnation as
         // their marker, which proves they are its own.
         let lost: BTreeSet<String> = settled
@@ -289,8 +272,8 @@ impl HealthAlert {
             stale_after: None,
         };
         let m = self.store.health(params).await?;
-        let view = crate::http::views::health(m, &self.cfg.settings);
-        let warning = view.status == "warning";
+        let view = crate::views::health(m, &self.cfg.settings);
+        let warning = view.status == jobward_protocol::HealthStatus::Warning;
         let sent = warning && !self.was_warning;
         if sent {
             self.alerts
@@ -298,15 +281,5 @@ impl HealthAlert {
         }
         self.was_warning = warning;
         Ok(sent)
-    }
-}
-
-/// Sends the `recovered` alert for an execution settled for an owner that went silent.
-pub fn alert_recovered(alerts: Option<&Alerts>, r: &Recovered) {
-    if let Some(a) = alerts {
-        a.send(
-            AlertKind::Recovered,
-            serde_json::to_value(r).unwrap_or_default(),
-        );
     }
 }

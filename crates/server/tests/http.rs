@@ -177,6 +177,18 @@ fn endpoints() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
             Some(Role::Worker),
             Some(json!({"worker_id": "w", "leases": []})),
         ),
+        (
+            M::POST,
+            "/api/worker/complete-batch",
+            Some(Role::Worker),
+            Some(json!({"worker_id": "w", "completions": []})),
+        ),
+        (
+            M::POST,
+            "/api/worker/exchange",
+            Some(Role::Worker),
+            Some(json!({"worker_id": "w", "completions": [], "queues": ["q1"], "batch": 1})),
+        ),
     ]
 }
 
@@ -453,6 +465,134 @@ async fn the_worker_protocol_fences_every_report() {
         text.contains("jobward_executions{state=\"failed\"} 1"),
         "{text}"
     );
+}
+
+/// The batched protocol: one call completes many (each fenced by its own lease and answered
+/// alone) and claims the next batch.
+#[tokio::test]
+async fn a_batch_of_completions_is_answered_one_by_one_and_exchange_claims_the_next() {
+    let api = api(false).await;
+    let triggers: Vec<_> = (0..6)
+        .map(|_| jobward_store::TriggerParams {
+            job: "remote".into(),
+            actor: "t".into(),
+            ..Default::default()
+        })
+        .collect();
+    for r in api.store.trigger_many(triggers).await.unwrap() {
+        r.unwrap();
+    }
+    // Claim three through exchange (nothing to complete yet).
+    let (s, v) = api
+        .call(
+            Method::POST,
+            "/api/worker/exchange",
+            None,
+            Some(json!({"worker_id": "w1", "completions": [], "queues": ["q1"], "batch": 3})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let first: Vec<(i64, String)> = v["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_i64().unwrap(),
+                e["lease_token"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(first.len(), 3);
+    // Complete them (one with a forged token, one twice, one with a bad attempt) and claim
+    // the other three in the same call.
+    let report = |id: i64, token: &str, outcome: &str| json!({"id": id, "attempt": 1, "lease_token": token, "outcome": outcome, "exit_code": if outcome == "failed" { 3 } else { 0 }});
+    let completions = json!([
+        report(first[0].0, &first[0].1, "completed"),
+        report(first[1].0, "forged", "completed"),
+        report(first[2].0, &first[2].1, "failed"),
+        report(first[0].0, &first[0].1, "completed"),
+        {"id": first[1].0, "attempt": 0, "lease_token": first[1].1, "outcome": "completed"},
+    ]);
+    let (s, v) = api
+        .call(
+            Method::POST,
+            "/api/worker/exchange",
+            None,
+            Some(json!({"worker_id": "w1", "completions": completions, "queues": ["q1"], "batch": 10})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let results: Vec<(i64, String)> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_i64().unwrap(),
+                r["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            (first[0].0, "accepted".to_string()),
+            (first[1].0, "lease_lost".to_string()),
+            (first[2].0, "accepted".to_string()),
+            (first[0].0, "repeated".to_string()),
+            (first[1].0, "rejected".to_string()),
+        ],
+        "{v}"
+    );
+    assert_eq!(v["results"][2]["status"], "failed");
+    assert_eq!(v["results"][4]["error"]["code"], "bad_request");
+    assert_eq!(
+        v["executions"].as_array().unwrap().len(),
+        3,
+        "the rest were claimed in the same call: {v}"
+    );
+    // The forged report changed nothing and is in the event log; the real lease still works.
+    let e = api.store.get_execution(first[1].0).await.unwrap().unwrap();
+    assert_eq!(e.state, jobward_core::State::Running);
+    let events = api.store.events(first[1].0).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == jobward_store::EventKind::Refused)
+            .count(),
+        1
+    );
+    let (s, v) = api
+        .call(
+            Method::POST,
+            "/api/worker/complete-batch",
+            None,
+            Some(json!({"worker_id": "w1", "completions": [report(first[1].0, &first[1].1, "completed")]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["results"][0]["result"], "accepted", "{v}");
+    assert_eq!(v["results"][0]["status"], "completed", "{v}");
+    // A malformed batch is refused whole and changes nothing.
+    let (s, v) = api
+        .call(
+            Method::POST,
+            "/api/worker/complete-batch",
+            None,
+            Some(json!({"worker_id": "", "completions": []})),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "bad_request");
+    let (s, v) = api
+        .call(
+            Method::POST,
+            "/api/worker/exchange",
+            None,
+            Some(json!({"worker_id": "w", "completions": [], "queues": ["q1"], "batch": 101})),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "bad_request");
 }
 
 #[tokio::test]

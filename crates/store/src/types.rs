@@ -261,17 +261,22 @@ impl JobRow {
 
     /// The job's status as its executions say: running if one runs, else queued if one
     /// waits, else the state of its latest terminal execution, else `never run`.
-    pub fn status(&self) -> String {
+    /// Running or queued when one of its executions is, else the state of its latest
+    /// terminal execution; `None` when it never ran.
+    pub fn state(&self) -> Option<State> {
         if self.live.iter().any(|e| e.state == State::Running) {
-            return State::Running.to_string();
+            return Some(State::Running);
         }
         if !self.live.is_empty() {
-            return State::Queued.to_string();
+            return Some(State::Queued);
         }
-        match &self.last_finished {
-            Some(e) => e.state.to_string(),
-            None => "never run".into(),
-        }
+        self.last_finished.as_ref().map(|e| e.state)
+    }
+
+    /// [`JobRow::state`] in words ("never run" when it never ran).
+    pub fn status(&self) -> String {
+        self.state()
+            .map_or_else(|| "never run".into(), |s| s.to_string())
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use jobward_protocol::{ClaimRequest, CompleteRequest};
+use jobward_protocol::{ClaimRequest, CompleteRequest, Outcome};
 use jobward_worker::Client;
 
 #[tokio::main]
@@ -85,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         id: e.id,
                         attempt: e.attempt,
                         lease_token: e.lease_token,
-                        outcome: "completed".into(),
+                        outcome: Outcome::Completed,
                         exit_code: Some(0),
                         signal: None,
                         error: None,

@@ -13,7 +13,7 @@ pub enum ClientError {
     #[error("{code}: {message}")]
     Api {
         status: u16,
-        code: String,
+        code: ErrorCode,
         message: String,
     },
     /// The server could not be reached or did not answer in time.
@@ -25,7 +25,13 @@ pub enum ClientError {
 
 impl ClientError {
     pub fn is_lease_lost(&self) -> bool {
-        matches!(self, ClientError::Api { code, .. } if code == "lease_lost")
+        matches!(
+            self,
+            ClientError::Api {
+                code: ErrorCode::LeaseLost,
+                ..
+            }
+        )
     }
     /// Worth trying again: the server was unreachable, busy or failing.
     pub fn is_transient(&self) -> bool {
@@ -98,7 +104,7 @@ impl Client {
             ))),
             Err(_) => Err(ClientError::Api {
                 status: status.as_u16(),
-                code: "http".into(),
+                code: ErrorCode::Unknown,
                 message: status.to_string(),
             }),
         }

@@ -298,7 +298,7 @@ async fn execute(shared: &Arc<Shared>, e: ClaimedExecution, stop: mpsc::Unbounde
     info!(execution = e.id, job = %e.job, number = e.number, attempt = e.attempt, "running");
     let (outcome, exit_code, signal, error) = match jobward_exec::spawn(&launch) {
         Err(err) => (
-            "failed",
+            Outcome::Failed,
             None,
             None,
             Some(format!("could not start `sh -c`: {err}")),
@@ -328,22 +328,22 @@ async fn execute(shared: &Arc<Shared>, e: ClaimedExecution, stop: mpsc::Unbounde
                     return;
                 }
                 (Ending::Stopped(Stop::Graceful), Some(Why::Cancel)) => {
-                    ("cancelled", code, sig, None)
+                    (Outcome::Cancelled, code, sig, None)
                 }
                 (Ending::RunTimeout, _) => (
-                    "timed_out",
+                    Outcome::TimedOut,
                     code,
                     sig,
                     Some("exceeded its run timeout; stopped by its worker".into()),
                 ),
                 (Ending::Stopped(Stop::Immediate), _) => (
-                    "failed",
+                    Outcome::Failed,
                     code,
                     sig,
                     Some("killed after its lease was lost".into()),
                 ),
-                _ if f.exit.success() => ("completed", code, sig, None),
-                _ => ("failed", code, sig, None),
+                _ if f.exit.success() => (Outcome::Completed, code, sig, None),
+                _ => (Outcome::Failed, code, sig, None),
             }
         }
     };
@@ -355,7 +355,7 @@ async fn execute(shared: &Arc<Shared>, e: ClaimedExecution, stop: mpsc::Unbounde
         id: e.id,
         attempt: e.attempt,
         lease_token: e.lease_token.clone(),
-        outcome: outcome.to_string(),
+        outcome,
         exit_code,
         signal,
         error,
@@ -465,7 +465,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     for l in &r.lost {
                         warn!(
                             execution = l.id,
-                            status = l.status.as_deref().unwrap_or("gone"),
+                            status = l.status.map(|s| s.as_str()).unwrap_or("gone"),
                             "lease lost: killing its process group now"
                         );
                         shared.stop(l.id, Stop::Immediate, None);

@@ -7,23 +7,17 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use jobward_core::duration::parse_positive_duration;
-use jobward_core::{Reason, State as ExecState, Timestamp, validate_name};
+use jobward_core::{State as ExecState, Timestamp, validate_name};
 use jobward_protocol::*;
-use jobward_store::{
-    CancelOutcome, CancelParams, ExecutionFilter, HealthParams, ProgressParams, TriggerParams,
-};
+use jobward_store::{CancelOutcome, ExecutionFilter, HealthParams, ProgressParams, TriggerParams};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, OptionalJson};
-use super::views;
 use crate::executor::log_path;
-use crate::metrics;
-
-/// Largest trigger payload and checkpoint, serialised.
-pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+use crate::views;
 
 async fn now(state: &AppState) -> Result<Timestamp, ApiError> {
     Ok(state.store.now().await?)
@@ -92,14 +86,10 @@ pub async fn cleanup(
             .map_err(|e| ApiError::bad_request(format!("stale_after: {e}")))?,
     };
     let apply = req.dry_run == Some(false);
-    let report = crate::cleanup::stale_executions(
-        &state.store,
-        stale_after,
-        apply,
-        format!("api:{}", caller.name),
-    )
-    .await?;
-    report.changed.iter().for_each(metrics::recovered);
+    let report = state
+        .service
+        .cleanup(stale_after, apply, format!("api:{}", caller.name))
+        .await?;
     let now = now(&state).await?;
     Ok(axum::Json(views::cleanup(&report, stale_after, now)))
 }
@@ -114,7 +104,7 @@ pub async fn reload(State(state): State<AppState>) -> Result<axum::Json<ReloadRe
         ));
     };
     let r = reload().await.map_err(ApiError::bad_request)?;
-    state.signal_work();
+    state.service.wake_all();
     Ok(axum::Json(ReloadResponse {
         added: r.added,
         changed: r.changed,
@@ -176,22 +166,8 @@ pub async fn trigger(
     OptionalJson(req): OptionalJson<TriggerRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     job_name(&name)?;
-    if let Some(p) = &req.payload
-        && p.to_string().len() > MAX_PAYLOAD_BYTES
-    {
-        return Err(ApiError::bad_request(format!(
-            "payload is larger than {MAX_PAYLOAD_BYTES} bytes"
-        )));
-    }
-    if let Some(k) = &req.idempotency_key
-        && (k.is_empty() || k.len() > 200)
-    {
-        return Err(ApiError::bad_request(
-            "idempotency_key must be 1 to 200 characters",
-        ));
-    }
     let created = state
-        .store
+        .service
         .trigger(TriggerParams {
             job: name,
             actor: format!("api:{}", caller.name),
@@ -223,10 +199,7 @@ async fn set_paused(
     paused: bool,
 ) -> Result<axum::Json<PauseResponse>, ApiError> {
     job_name(&name)?;
-    state.store.set_paused(&name, paused).await?;
-    if !paused {
-        state.signal_work();
-    }
+    state.service.set_paused(&name, paused).await?;
     Ok(axum::Json(PauseResponse { name, paused }))
 }
 
@@ -432,31 +405,18 @@ pub async fn cancel(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<axum::Json<CancelResponse>, ApiError> {
     let id = execution_id(id)?;
-    let actor = format!("api:{}", caller.name);
     let out = state
-        .store
-        .cancel(CancelParams {
-            id,
-            reason: Reason::CancelRequested,
-            message: format!("cancelled by {actor}"),
-            actor,
-        })
+        .service
+        .cancel(id, format!("api:{}", caller.name))
         .await?;
     let now = now(&state).await?;
     let (result, e) = match &out {
-        CancelOutcome::Cancelled { execution } => {
-            metrics::transition(execution);
-            crate::telemetry::execution_ended(&state.store, execution, None);
-            ("cancelled", execution)
-        }
-        CancelOutcome::Requested { execution } => {
-            state.stop_local(execution.id, Reason::CancelRequested);
-            ("requested", execution)
-        }
-        CancelOutcome::AlreadyTerminal { execution } => ("already_terminal", execution),
+        CancelOutcome::Cancelled { execution } => (CancelResult::Cancelled, execution),
+        CancelOutcome::Requested { execution } => (CancelResult::Requested, execution),
+        CancelOutcome::AlreadyTerminal { execution } => (CancelResult::AlreadyTerminal, execution),
     };
     Ok(axum::Json(CancelResponse {
-        result: result.to_string(),
+        result,
         execution: views::execution(e, now),
     }))
 }
@@ -473,11 +433,9 @@ pub async fn progress(
     ApiJson(req): ApiJson<ProgressRequest>,
 ) -> Result<axum::Json<ExecutionView>, ApiError> {
     let id = execution_id(id)?;
-    super::worker::check_attempt(req.attempt)?;
-    super::worker::check_report(req.progress, req.phase.as_deref(), req.checkpoint.as_ref())?;
     let row = state
-        .store
-        .report_progress(ProgressParams {
+        .service
+        .progress(ProgressParams {
             lease: jobward_store::LeaseRef {
                 id,
                 attempt: req.attempt,
@@ -488,11 +446,6 @@ pub async fn progress(
             checkpoint: req.checkpoint,
             actor: "job".into(),
         })
-        .await
-        .inspect_err(|e| {
-            if matches!(e, jobward_store::StoreError::LeaseLost { .. }) {
-                metrics::refused("progress");
-            }
-        })?;
+        .await?;
     Ok(axum::Json(views::execution(&row, now(&state).await?)))
 }

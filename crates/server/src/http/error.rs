@@ -5,6 +5,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use jobward_protocol::ErrorCode;
 use jobward_protocol::{ErrorBody, ErrorDetail};
 use jobward_store::StoreError;
 use serde::de::DeserializeOwned;
@@ -15,7 +16,7 @@ use crate::metrics;
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -37,7 +38,7 @@ fn one_line(m: String) -> String {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -45,16 +46,16 @@ impl ApiError {
         }
     }
     pub fn bad_request(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m)
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, m)
     }
     pub fn not_found(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", m)
+        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, m)
     }
     pub fn conflict(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, "conflict", m)
+        ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, m)
     }
     pub fn too_large(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m)
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, m)
     }
 }
 
@@ -62,7 +63,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code.to_string(),
+                code: self.code,
                 message: one_line(self.message),
             },
         };
@@ -74,7 +75,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::LeaseLost { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "lease_lost", e.to_string())
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::LeaseLost, e.to_string())
             }
             StoreError::ExecutionNotFound(_) | StoreError::JobNotFound(_) => {
                 ApiError::not_found(e.to_string())
@@ -87,7 +88,7 @@ impl From<StoreError> for ApiError {
                 metrics::database_error("busy");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
+                    ErrorCode::Unavailable,
                     "the ledger is busy; try again",
                 )
             }
@@ -97,7 +98,7 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %other, "ledger error while serving a request");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    ErrorCode::Internal,
                     "the ledger could not answer; try again",
                 )
             }
@@ -125,14 +126,20 @@ fn from_object<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError>
     if !v.is_object() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             "the request body must be a JSON object",
         ));
     }
     serde_json::from_value(v).map_err(|e| {
+        let m = e.to_string();
+        // Well-formed JSON whose value is outside its allowed set (an unknown outcome) is a
+        // bad value, not bad JSON.
+        if m.starts_with("unknown variant") {
+            return ApiError::bad_request(m);
+        }
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("invalid JSON body: {e}"),
         )
     })
@@ -149,12 +156,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Err(JsonRejection::BytesRejection(r)) => Err(from_bytes_rejection(&r)),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send the body as JSON with Content-Type: application/json",
             )),
             Err(e) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 flatten(e.body_text()),
             )),
         }
@@ -176,7 +183,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
         let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!("invalid JSON body: {e}"),
             )
         })?;

@@ -7,7 +7,6 @@ pub mod dashboard;
 pub mod error;
 pub mod openapi;
 pub mod probes;
-pub mod views;
 pub mod worker;
 
 use std::future::Future;
@@ -24,20 +23,19 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use jobward_core::Reason;
-use jobward_exec::Stop;
-use jobward_store::{DynStore, Settled, SyncReport};
-use serde_json::json;
+use jobward_protocol::ErrorCode;
+use jobward_store::{DynStore, SyncReport};
 use tokio::sync::Notify;
 
-use crate::alerts::{AlertKind, Alerts};
-use crate::executor::Executor;
 use crate::health::HealthSettings;
+use crate::service::Service;
 pub use auth::{Role, Token, Tokens};
 use error::ApiError;
 
 /// Largest request body: a completion with its log tail fits, a flood does not.
 pub const BODY_LIMIT: usize = 256 * 1024;
+/// Largest batch of completions (or triggers): 1,000 items with room for some log tails.
+pub const BATCH_BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// Longest a request may take (a long-polling claim waits at most 30 s).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -52,10 +50,10 @@ pub struct AppInner {
     pub health: HealthSettings,
     /// Rung when the server begins to shut down: waiting claims return at once.
     shutdown: Notify,
-    /// This node's local executor, to stop a cancelled run at once.
-    pub executor: Option<Arc<Executor>>,
+    /// Every change to the ledger goes through it (a node's server shares the node's, so a
+    /// cancelled or replaced local run stops at once).
+    pub service: Arc<Service>,
     pub reload: Option<Reloader>,
-    pub alerts: Option<Alerts>,
     /// The node this server belongs to, for `/readyz`.
     pub node: Option<Arc<crate::node::NodeStatus>>,
     /// Per-process secret from which the dashboard derives its CSRF tokens.
@@ -76,14 +74,13 @@ impl Deref for AppState {
 impl AppState {
     pub fn new(store: DynStore, tokens: Tokens, log_dir: PathBuf) -> AppState {
         AppState(Arc::new(AppInner {
+            service: Service::new(store.clone(), log_dir.clone(), None),
             store,
             tokens,
             log_dir,
             health: HealthSettings::default(),
             shutdown: Notify::new(),
-            executor: None,
             reload: None,
-            alerts: None,
             node: None,
             dashboard_key: random_key(),
             shutting_down: AtomicBool::new(false),
@@ -94,11 +91,6 @@ impl AppState {
     pub fn with(mut self, f: impl FnOnce(&mut AppInner)) -> AppState {
         f(Arc::get_mut(&mut self.0).expect("configure the state before sharing it"));
         self
-    }
-
-    /// Jobs changed (reloaded, resumed): every claimer looks again.
-    pub fn signal_work(&self) {
-        self.store.work_signal().notify_all();
     }
 
     /// Claims answer empty from now on, and waiting claims return.
@@ -120,22 +112,6 @@ impl AppState {
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
-
-    fn stop_local(&self, id: i64, reason: Reason) {
-        if let Some(ex) = &self.executor {
-            ex.stop(id, Stop::Graceful, Some(reason));
-        }
-    }
-
-    /// After a terminal transition: wake claimers for its retry, alert on a final failure.
-    pub fn after_settled(&self, s: &Settled) {
-        crate::telemetry::settled(&self.store, s);
-        if let Some(a) = &self.alerts
-            && worker::failed_for_good(s)
-        {
-            a.send(AlertKind::Failed, json!({ "execution": views::execution(&s.execution, s.execution.finished_at.unwrap_or_default()) }));
-        }
-    }
 }
 
 fn random_key() -> [u8; 32] {
@@ -150,7 +126,7 @@ async fn request_timeout(req: Request, next: Next) -> Response {
         Ok(r) => r,
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
+            ErrorCode::Timeout,
             "the request took too long",
         )
         .into_response(),
@@ -164,7 +140,7 @@ async fn not_found() -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this endpoint does not take that method",
     )
 }
@@ -213,6 +189,13 @@ pub fn app(state: AppState) -> Router {
         .route("/api/worker/heartbeat", post(worker::heartbeat))
         .route("/api/worker/complete", post(worker::complete))
         .route("/api/worker/release", post(worker::release))
+        .merge(
+            // A batch of completions may carry a log tail each.
+            Router::new()
+                .route("/api/worker/complete-batch", post(worker::complete_batch))
+                .route("/api/worker/exchange", post(worker::exchange))
+                .layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        )
         .route_layer(from_fn_with_state(state.clone(), auth::require_worker));
     // Proven by the execution's own lease token in the body.
     let by_lease = Router::new().route("/api/executions/{id}/progress", post(api::progress));

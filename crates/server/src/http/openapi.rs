@@ -30,7 +30,8 @@ impl Modify for Bearer {
         api::health, api::running, api::cleanup, api::reload,
         api::jobs, api::job, api::trigger, api::pause, api::resume,
         api::executions, api::execution, api::events, api::log, api::cancel, api::progress,
-        worker::claim, worker::heartbeat, worker::complete, worker::release,
+        worker::claim, worker::heartbeat, worker::complete, worker::complete_batch, worker::exchange,
+        worker::release,
         super::metrics_endpoint, document, probes::livez, probes::readyz,
     ),
     modifiers(&Bearer),
@@ -39,7 +40,7 @@ impl Modify for Bearer {
         (name = "system", description = "health, running executions, stale cleanup, reload, metrics, liveness and readiness probes"),
         (name = "jobs", description = "job definitions (from the operator's configuration only) and triggers"),
         (name = "executions", description = "executions, their events and logs"),
-        (name = "worker", description = "the worker protocol: claim, heartbeat, complete, release"),
+        (name = "worker", description = "the worker protocol: claim, heartbeat, complete (one, or a batch), exchange (complete a batch and claim the next in one call), release"),
     )
 )]
 pub struct ApiDoc;

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use jobward_protocol::ProbeView;
+use jobward_protocol::{ProbeStatus, ProbeView};
 
 use super::AppState;
 
@@ -14,9 +14,9 @@ const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 fn answer(status: StatusCode, reason: Option<String>, node: Option<String>) -> Response {
     let view = ProbeView {
         status: if status.is_success() {
-            "ok".into()
+            ProbeStatus::Ok
         } else {
-            "unavailable".into()
+            ProbeStatus::Unavailable
         },
         reason,
         node,

@@ -5,24 +5,21 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use jobward_core::{LOCAL_RUNNER, Reason, State as ExecState, validate_name};
+use jobward_core::{LOCAL_RUNNER, Reason, validate_name};
 use jobward_protocol::*;
 use jobward_store::{
-    ClaimParams, CompleteParams, HeartbeatParams, LeaseBeat, LeaseRef, Outcome, ReleaseParams,
+    ClaimParams, CompleteParams, HeartbeatParams, LeaseBeat, LeaseRef, ReleaseParams, Settled,
     StoreError,
 };
-use serde_json::Value;
 
 use super::AppState;
-use super::api::MAX_PAYLOAD_BYTES;
 use super::error::{ApiError, ApiJson};
-use super::views;
-use crate::executor::log_path;
-use crate::metrics;
+use crate::views;
 
 const MAX_WAIT_MS: u64 = 30_000;
 const MAX_LEASES: usize = 1000;
-const MAX_LOG_TAIL: usize = 64 * 1024;
+/// Most completions in one batch.
+pub const MAX_COMPLETIONS: usize = 1000;
 
 fn worker_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
@@ -33,51 +30,112 @@ fn worker_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Attempt numbers are small; a larger one is a malformed report.
-pub fn check_attempt(attempt: u32) -> Result<(), ApiError> {
-    if !(1..=1_000_000).contains(&attempt) {
-        return Err(ApiError::bad_request(format!(
-            "attempt must be between 1 and 1000000, got {attempt}"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks what a worker or a job reports about a run.
-pub fn check_report(
-    progress: Option<f64>,
-    phase: Option<&str>,
-    checkpoint: Option<&Value>,
-) -> Result<(), ApiError> {
-    if let Some(p) = progress
-        && !(0.0..=1.0).contains(&p)
-    {
-        return Err(ApiError::bad_request(format!(
-            "progress must be between 0 and 1, got {p}"
-        )));
-    }
-    if let Some(p) = phase
-        && (p.len() > 200 || p.chars().any(char::is_control))
-    {
-        return Err(ApiError::bad_request(
-            "phase must be at most 200 printable characters",
-        ));
-    }
-    if let Some(c) = checkpoint
-        && c.to_string().len() > MAX_PAYLOAD_BYTES
-    {
-        return Err(ApiError::bad_request(format!(
-            "checkpoint is larger than {MAX_PAYLOAD_BYTES} bytes"
-        )));
-    }
-    Ok(())
-}
-
 fn lost_view(l: &jobward_store::LostLease) -> LostLeaseView {
     LostLeaseView {
         id: l.id,
-        status: l.state.map(|s| s.to_string()),
+        status: l.state.map(views::status),
         reason: l.reason.map(|r| r.to_string()),
+    }
+}
+
+/// The queues, batch size and wait of a claim.
+fn check_claim(
+    queues: &[String],
+    batch: u32,
+    min_batch: u32,
+    wait_ms: u64,
+) -> Result<(), ApiError> {
+    if queues.is_empty() || queues.len() > 20 {
+        return Err(ApiError::bad_request("queues must name 1 to 20 queues"));
+    }
+    for q in queues {
+        validate_name("queue name", q).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if q == LOCAL_RUNNER {
+            return Err(ApiError::bad_request(
+                "'local' is reserved for the executions nodes run themselves",
+            ));
+        }
+    }
+    if !(min_batch..=100).contains(&batch) {
+        return Err(ApiError::bad_request(format!(
+            "batch must be between {min_batch} and 100, got {batch}"
+        )));
+    }
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms must be at most {MAX_WAIT_MS}, got {wait_ms}"
+        )));
+    }
+    Ok(())
+}
+
+fn claimed_view(e: &jobward_store::ExecutionRow) -> ClaimedExecution {
+    ClaimedExecution {
+        id: e.id,
+        job: e.job.clone(),
+        number: e.number,
+        attempt: e.attempt,
+        max_attempts: e.max_attempts,
+        command: e.command.clone(),
+        trigger: e.trigger.to_string(),
+        scheduled_for: e.scheduled_for,
+        payload: e.payload.clone(),
+        checkpoint: e.checkpoint.clone(),
+        lease_token: e.lease_token.clone().unwrap_or_default(),
+        heartbeat_interval_ms: (e.timeouts.heartbeat / 3).as_millis() as u64,
+        heartbeat_timeout_ms: e.timeouts.heartbeat.as_millis() as u64,
+        terminate_after_ms: e.timeouts.run.as_millis() as u64,
+        kill_grace_ms: e.timeouts.kill_grace.as_millis() as u64,
+        traceparent: crate::telemetry::traceparent(e),
+    }
+}
+
+/// Claims up to `batch` from `queues` in order of preference; when none is claimable, waits
+/// up to `wait_ms` for work to arrive (woken for these queues only).
+async fn claim_from(
+    state: &AppState,
+    worker: &str,
+    queues: &[String],
+    batch: u32,
+    wait_ms: u64,
+) -> Result<Vec<ClaimedExecution>, ApiError> {
+    if batch == 0 {
+        return Ok(vec![]);
+    }
+    let until = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    loop {
+        // A server that is shutting down hands out no new work.
+        if state.shutting_down() {
+            return Ok(vec![]);
+        }
+        let mut claimed = Vec::new();
+        for q in queues {
+            let left = batch - claimed.len() as u32;
+            if left == 0 {
+                break;
+            }
+            claimed.extend(
+                state
+                    .service
+                    .claim(ClaimParams {
+                        owner: worker.to_string(),
+                        runner: q.clone(),
+                        node_id: None,
+                        limit: left,
+                    })
+                    .await?,
+            );
+        }
+        if !claimed.is_empty() || tokio::time::Instant::now() >= until {
+            return Ok(claimed.iter().map(claimed_view).collect());
+        }
+        // Long poll: woken when work for these queues may have arrived (from any node), and
+        // polling now and then for work written by other processes on the same SQLite file.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(250).min(until - tokio::time::Instant::now()),
+            state.claim_wait(queues),
+        )
+        .await;
     }
 }
 
@@ -90,86 +148,10 @@ pub async fn claim(
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<axum::Json<ClaimResponse>, ApiError> {
     worker_id(&req.worker_id)?;
-    if req.queues.is_empty() || req.queues.len() > 20 {
-        return Err(ApiError::bad_request("queues must name 1 to 20 queues"));
-    }
-    for q in &req.queues {
-        validate_name("queue name", q).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if q == LOCAL_RUNNER {
-            return Err(ApiError::bad_request(
-                "'local' is reserved for the executions nodes run themselves",
-            ));
-        }
-    }
-    if !(1..=100).contains(&req.batch) {
-        return Err(ApiError::bad_request(format!(
-            "batch must be between 1 and 100, got {}",
-            req.batch
-        )));
-    }
-    if req.wait_ms > MAX_WAIT_MS {
-        return Err(ApiError::bad_request(format!(
-            "wait_ms must be at most {MAX_WAIT_MS}, got {}",
-            req.wait_ms
-        )));
-    }
-    let until = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms);
-    loop {
-        // A server that is shutting down hands out no new work.
-        if state.shutting_down() {
-            return Ok(axum::Json(ClaimResponse { executions: vec![] }));
-        }
-        let mut claimed = Vec::new();
-        for q in &req.queues {
-            let left = req.batch - claimed.len() as u32;
-            if left == 0 {
-                break;
-            }
-            claimed.extend(
-                state
-                    .store
-                    .claim(ClaimParams {
-                        owner: req.worker_id.clone(),
-                        runner: q.clone(),
-                        node_id: None,
-                        limit: left,
-                    })
-                    .await?,
-            );
-        }
-        if !claimed.is_empty() || tokio::time::Instant::now() >= until {
-            claimed.iter().for_each(metrics::claimed);
-            let executions = claimed
-                .into_iter()
-                .map(|e| ClaimedExecution {
-                    id: e.id,
-                    job: e.job.clone(),
-                    number: e.number,
-                    attempt: e.attempt,
-                    max_attempts: e.max_attempts,
-                    command: e.command.clone(),
-                    trigger: e.trigger.to_string(),
-                    scheduled_for: e.scheduled_for,
-                    payload: e.payload.clone(),
-                    checkpoint: e.checkpoint.clone(),
-                    lease_token: e.lease_token.clone().unwrap_or_default(),
-                    heartbeat_interval_ms: (e.timeouts.heartbeat / 3).as_millis() as u64,
-                    heartbeat_timeout_ms: e.timeouts.heartbeat.as_millis() as u64,
-                    terminate_after_ms: e.timeouts.run.as_millis() as u64,
-                    kill_grace_ms: e.timeouts.kill_grace.as_millis() as u64,
-                    traceparent: crate::telemetry::traceparent(&e),
-                })
-                .collect();
-            return Ok(axum::Json(ClaimResponse { executions }));
-        }
-        // Long poll: woken when work for these queues may have arrived (from any node), and
-        // polling now and then for work written by other processes on the same SQLite file.
-        let _ = tokio::time::timeout(
-            Duration::from_millis(250).min(until - tokio::time::Instant::now()),
-            state.claim_wait(&req.queues),
-        )
-        .await;
-    }
+    check_claim(&req.queues, req.batch, 1, req.wait_ms)?;
+    let executions =
+        claim_from(&state, &req.worker_id, &req.queues, req.batch, req.wait_ms).await?;
+    Ok(axum::Json(ClaimResponse { executions }))
 }
 
 #[utoipa::path(post, path = "/api/worker/heartbeat", tag = "worker",
@@ -187,10 +169,6 @@ pub async fn heartbeat(
             "at most {MAX_LEASES} leases per heartbeat"
         )));
     }
-    for l in &req.leases {
-        check_attempt(l.attempt)?;
-        check_report(l.progress, l.phase.as_deref(), l.checkpoint.as_ref())?;
-    }
     let leases = req
         .leases
         .into_iter()
@@ -206,14 +184,13 @@ pub async fn heartbeat(
         })
         .collect();
     let r = state
-        .store
+        .service
         .heartbeat(HeartbeatParams {
             owner: req.worker_id,
             leases,
             node: None,
         })
         .await?;
-    r.lost.iter().for_each(|_| metrics::refused("heartbeat"));
     // A report whose every lease is stale is refused as a whole (409), like a completion.
     if !r.lost.is_empty() && r.renewed.is_empty() {
         let what: Vec<String> = r
@@ -231,7 +208,7 @@ pub async fn heartbeat(
             .collect();
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
-            "lease_lost",
+            ErrorCode::LeaseLost,
             format!(
                 "lease lost: {}; the heartbeat was refused and changed nothing",
                 what.join(", ")
@@ -252,41 +229,28 @@ pub async fn heartbeat(
     }))
 }
 
-#[utoipa::path(post, path = "/api/worker/complete", tag = "worker",
-    request_body = CompleteRequest,
-    responses((status = 200, description = "recorded; the same completion sent again gets the same answer", body = CompleteResponse),
-              (status = 409, description = "lease_lost: the lease was reclaimed; the report was refused and changed nothing", body = ErrorBody),
-              (status = "default", description = "an error", body = ErrorBody)))]
-pub async fn complete(
-    State(state): State<AppState>,
-    ApiJson(req): ApiJson<CompleteRequest>,
-) -> Result<axum::Json<CompleteResponse>, ApiError> {
-    worker_id(&req.worker_id)?;
-    check_attempt(req.attempt)?;
-    if req.error.as_ref().is_some_and(|e| e.len() > 4096) {
+/// How a worker's report is recorded: its outcome, exit code, signal and error in the
+/// ledger's terms.
+async fn outcome_of(
+    state: &AppState,
+    r: &CompletionReport,
+) -> Result<jobward_store::Outcome, ApiError> {
+    if r.error.as_ref().is_some_and(|e| e.len() > 4096) {
         return Err(ApiError::bad_request(
             "error must be at most 4096 characters",
         ));
     }
-    if req
-        .log_tail
-        .as_ref()
-        .is_some_and(|t| t.len() > MAX_LOG_TAIL)
-    {
-        return Err(ApiError::bad_request(format!(
-            "log_tail is larger than {MAX_LOG_TAIL} bytes"
-        )));
-    }
-    let lease = LeaseRef {
-        id: req.id,
-        attempt: req.attempt,
-        token: req.lease_token.clone(),
+    let detail = r.error.clone().filter(|e| !e.trim().is_empty());
+    let ended = |reason: Reason, message: String| jobward_store::Outcome {
+        reason: Some(reason),
+        message: Some(message),
+        exit_code: r.exit_code,
+        signal: r.signal,
     };
-    let detail = req.error.clone().filter(|e| !e.trim().is_empty());
-    let outcome = match req.outcome.as_str() {
-        "completed" => Outcome::success(req.exit_code.unwrap_or(0)),
-        "failed" => {
-            let (reason, what) = match (req.exit_code, req.signal) {
+    Ok(match r.outcome {
+        Outcome::Completed => jobward_store::Outcome::success(r.exit_code.unwrap_or(0)),
+        Outcome::Failed => {
+            let (reason, what) = match (r.exit_code, r.signal) {
                 (Some(c), _) if c != 0 => (Reason::ExitCode, format!("exited with code {c}")),
                 (_, Some(s)) => (
                     Reason::Signal,
@@ -297,84 +261,189 @@ pub async fn complete(
                     "the worker reported a failure".to_string(),
                 ),
             };
-            let message = match &detail {
-                Some(d) => format!("{what}: {d}"),
-                None => what,
-            };
-            Outcome {
-                reason: Some(reason),
-                message: Some(message),
-                exit_code: req.exit_code,
-                signal: req.signal,
-            }
+            ended(
+                reason,
+                match &detail {
+                    Some(d) => format!("{what}: {d}"),
+                    None => what,
+                },
+            )
         }
-        "timed_out" => Outcome {
-            reason: Some(Reason::RunTimeout),
-            message: Some(
-                detail
-                    .clone()
-                    .unwrap_or_else(|| "the worker stopped it at its run timeout".into()),
-            ),
-            exit_code: req.exit_code,
-            signal: req.signal,
-        },
-        "cancelled" => {
+        Outcome::TimedOut => ended(
+            Reason::RunTimeout,
+            detail.unwrap_or_else(|| "the worker stopped it at its run timeout".into()),
+        ),
+        Outcome::Cancelled => {
+            // Recorded with the reason the cancel was requested for (a replace, a shutdown).
             let reason = state
                 .store
-                .get_execution(req.id)
+                .get_execution(r.id)
                 .await?
                 .and_then(|e| e.cancel_reason)
                 .unwrap_or(Reason::CancelRequested);
-            Outcome {
-                reason: Some(reason),
-                message: Some(
-                    detail
-                        .clone()
-                        .unwrap_or_else(|| format!("stopped by its worker on request ({reason})")),
-                ),
-                exit_code: req.exit_code,
-                signal: req.signal,
+            ended(
+                reason,
+                detail.unwrap_or_else(|| format!("stopped by its worker on request ({reason})")),
+            )
+        }
+    })
+}
+
+async fn completion_params(
+    state: &AppState,
+    worker: &str,
+    r: CompletionReport,
+) -> Result<(CompleteParams, Option<String>), ApiError> {
+    let outcome = outcome_of(state, &r).await?;
+    Ok((
+        CompleteParams {
+            lease: LeaseRef {
+                id: r.id,
+                attempt: r.attempt,
+                token: r.lease_token,
+            },
+            outcome,
+            actor: worker.to_string(),
+        },
+        r.log_tail,
+    ))
+}
+
+fn completion_result(id: i64, r: Result<Settled, StoreError>) -> CompletionResult {
+    match r {
+        Ok(s) => CompletionResult {
+            id,
+            result: if s.repeated {
+                ItemResult::Repeated
+            } else {
+                ItemResult::Accepted
+            },
+            status: Some(views::status(s.execution.state)),
+            retry: s.retry.as_ref().map(|e| e.id),
+            error: None,
+        },
+        Err(e) => {
+            let lost = matches!(e, StoreError::LeaseLost { .. });
+            let e = ApiError::from(e);
+            CompletionResult {
+                id,
+                result: if lost {
+                    ItemResult::LeaseLost
+                } else {
+                    ItemResult::Rejected
+                },
+                status: None,
+                retry: None,
+                error: Some(ErrorDetail {
+                    code: e.code,
+                    message: e.message,
+                }),
             }
         }
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "unknown outcome '{other}' (expected completed, failed, timed_out or cancelled)"
-            )));
-        }
-    };
-    let settled = match state
-        .store
-        .complete(CompleteParams {
-            lease,
-            outcome,
-            actor: req.worker_id.clone(),
-        })
-        .await
-    {
-        Ok(s) => s,
-        Err(e @ StoreError::LeaseLost { .. }) => {
-            metrics::refused("completion");
-            return Err(e.into());
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if !settled.repeated {
-        metrics::transition(&settled.execution);
-        if let Some(tail) = &req.log_tail {
-            let path = log_path(&state.log_dir, &settled.execution.job, settled.execution.id);
-            let tail = tail.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                let mut sink = jobward_exec::log::LogSink::create(&path, 2 * MAX_LOG_TAIL as u64)?;
-                sink.write(tail.as_bytes())
-            })
-            .await;
-        }
-        state.after_settled(&settled);
     }
+}
+
+/// Records a batch of completions in one transaction; each is answered alone.
+async fn complete_all(
+    state: &AppState,
+    worker: &str,
+    reports: Vec<CompletionReport>,
+) -> Result<Vec<CompletionResult>, ApiError> {
+    if reports.len() > MAX_COMPLETIONS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_COMPLETIONS} completions per call"
+        )));
+    }
+    let ids: Vec<i64> = reports.iter().map(|r| r.id).collect();
+    let mut results: Vec<Option<CompletionResult>> = vec![None; reports.len()];
+    let mut items = Vec::with_capacity(reports.len());
+    let mut at = Vec::with_capacity(reports.len());
+    for (i, r) in reports.into_iter().enumerate() {
+        let id = r.id;
+        match completion_params(state, worker, r).await {
+            Ok(item) => {
+                items.push(item);
+                at.push(i);
+            }
+            Err(e) => {
+                results[i] = Some(CompletionResult {
+                    id,
+                    result: ItemResult::Rejected,
+                    status: None,
+                    retry: None,
+                    error: Some(ErrorDetail {
+                        code: e.code,
+                        message: e.message,
+                    }),
+                })
+            }
+        }
+    }
+    let done = state.service.complete_many(items).await?;
+    for (i, r) in at.into_iter().zip(done) {
+        results[i] = Some(completion_result(ids[i], r));
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+#[utoipa::path(post, path = "/api/worker/complete", tag = "worker",
+    request_body = CompleteRequest,
+    responses((status = 200, description = "recorded; the same completion sent again gets the same answer", body = CompleteResponse),
+              (status = 409, description = "lease_lost: the lease was reclaimed; the report was refused and changed nothing", body = ErrorBody),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn complete(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CompleteRequest>,
+) -> Result<axum::Json<CompleteResponse>, ApiError> {
+    worker_id(&req.worker_id)?;
+    let report = CompletionReport {
+        id: req.id,
+        attempt: req.attempt,
+        lease_token: req.lease_token,
+        outcome: req.outcome,
+        exit_code: req.exit_code,
+        signal: req.signal,
+        error: req.error,
+        log_tail: req.log_tail,
+    };
+    let (params, tail) = completion_params(&state, &req.worker_id, report).await?;
+    let settled = state.service.complete(params, tail).await?;
     let now = state.store.now().await?;
     Ok(axum::Json(CompleteResponse {
         execution: views::execution(&settled.execution, now),
         retry: settled.retry.as_ref().map(|r| views::execution(r, now)),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/worker/complete-batch", tag = "worker",
+    request_body = CompleteBatchRequest,
+    responses((status = 200, description = "one answer per completion, in order: accepted, repeated, lease_lost (refused, changed nothing) or rejected", body = CompleteBatchResponse),
+              (status = "default", description = "an error of the whole request", body = ErrorBody)))]
+pub async fn complete_batch(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CompleteBatchRequest>,
+) -> Result<axum::Json<CompleteBatchResponse>, ApiError> {
+    worker_id(&req.worker_id)?;
+    let results = complete_all(&state, &req.worker_id, req.completions).await?;
+    Ok(axum::Json(CompleteBatchResponse { results }))
+}
+
+#[utoipa::path(post, path = "/api/worker/exchange", tag = "worker",
+    request_body = ExchangeRequest,
+    responses((status = 200, description = "the completions' answers (in order), then what was claimed", body = ExchangeResponse),
+              (status = "default", description = "an error of the whole request (nothing was recorded or claimed)", body = ErrorBody)))]
+pub async fn exchange(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ExchangeRequest>,
+) -> Result<axum::Json<ExchangeResponse>, ApiError> {
+    worker_id(&req.worker_id)?;
+    check_claim(&req.queues, req.batch, 0, req.wait_ms)?;
+    let results = complete_all(&state, &req.worker_id, req.completions).await?;
+    let executions =
+        claim_from(&state, &req.worker_id, &req.queues, req.batch, req.wait_ms).await?;
+    Ok(axum::Json(ExchangeResponse {
+        results,
+        executions,
     }))
 }
 
@@ -392,15 +461,12 @@ pub async fn release(
             "at most {MAX_LEASES} leases per release"
         )));
     }
-    for l in &req.leases {
-        check_attempt(l.attempt)?;
-    }
     let why = req
         .reason
         .clone()
         .unwrap_or_else(|| "it is shutting down".into());
     let r = state
-        .store
+        .service
         .release(ReleaseParams {
             owner: req.worker_id.clone(),
             leases: req
@@ -420,11 +486,6 @@ pub async fn release(
             actor: req.worker_id.clone(),
         })
         .await?;
-    r.lost.iter().for_each(|_| metrics::refused("release"));
-    for s in &r.released {
-        metrics::transition(&s.execution);
-        crate::telemetry::settled(&state.store, s);
-    }
     Ok(axum::Json(ReleaseResponse {
         released: r.released.iter().map(|s| s.execution.id).collect(),
         retries: r
@@ -434,9 +495,4 @@ pub async fn release(
             .collect(),
         lost: r.lost.iter().map(lost_view).collect(),
     }))
-}
-
-/// Whether an execution ended for good: failed or timed out with no retry left.
-pub fn failed_for_good(s: &jobward_store::Settled) -> bool {
-    matches!(s.execution.state, ExecState::Failed | ExecState::TimedOut) && s.retry.is_none()
 }

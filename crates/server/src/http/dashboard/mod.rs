@@ -5,7 +5,7 @@
 mod pages;
 mod session;
 
-use crate::http::views::NodeNames;
+use crate::views::NodeNames;
 use std::time::Duration;
 
 use axum::extract::{Form, Path, Query, Request, State};
@@ -16,17 +16,16 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use jobward_core::State as ExecState;
 use jobward_core::duration::parse_positive_duration;
-use jobward_protocol::{CleanupRequest, TriggerRequest};
+use jobward_store::TriggerParams;
 use jobward_store::{CleanupParams, ExecutionFilter, HealthParams};
 use maud::Markup;
 use serde::Deserialize;
 
 use super::AppState;
-use super::api;
 use super::auth::Caller;
-use super::error::{ApiError, ApiPath, OptionalJson};
-use super::views;
+use super::error::ApiError;
 use crate::executor::log_path;
+use crate::views;
 pub use session::Viewer;
 
 /// Rows per page of a job's history.
@@ -469,19 +468,15 @@ async fn apply_stale(
             "tick the confirmation box to apply the cleanup; nothing was changed",
         ));
     }
-    let r = api::cleanup(
-        State(state),
-        Extension(caller),
-        OptionalJson(CleanupRequest {
-            stale_after: Some(text.clone()),
-            dry_run: Some(false),
-        }),
-    )
-    .await?;
+    let (text, stale) = stale_after(Some(&text))?;
+    let r = state
+        .service
+        .cleanup(stale, true, caller.name.clone())
+        .await?;
     Ok(Redirect::to(&format!(
         "/stale?stale_after={}&applied={}",
         urlencode(&text),
-        r.0.changed
+        r.changed.len()
     ))
     .into_response())
 }
@@ -504,14 +499,19 @@ async fn job_action(
     let back = format!("/jobs/{}", urlencode(&name));
     match action.as_str() {
         "trigger" => {
-            let created = trigger_via_api(state, caller, name).await?;
-            return Ok(Redirect::to(&format!("/executions/{created}")).into_response());
+            let created = state
+                .service
+                .trigger(TriggerParams {
+                    job: name,
+                    actor: caller.name.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            let id = created.execution.id;
+            return Ok(Redirect::to(&format!("/executions/{id}")).into_response());
         }
-        "pause" => {
-            let _ = api::pause(State(state), ApiPath(name)).await?;
-        }
-        "resume" => {
-            let _ = api::resume(State(state), ApiPath(name)).await?;
+        "pause" | "resume" => {
+            state.service.set_paused(&name, action == "pause").await?;
         }
         other => {
             return Err(PageError::new(
@@ -521,26 +521,6 @@ async fn job_action(
         }
     }
     Ok(Redirect::to(&back).into_response())
-}
-
-async fn trigger_via_api(state: AppState, caller: Caller, name: String) -> Result<i64, ApiError> {
-    let r = api::trigger(
-        State(state.clone()),
-        Extension(caller),
-        ApiPath(name),
-        OptionalJson(TriggerRequest::default()),
-    )
-    .await?
-    .into_response();
-    if !r.status().is_success() {
-        return Err(ApiError::bad_request("the trigger was refused"));
-    }
-    let body = axum::body::to_bytes(r.into_body(), 1 << 20)
-        .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let v: jobward_protocol::TriggerResponse =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(v.execution.id)
 }
 
 async fn cancel(
@@ -557,7 +537,7 @@ async fn cancel(
             format!("execution {id} does not exist"),
         ));
     };
-    let _ = api::cancel(State(state), Extension(caller), ApiPath(id)).await?;
+    state.service.cancel(id, caller.name.clone()).await?;
     Ok(Redirect::to(&format!("/executions/{id}")).into_response())
 }
 

@@ -1,7 +1,7 @@
 //! The dashboard's markup. Every status is shown as colour, symbol and text together; every
 //! time as an absolute UTC time with how long ago (or ahead) it is.
 
-use crate::http::views::NodeNames;
+use crate::views::NodeNames;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -211,7 +211,7 @@ pub fn overview(
     let body = html! {
         h1 { "Overview" }
         section.card #health data-live {
-            h2 { "Health " (badge(&health.status)) }
+            h2 { "Health " (badge(health.status.as_str())) }
             div.figures {
                 @for (n, label) in figures {
                     div.figure { b { (n) } span { (label) } }

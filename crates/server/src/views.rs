@@ -2,7 +2,8 @@
 
 use jobward_core::{Schedule, State, Timestamp};
 use jobward_protocol::{
-    CleanupResponse, EventView, ExecutionView, HealthMetricsView, HealthView, JobView,
+    CleanupResponse, EventKind, EventView, ExecutionView, HealthMetricsView, HealthStatus,
+    HealthView, JobStatus, JobView, Status,
 };
 use jobward_store::{CleanupReport, EventRow, ExecutionRow, HealthMetrics, JobRow};
 
@@ -72,6 +73,32 @@ pub fn job_status_text(j: &JobRow, now: Timestamp) -> String {
     }
 }
 
+/// A ledger state as the wire says it.
+pub fn status(s: State) -> Status {
+    match s {
+        State::Queued => Status::Queued,
+        State::Running => Status::Running,
+        State::Completed => Status::Completed,
+        State::Failed => Status::Failed,
+        State::TimedOut => Status::TimedOut,
+        State::Cancelled => Status::Cancelled,
+        State::Skipped => Status::Skipped,
+    }
+}
+
+/// A job's status, derived from its executions.
+pub fn job_status(j: &JobRow) -> JobStatus {
+    j.state().map_or(JobStatus::NeverRun, |s| status(s).into())
+}
+
+pub fn event_kind(k: jobward_store::EventKind) -> EventKind {
+    match k {
+        jobward_store::EventKind::Transition => EventKind::Transition,
+        jobward_store::EventKind::Refused => EventKind::Refused,
+        jobward_store::EventKind::Note => EventKind::Note,
+    }
+}
+
 pub fn execution(e: &ExecutionRow, now: Timestamp) -> ExecutionView {
     ExecutionView {
         id: e.id,
@@ -79,7 +106,7 @@ pub fn execution(e: &ExecutionRow, now: Timestamp) -> ExecutionView {
         number: e.number,
         attempt: e.attempt,
         max_attempts: e.max_attempts,
-        status: e.state.to_string(),
+        status: status(e.state),
         status_text: status_text(e, now),
         lease_expired: e.silent_for(now).is_some(),
         heartbeat_age_ms: e
@@ -119,9 +146,9 @@ pub fn event(e: &EventRow) -> EventView {
         id: e.id,
         execution_id: e.execution_id,
         at: e.at,
-        kind: e.kind.as_str().to_string(),
-        from: e.from.map(|s| s.to_string()),
-        to: e.to.map(|s| s.to_string()),
+        kind: event_kind(e.kind),
+        from: e.from.map(status),
+        to: e.to.map(status),
         reason: e.reason.clone(),
         message: e.message.clone(),
         actor: e.actor.clone(),
@@ -141,7 +168,7 @@ pub fn job(j: &JobRow, now: Timestamp) -> JobView {
         .to_string(),
         schedule: s.schedule.describe(),
         next_fire_at: j.next_fire_at,
-        status: j.status(),
+        status: job_status(j),
         status_text: job_status_text(j, now),
         lease_expired: j.silent_for(now).is_some(),
         paused: j.paused,
@@ -165,11 +192,10 @@ pub fn health(m: HealthMetrics, settings: &HealthSettings) -> HealthView {
     let warnings = crate::health::assess(&m, settings);
     HealthView {
         status: if warnings.is_empty() {
-            "healthy"
+            HealthStatus::Healthy
         } else {
-            "warning"
-        }
-        .to_string(),
+            HealthStatus::Warning
+        },
         metrics: HealthMetricsView {
             running_executions: m.running_executions,
             queued_executions: m.queued_executions,

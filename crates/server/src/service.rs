@@ -1,0 +1,458 @@
+//! The service layer: every change to the ledger that the API, the worker protocol, the
+//! dashboard, the executor or the maintenance loops ask for goes through here, so what follows
+//! a store result — stopping a local run, metrics, traces, alerts, the log tail, log lines — is
+//! written once. Handlers parse and render; the store decides; this file acts on what it
+//! decided.
+//!
+//! Input checks shared by every caller (payload size, idempotency keys, progress reports) live
+//! here too, and fail with `StoreError::Invalid` (a 400 on the API) before anything changes.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use jobward_core::{Reason, State};
+use jobward_store::{
+    CancelOutcome, CancelParams, ClaimParams, CleanupReport, CompleteParams, Created, DynStore,
+    ExecutionId, ExecutionRow, HeartbeatParams, HeartbeatReport, ProgressParams, Recovered,
+    ReleaseParams, ReleaseReport, Settled, StoreError, TriggerParams,
+};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::alerts::{AlertKind, Alerts};
+use crate::executor::log_path;
+use crate::metrics;
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Largest trigger payload and checkpoint, serialised.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+/// Largest log tail a worker sends with a completion.
+pub const MAX_LOG_TAIL: usize = 64 * 1024;
+
+/// The runs this process supervises itself (a node's executor): the service stops one at once
+/// when the ledger asks for it (a cancel, a replacing trigger, a reaped lease).
+pub trait LocalRuns: Send + Sync {
+    /// Asks a run to stop gracefully, to be recorded with `reason`. False when it does not
+    /// run here.
+    fn stop_gracefully(&self, id: ExecutionId, reason: Reason) -> bool;
+    /// Kills a run at once: the ledger already ended it.
+    fn kill(&self, id: ExecutionId) -> bool;
+}
+
+pub struct Service {
+    pub store: DynStore,
+    pub log_dir: PathBuf,
+    pub alerts: Option<Alerts>,
+    local: RwLock<Option<Weak<dyn LocalRuns>>>,
+}
+
+fn invalid(m: impl Into<String>) -> StoreError {
+    StoreError::Invalid(m.into())
+}
+
+/// A trigger's payload and idempotency key.
+pub fn check_trigger(p: &TriggerParams) -> Result<()> {
+    if let Some(v) = &p.payload
+        && v.to_string().len() > MAX_PAYLOAD_BYTES
+    {
+        return Err(invalid(format!(
+            "payload is larger than {MAX_PAYLOAD_BYTES} bytes"
+        )));
+    }
+    if let Some(k) = &p.idempotency_key
+        && (k.is_empty() || k.len() > 200)
+    {
+        return Err(invalid("idempotency_key must be 1 to 200 characters"));
+    }
+    Ok(())
+}
+
+/// Attempt numbers are small; a larger one is a malformed report.
+pub fn check_attempt(attempt: u32) -> Result<()> {
+    if !(1..=1_000_000).contains(&attempt) {
+        return Err(invalid(format!(
+            "attempt must be between 1 and 1000000, got {attempt}"
+        )));
+    }
+    Ok(())
+}
+
+/// What a worker or a job reports about a run: progress, phase and checkpoint.
+pub fn check_report(
+    progress: Option<f64>,
+    phase: Option<&str>,
+    checkpoint: Option<&Value>,
+) -> Result<()> {
+    if let Some(p) = progress
+        && !(0.0..=1.0).contains(&p)
+    {
+        return Err(invalid(format!(
+            "progress must be between 0 and 1, got {p}"
+        )));
+    }
+    if let Some(p) = phase
+        && (p.len() > 200 || p.chars().any(char::is_control))
+    {
+        return Err(invalid("phase must be at most 200 printable characters"));
+    }
+    if let Some(c) = checkpoint
+        && c.to_string().len() > MAX_PAYLOAD_BYTES
+    {
+        return Err(invalid(format!(
+            "checkpoint is larger than {MAX_PAYLOAD_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether an execution ended for good: failed or timed out with no retry left.
+pub fn failed_for_good(s: &Settled) -> bool {
+    matches!(s.execution.state, State::Failed | State::TimedOut) && s.retry.is_none()
+}
+
+/// One log line per recovered execution: job, number, attempt, last heartbeat, reason.
+pub fn log_recovered(what: &str, r: &Recovered) {
+    warn!(
+        job = %r.job,
+        number = r.number,
+        attempt = r.attempt,
+        execution = r.id,
+        last_heartbeat = r.last_heartbeat.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
+        reason = %r.reason,
+        owner = r.lease_owner.as_deref().unwrap_or("-"),
+        retry = r.retry.map(|id| id.to_string()).unwrap_or_else(|| "none".into()),
+        "{what}: {}",
+        r.message
+    );
+}
+
+impl Service {
+    pub fn new(store: DynStore, log_dir: PathBuf, alerts: Option<Alerts>) -> Arc<Service> {
+        Arc::new(Service {
+            store,
+            log_dir,
+            alerts,
+            local: RwLock::new(None),
+        })
+    }
+
+    /// Attaches the runs this process supervises (a node's executor).
+    pub fn attach_local(&self, runs: Weak<dyn LocalRuns>) {
+        *self.local.write().expect("service lock") = Some(runs);
+    }
+
+    fn local(&self) -> Option<Arc<dyn LocalRuns>> {
+        self.local
+            .read()
+            .expect("service lock")
+            .as_ref()
+            .and_then(Weak::upgrade)
+    }
+
+    /// Jobs changed (reloaded, resumed): every claimer looks again.
+    pub fn wake_all(&self) {
+        self.store.work_signal().notify_all();
+    }
+
+    // ---- jobs ----
+
+    /// Creates an execution (or finds the one its idempotency key made); a replaced run of
+    /// this node is stopped at once.
+    pub async fn trigger(&self, p: TriggerParams) -> Result<Created> {
+        check_trigger(&p)?;
+        let created = self.store.trigger(p).await?;
+        self.triggered(&created);
+        Ok(created)
+    }
+
+    /// Many triggers in one transaction, answered one by one (an invalid item is refused
+    /// alone).
+    pub async fn trigger_many(&self, items: Vec<TriggerParams>) -> Result<Vec<Result<Created>>> {
+        let checks: Vec<Result<()>> = items.iter().map(check_trigger).collect();
+        let valid: Vec<TriggerParams> = items
+            .into_iter()
+            .zip(&checks)
+            .filter(|(_, c)| c.is_ok())
+            .map(|(p, _)| p)
+            .collect();
+        let mut done = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.store.trigger_many(valid).await?
+        }
+        .into_iter();
+        let mut out = Vec::with_capacity(checks.len());
+        for c in checks {
+            match c {
+                Err(e) => out.push(Err(e)),
+                Ok(()) => {
+                    let r = done
+                        .next()
+                        .ok_or_else(|| StoreError::Database("a trigger went unanswered".into()))?;
+                    if let Ok(created) = &r {
+                        self.triggered(created);
+                    }
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn triggered(&self, created: &Created) {
+        if created.existing {
+            return;
+        }
+        if created.execution.state.is_terminal() {
+            crate::telemetry::execution_ended(&self.store, &created.execution, None);
+        }
+        self.replaced(&created.replaced);
+    }
+
+    /// Runs a newer execution replaced (overlap = replace) stop at once when they run here;
+    /// elsewhere their owner learns it from its next heartbeat.
+    pub fn replaced(&self, ids: &[ExecutionId]) {
+        if let Some(local) = self.local().filter(|_| !ids.is_empty()) {
+            for id in ids {
+                local.stop_gracefully(*id, Reason::Replaced);
+            }
+        }
+    }
+
+    /// Pauses or resumes a job; resuming wakes the claimers for what it queued meanwhile.
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
+        self.store.set_paused(name, paused).await?;
+        if !paused {
+            self.wake_all();
+        }
+        Ok(())
+    }
+
+    // ---- executions ----
+
+    /// Cancels a queued execution, or asks the owner of a running one to stop it (at once,
+    /// when this process runs it).
+    pub async fn cancel(&self, id: ExecutionId, actor: String) -> Result<CancelOutcome> {
+        let out = self
+            .store
+            .cancel(CancelParams {
+                id,
+                reason: Reason::CancelRequested,
+                message: format!("cancelled by {actor}"),
+                actor,
+            })
+            .await?;
+        match &out {
+            CancelOutcome::Cancelled { execution } => {
+                metrics::transition(execution);
+                crate::telemetry::execution_ended(&self.store, execution, None);
+            }
+            CancelOutcome::Requested { execution } => {
+                if let Some(local) = self.local() {
+                    local.stop_gracefully(execution.id, Reason::CancelRequested);
+                }
+            }
+            CancelOutcome::AlreadyTerminal { .. } => {}
+        }
+        Ok(out)
+    }
+
+    /// Lists (dry run) or settles the running executions whose last heartbeat is older than
+    /// `stale_after`, killing their proven survivors on this host first.
+    pub async fn cleanup(
+        &self,
+        stale_after: Duration,
+        apply: bool,
+        actor: String,
+    ) -> Result<CleanupReport> {
+        let report =
+            crate::cleanup::stale_executions(&self.store, stale_after, apply, actor).await?;
+        self.recovered("operator cleanup", &report.changed);
+        Ok(report)
+    }
+
+    // ---- the worker protocol, and the node's own executor ----
+
+    pub async fn claim(&self, p: ClaimParams) -> Result<Vec<ExecutionRow>> {
+        let claimed = self.store.claim(p).await?;
+        claimed.iter().for_each(metrics::claimed);
+        Ok(claimed)
+    }
+
+    /// Renews leases; a lost one is counted (its refusal is already in its event log).
+    pub async fn heartbeat(&self, p: HeartbeatParams) -> Result<HeartbeatReport> {
+        for l in &p.leases {
+            check_attempt(l.lease.attempt)?;
+            check_report(l.progress, l.phase.as_deref(), l.checkpoint.as_ref())?;
+        }
+        let r = self.store.heartbeat(p).await?;
+        r.lost.iter().for_each(|_| metrics::refused("heartbeat"));
+        Ok(r)
+    }
+
+    /// Progress from inside a running execution, proven by its lease token.
+    pub async fn progress(&self, p: ProgressParams) -> Result<ExecutionRow> {
+        check_attempt(p.lease.attempt)?;
+        check_report(p.progress, p.phase.as_deref(), p.checkpoint.as_ref())?;
+        self.store
+            .report_progress(p)
+            .await
+            .inspect_err(|e| refused(e, "progress"))
+    }
+
+    /// Records how a run ended (fenced by its lease), with the end of its output when the
+    /// worker sent it.
+    pub async fn complete(&self, p: CompleteParams, log_tail: Option<String>) -> Result<Settled> {
+        check_attempt(p.lease.attempt)?;
+        check_log_tail(log_tail.as_deref())?;
+        let s = self
+            .store
+            .complete(p)
+            .await
+            .inspect_err(|e| refused(e, "completion"))?;
+        self.completed(&s, log_tail).await;
+        Ok(s)
+    }
+
+    /// Many completions in one transaction, each fenced by its own lease and answered alone:
+    /// recorded, an idempotent repeat, or refused.
+    pub async fn complete_many(
+        &self,
+        items: Vec<(CompleteParams, Option<String>)>,
+    ) -> Result<Vec<Result<Settled>>> {
+        let checks: Vec<Result<()>> = items
+            .iter()
+            .map(|(p, tail)| {
+                check_attempt(p.lease.attempt)?;
+                check_log_tail(tail.as_deref())
+            })
+            .collect();
+        let (valid, tails): (Vec<CompleteParams>, Vec<Option<String>>) = items
+            .into_iter()
+            .zip(&checks)
+            .filter(|(_, c)| c.is_ok())
+            .map(|(item, _)| item)
+            .unzip();
+        let done = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.store.complete_many(valid).await?
+        };
+        let mut done = done.into_iter().zip(tails);
+        let mut out = Vec::with_capacity(checks.len());
+        for c in checks {
+            match c {
+                Err(e) => out.push(Err(e)),
+                Ok(()) => {
+                    let (r, tail) = done.next().ok_or_else(|| {
+                        StoreError::Database("a completion went unanswered".into())
+                    })?;
+                    match &r {
+                        Ok(s) => self.completed(s, tail).await,
+                        Err(e) => refused(e, "completion"),
+                    }
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn completed(&self, s: &Settled, log_tail: Option<String>) {
+        if s.repeated {
+            return;
+        }
+        if let Some(tail) = log_tail {
+            let path = log_path(&self.log_dir, &s.execution.job, s.execution.id);
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut sink = jobward_exec::log::LogSink::create(&path, 2 * MAX_LOG_TAIL as u64)?;
+                sink.write(tail.as_bytes())
+            })
+            .await;
+        }
+        self.settled(s);
+    }
+
+    /// Hands leases back: each attempt ends `cancelled (handed_back)` and runs again at once.
+    pub async fn release(&self, p: ReleaseParams) -> Result<ReleaseReport> {
+        for l in &p.leases {
+            check_attempt(l.attempt)?;
+        }
+        let r = self.store.release(p).await?;
+        r.lost.iter().for_each(|_| metrics::refused("release"));
+        for s in &r.released {
+            self.settled(s);
+        }
+        Ok(r)
+    }
+
+    // ---- after the ledger decided ----
+
+    /// After a terminal transition its owner reported: metrics, its trace, the alert on a
+    /// final failure, and a log line. The one place for this, whoever reported it.
+    pub fn settled(&self, s: &Settled) {
+        if s.repeated {
+            return;
+        }
+        metrics::transition(&s.execution);
+        crate::telemetry::settled(&self.store, s);
+        if let Some(a) = &self.alerts
+            && failed_for_good(s)
+        {
+            let view =
+                crate::views::execution(&s.execution, s.execution.finished_at.unwrap_or_default());
+            a.send(AlertKind::Failed, serde_json::json!({ "execution": view }));
+        }
+        let e = &s.execution;
+        info!(
+            job = %e.job, number = e.number, attempt = e.attempt, execution = e.id,
+            state = %e.state, reason = e.reason.map(|r| r.to_string()).unwrap_or_default(),
+            retry = s.retry.as_ref().map(|r| r.id).unwrap_or_default(),
+            "execution ended"
+        );
+    }
+
+    /// After executions were settled for an owner that went silent (the reaper, lost-node
+    /// settlement, startup recovery, an operator's cleanup): a log line each, metrics, the
+    /// `recovered` alert, their traces, and this node's own copy of such a run is killed (the
+    /// ledger already ended it).
+    pub fn recovered(&self, what: &str, recs: &[Recovered]) {
+        if recs.is_empty() {
+            return;
+        }
+        let local = self.local();
+        for r in recs {
+            log_recovered(what, r);
+            metrics::recovered(r);
+            if let Some(a) = &self.alerts {
+                a.send(
+                    AlertKind::Recovered,
+                    serde_json::to_value(r).unwrap_or_default(),
+                );
+            }
+            if let Some(local) = &local {
+                local.kill(r.id);
+            }
+        }
+        crate::telemetry::recovered(&self.store, recs);
+    }
+}
+
+fn check_log_tail(tail: Option<&str>) -> Result<()> {
+    if tail.is_some_and(|t| t.len() > MAX_LOG_TAIL) {
+        return Err(invalid(format!(
+            "log_tail is larger than {MAX_LOG_TAIL} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A report refused because its lease is lost is counted (the refusal itself is already in
+/// the execution's event log).
+fn refused(e: &StoreError, what: &'static str) {
+    if matches!(e, StoreError::LeaseLost { .. }) {
+        metrics::refused(what);
+    }
+}
