@@ -33,6 +33,27 @@ pub use work::WorkSignal;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// What opening makes of the schema version it found (`None`: a fresh database): a newer
+/// schema than this build knows is refused; an older one is refused when opening an existing
+/// ledger, and migrated (`true`) otherwise.
+pub(crate) fn schema_verdict(found: Option<i64>, expected: i64, mode: OpenMode) -> Result<bool> {
+    let found_v = found.unwrap_or(0);
+    if found_v > expected {
+        return Err(StoreError::SchemaTooNew {
+            found: found_v,
+            expected,
+        });
+    }
+    match mode {
+        OpenMode::Existing if found_v < expected => Err(StoreError::SchemaTooOld {
+            found: found_v,
+            expected,
+        }),
+        OpenMode::Existing => Ok(false),
+        OpenMode::CreateAndMigrate => Ok(true),
+    }
+}
+
 /// The ledger. Every method is one whole operation, atomic on its own.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

@@ -142,19 +142,10 @@ impl PgBackend {
         } else {
             None
         };
-        if let Some(found) = found
-            && found > expected
-        {
-            return Err(StoreError::SchemaTooNew { found, expected });
-        }
         let found_v = found.unwrap_or(0);
-        match mode {
-            OpenMode::Existing if found_v < expected => Err(StoreError::SchemaTooOld {
-                found: found_v,
-                expected,
-            }),
-            OpenMode::Existing => Ok(Opened::default()),
-            OpenMode::CreateAndMigrate => {
+        match crate::schema_verdict(found, expected, mode)? {
+            false => Ok(Opened::default()),
+            true => {
                 // sqlx takes an advisory lock: nodes starting together migrate once.
                 MIGRATOR
                     .run(&self.pool)

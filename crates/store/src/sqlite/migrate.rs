@@ -59,19 +59,9 @@ fn applied(conn: &rusqlite::Connection) -> Result<Option<i64>> {
 pub(crate) fn check(conn: &rusqlite::Connection, mode: OpenMode, created: bool) -> Result<Opened> {
     let expected = latest();
     let found = applied(conn)?;
-    if let Some(found) = found
-        && found > expected
-    {
-        return Err(StoreError::SchemaTooNew { found, expected });
-    }
-    let found_v = found.unwrap_or(0);
-    match mode {
-        OpenMode::Existing if found_v < expected => Err(StoreError::SchemaTooOld {
-            found: found_v,
-            expected,
-        }),
-        OpenMode::Existing => Ok(Opened::default()),
-        OpenMode::CreateAndMigrate => {
+    match crate::schema_verdict(found, expected, mode)? {
+        false => Ok(Opened::default()),
+        true => {
             // A migration may rebuild a table others refer to: foreign keys are off while
             // migrations run (this cannot change inside a transaction), and checked after.
             conn.execute_batch("PRAGMA foreign_keys = OFF")
