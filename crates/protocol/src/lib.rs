@@ -153,12 +153,90 @@ pub struct TriggerRequest {
     /// The same key returns the execution it created the first time, instead of a second one.
     #[schema(min_length = 1, max_length = 200)]
     pub idempotency_key: Option<String>,
+    /// Overrides the job's priority (-1000 to 1000; higher is claimed first).
+    #[serde(default)]
+    #[schema(minimum = -1000, maximum = 1000)]
+    pub priority: Option<i32>,
+    /// Not before this time (RFC 3339): a delayed run. Its queue timeout counts from then.
+    #[serde(default)]
+    pub run_at: Option<String>,
+    /// Not before this long from now ("90s", "15m"): a delayed run. Not with `run_at`.
+    #[serde(default)]
+    pub delay: Option<String>,
+}
+
+/// One trigger of a batch: a job name and what `TriggerRequest` says.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerItem {
+    pub job: String,
+    #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub payload: Option<Value>,
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    #[schema(minimum = -1000, maximum = 1000)]
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub run_at: Option<String>,
+    #[serde(default)]
+    pub delay: Option<String>,
+}
+
+impl TriggerItem {
+    /// The fields of a single trigger.
+    pub fn request(&self) -> TriggerRequest {
+        TriggerRequest {
+            payload: self.payload.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            priority: self.priority,
+            run_at: self.run_at.clone(),
+            delay: self.delay.clone(),
+        }
+    }
+}
+
+/// Up to 1,000 triggers of one or several jobs, created in one transaction.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerBatchRequest {
+    #[schema(max_items = 1000)]
+    pub triggers: Vec<TriggerItem>,
+}
+
+/// The answer to one trigger of a batch, in the order they were sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TriggerItemResult {
+    pub job: String,
+    /// accepted (created), repeated (its idempotency key matched an earlier trigger: that
+    /// execution) or rejected (see `error`; nothing was created for it).
+    pub result: ItemResult,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<i64>,
+    /// queued, or skipped under the job's overlap policy (or because it is paused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TriggerBatchResponse {
+    pub results: Vec<TriggerItemResult>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TriggerResponse {
-    /// False when the idempotency key matched an earlier trigger.
+    /// True when a run was queued: false when the idempotency key matched an earlier trigger
+    /// (that execution is returned), or when it was skipped.
     pub created: bool,
+    /// It was recorded as skipped (its overlap policy, or the job is paused): it will not run.
+    #[serde(default)]
+    pub skipped: bool,
     pub execution: ExecutionView,
     /// Executions whose cancel this trigger requested (overlap = replace).
     pub replaced: Vec<i64>,

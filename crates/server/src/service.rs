@@ -66,6 +66,13 @@ pub fn check_trigger(p: &TriggerParams) -> Result<()> {
     {
         return Err(invalid("idempotency_key must be 1 to 200 characters"));
     }
+    if let Some(pr) = p.priority
+        && !(-1000..=1000).contains(&pr)
+    {
+        return Err(invalid(format!(
+            "priority must be between -1000 and 1000, got {pr}"
+        )));
+    }
     Ok(())
 }
 

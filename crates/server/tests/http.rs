@@ -143,6 +143,12 @@ fn endpoints() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
             Some(Role::Operate),
             Some(json!({})),
         ),
+        (
+            M::POST,
+            "/api/triggers",
+            Some(Role::Operate),
+            Some(json!({"triggers": []})),
+        ),
         (M::POST, "/api/jobs/local/pause", Some(Role::Operate), None),
         (M::POST, "/api/jobs/local/resume", Some(Role::Operate), None),
         (
@@ -593,6 +599,96 @@ async fn a_batch_of_completions_is_answered_one_by_one_and_exchange_claims_the_n
         )
         .await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "bad_request");
+}
+
+/// Bulk enqueue: many triggers of several jobs in one request and one transaction, each
+/// answered alone (idempotency keys honoured per item, a bad item refused alone).
+#[tokio::test]
+async fn a_batch_of_triggers_is_created_at_once_and_answered_per_item() {
+    let api = api(false).await;
+    let mut triggers: Vec<Value> = (0..500)
+        .map(|i| json!({"job": if i % 2 == 0 { "remote" } else { "local" }}))
+        .collect();
+    triggers.push(json!({"job": "remote", "idempotency_key": "k1", "payload": {"n": 1}}));
+    triggers.push(json!({"job": "remote", "idempotency_key": "k1", "payload": {"n": 2}}));
+    triggers.push(json!({"job": "nope"}));
+    triggers.push(json!({"job": "remote", "priority": 5000}));
+    triggers.push(json!({"job": "remote", "delay": "90s"}));
+    triggers.push(json!({"job": "remote", "delay": "soon"}));
+    let (s, v) = api
+        .call(
+            Method::POST,
+            "/api/triggers",
+            None,
+            Some(json!({ "triggers": triggers })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 506);
+    let count = |what: &str| results.iter().filter(|r| r["result"] == what).count();
+    assert_eq!(count("accepted"), 502, "{v}");
+    assert_eq!(
+        count("repeated"),
+        1,
+        "the second use of k1 returns the first execution"
+    );
+    assert_eq!(results[500]["id"], results[501]["id"]);
+    assert_eq!(
+        results[502]["error"]["code"], "not_found",
+        "{}",
+        results[502]
+    );
+    assert_eq!(
+        results[503]["error"]["code"], "bad_request",
+        "{}",
+        results[503]
+    );
+    assert_eq!(
+        results[505]["error"]["code"], "bad_request",
+        "{}",
+        results[505]
+    );
+    let queued = api
+        .store
+        .list_executions(jobward_store::ExecutionFilter {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 502, "one execution per accepted trigger");
+    let delayed = queued
+        .iter()
+        .find(|e| Some(e.id) == results[504]["id"].as_i64())
+        .unwrap();
+    let now = api.store.now().await.unwrap();
+    let wait = jobward_core::deadline::between(now, delayed.run_after);
+    assert!(
+        wait > Duration::from_secs(80) && wait <= Duration::from_secs(90),
+        "the delayed run waits ~90s: {wait:?}"
+    );
+    // Too many in one batch is refused whole and creates nothing.
+    let (s, v) = api
+        .call(
+            Method::POST,
+            "/api/triggers",
+            None,
+            Some(json!({ "triggers": vec![json!({"job": "remote"}); 1001] })),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(
+        api.store
+            .list_executions(jobward_store::ExecutionFilter {
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        502
+    );
 }
 
 #[tokio::test]

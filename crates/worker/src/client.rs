@@ -125,6 +125,27 @@ impl Client {
         self.post("/api/worker/complete", req).await
     }
 
+    /// Many completions in one call; each is answered alone.
+    pub async fn complete_batch(
+        &self,
+        req: &CompleteBatchRequest,
+    ) -> Result<CompleteBatchResponse, ClientError> {
+        self.post("/api/worker/complete-batch", req).await
+    }
+
+    /// Completes these, then claims the next: one call per batch.
+    pub async fn exchange(&self, req: &ExchangeRequest) -> Result<ExchangeResponse, ClientError> {
+        self.post("/api/worker/exchange", req).await
+    }
+
+    /// Up to 1,000 triggers in one call and one transaction (operate role).
+    pub async fn trigger_batch(
+        &self,
+        req: &TriggerBatchRequest,
+    ) -> Result<TriggerBatchResponse, ClientError> {
+        self.post("/api/triggers", req).await
+    }
+
     pub async fn release(&self, req: &ReleaseRequest) -> Result<ReleaseResponse, ClientError> {
         self.post("/api/worker/release", req).await
     }

@@ -153,11 +153,54 @@ pub async fn job(
     }))
 }
 
+/// Furthest ahead a delayed run may be set.
+const MAX_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A trigger's fields in the ledger's terms; `delay` counts from the ledger's `now`.
+fn trigger_params(
+    job: String,
+    r: TriggerRequest,
+    actor: String,
+    now: Timestamp,
+) -> Result<TriggerParams, ApiError> {
+    let ahead = |d: Duration, field: &str| -> Result<Timestamp, ApiError> {
+        if d > MAX_DELAY {
+            return Err(ApiError::bad_request(format!(
+                "{field} is more than 366 days ahead"
+            )));
+        }
+        Ok(now + chrono::Duration::from_std(d).unwrap_or_default())
+    };
+    let run_at = match (r.run_at.as_deref(), r.delay.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give run_at or delay, not both"));
+        }
+        (Some(t), None) => {
+            let at = parse_time("run_at", t)?;
+            ahead(jobward_core::deadline::between(now, at), "run_at")?;
+            Some(at)
+        }
+        (None, Some(d)) => Some(ahead(
+            parse_positive_duration(d).map_err(|e| ApiError::bad_request(format!("delay: {e}")))?,
+            "delay",
+        )?),
+        (None, None) => None,
+    };
+    Ok(TriggerParams {
+        job,
+        actor,
+        payload: r.payload,
+        idempotency_key: r.idempotency_key,
+        run_at,
+        priority: r.priority,
+    })
+}
+
 #[utoipa::path(post, path = "/api/jobs/{name}/trigger", tag = "jobs",
     params(("name" = String, Path, description = "job name", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")),
-    request_body(content = Option<TriggerRequest>, description = "optional payload and idempotency key"),
-    responses((status = 201, description = "an execution was created (queued, or skipped under the overlap policy)", body = TriggerResponse),
-              (status = 200, description = "the idempotency key matched an earlier trigger: that execution", body = TriggerResponse),
+    request_body(content = Option<TriggerRequest>, description = "optional payload, idempotency key, priority, and run_at or delay for a delayed run"),
+    responses((status = 201, description = "a run was queued (at once, or for run_at)", body = TriggerResponse),
+              (status = 200, description = "nothing new will run: the idempotency key matched an earlier trigger (that execution), or the run was recorded as skipped (overlap policy, paused job)", body = TriggerResponse),
               (status = "default", description = "an error", body = ErrorBody)))]
 pub async fn trigger(
     State(state): State<AppState>,
@@ -166,31 +209,97 @@ pub async fn trigger(
     OptionalJson(req): OptionalJson<TriggerRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     job_name(&name)?;
-    let created = state
-        .service
-        .trigger(TriggerParams {
-            job: name,
-            actor: format!("api:{}", caller.name),
-            payload: req.payload,
-            idempotency_key: req.idempotency_key,
-            run_at: None,
-            priority: None,
-        })
-        .await?;
+    let params = trigger_params(
+        name,
+        req,
+        format!("api:{}", caller.name),
+        now(&state).await?,
+    )?;
+    let created = state.service.trigger(params).await?;
     let now = now(&state).await?;
-    let status = if created.existing {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let skipped = !created.existing && created.execution.state == ExecState::Skipped;
+    let queued = !created.existing && !skipped;
     Ok((
-        status,
+        if queued {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
         axum::Json(TriggerResponse {
-            created: !created.existing,
+            created: queued,
+            skipped,
             execution: views::execution(&created.execution, now),
             replaced: created.replaced,
         }),
     ))
+}
+
+/// Most triggers in one batch.
+pub const MAX_TRIGGERS: usize = 1000;
+
+#[utoipa::path(post, path = "/api/triggers", tag = "jobs",
+    request_body = TriggerBatchRequest,
+    responses((status = 200, description = "one answer per trigger, in order: accepted, repeated (idempotency key seen before) or rejected; all created in one transaction", body = TriggerBatchResponse),
+              (status = "default", description = "an error of the whole request (nothing was created)", body = ErrorBody)))]
+pub async fn trigger_batch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<TriggerBatchRequest>,
+) -> Result<axum::Json<TriggerBatchResponse>, ApiError> {
+    if req.triggers.len() > MAX_TRIGGERS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_TRIGGERS} triggers per batch, got {}",
+            req.triggers.len()
+        )));
+    }
+    let now = now(&state).await?;
+    let actor = format!("api:{}", caller.name);
+    let rejected = |job: String, e: ApiError| TriggerItemResult {
+        job,
+        result: ItemResult::Rejected,
+        id: None,
+        number: None,
+        status: None,
+        error: Some(ErrorDetail {
+            code: e.code,
+            message: e.message,
+        }),
+    };
+    let mut results: Vec<Option<TriggerItemResult>> = vec![None; req.triggers.len()];
+    let (mut params, mut at) = (Vec::new(), Vec::new());
+    for (i, t) in req.triggers.iter().enumerate() {
+        match job_name(&t.job)
+            .and_then(|()| trigger_params(t.job.clone(), t.request(), actor.clone(), now))
+        {
+            Ok(p) => {
+                params.push(p);
+                at.push(i);
+            }
+            Err(e) => results[i] = Some(rejected(t.job.clone(), e)),
+        }
+    }
+    let done = state.service.trigger_many(params).await?;
+    for (i, r) in at.into_iter().zip(done) {
+        let job = req.triggers[i].job.clone();
+        results[i] = Some(match r {
+            Ok(c) => TriggerItemResult {
+                job,
+                result: if c.existing {
+                    ItemResult::Repeated
+                } else {
+                    ItemResult::Accepted
+                },
+                id: Some(c.execution.id),
+                number: Some(c.execution.number),
+                status: Some(views::status(c.execution.state)),
+                error: None,
+            },
+            Err(e) => rejected(job, e.into()),
+        });
+    }
+    Ok(axum::Json(TriggerBatchResponse {
+        results: results.into_iter().flatten().collect(),
+    }))
 }
 
 async fn set_paused(

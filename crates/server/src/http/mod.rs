@@ -180,6 +180,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/system/cleanup/stale-executions", post(api::cleanup))
         .route("/api/system/reload", post(api::reload))
         .route("/api/jobs/{name}/trigger", post(api::trigger))
+        .route(
+            "/api/triggers",
+            post(api::trigger_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        )
         .route("/api/jobs/{name}/pause", post(api::pause))
         .route("/api/jobs/{name}/resume", post(api::resume))
         .route("/api/executions/{id}/cancel", post(api::cancel))

@@ -28,7 +28,7 @@ impl Modify for Bearer {
     ),
     paths(
         api::health, api::running, api::cleanup, api::reload,
-        api::jobs, api::job, api::trigger, api::pause, api::resume,
+        api::jobs, api::job, api::trigger, api::trigger_batch, api::pause, api::resume,
         api::executions, api::execution, api::events, api::log, api::cancel, api::progress,
         worker::claim, worker::heartbeat, worker::complete, worker::complete_batch, worker::exchange,
         worker::release,
