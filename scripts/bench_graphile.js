@@ -24,7 +24,10 @@ async function main() {
   await utils.migrate();
   await utils.withPgClient((c) => c.query(`delete from ${schema}._private_jobs`));
   const specs = Array.from({ length: count }, () => ({ identifier: "noop", payload: {} }));
+  const enqueueStarted = process.hrtime.bigint();
   await utils.addJobs(specs);
+  const enqueueSecs = Number(process.hrtime.bigint() - enqueueStarted) / 1e9;
+  console.log(`enqueued ${count} (addJobs) in ${enqueueSecs.toFixed(2)}s: ${Math.round(count / enqueueSecs)} triggers/s`);
   const remaining = () =>
     utils.withPgClient(async (c) => Number((await c.query(`select count(*) from ${schema}._private_jobs`)).rows[0].count));
 

@@ -70,6 +70,9 @@ pub fn alert(result: &'static str) {
 pub fn render(snapshot: &MetricsSnapshot, store_errors: u64) -> String {
     let h = handle();
     counter!("jobward_database_errors_total", "kind" => "store").absolute(store_errors);
+    let (statements, commits) = jobward_store::database_counts();
+    counter!("jobward_database_statements_total").absolute(statements);
+    counter!("jobward_database_commits_total").absolute(commits);
     for (state, n) in &snapshot.by_state {
         gauge!("jobward_executions", "state" => state.as_str()).set(*n as f64);
     }

@@ -28,6 +28,7 @@ use jobward_core::Timestamp;
 
 pub use clock::Clock;
 pub use error::StoreError;
+pub use sql::database_counts;
 pub use types::*;
 pub use work::WorkSignal;
 

@@ -330,6 +330,27 @@ pub(crate) fn batch(dialect: &Dialect, param: usize, cols: &[(&str, &str)]) -> S
     }
 }
 
+/// Statements this process's stores ran, and write transactions they committed (a SQLite
+/// group commit is one), for `/metrics` and the benchmarks' "statements per job".
+static STATEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub(crate) fn count_statement() {
+    STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn count_commit() {
+    COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// (statements run, write transactions committed) by this process's stores so far.
+pub fn database_counts() -> (u64, u64) {
+    (
+        STATEMENTS.load(std::sync::atomic::Ordering::Relaxed),
+        COMMITS.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

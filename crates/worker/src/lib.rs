@@ -7,6 +7,10 @@
 //! orphan keeps running while the ledger says the execution is over. On shutdown it stops
 //! claiming, lets running executions finish within a grace period, and hands the rest back
 //! so they run again at once. This crate knows the protocol, never the store.
+//!
+//! Completions are coalesced: whatever ended while the previous report was in flight goes in
+//! the next `complete-batch` call, so a busy worker records many runs per request (each still
+//! fenced by its own lease and answered alone).
 
 pub mod client;
 
@@ -17,7 +21,7 @@ use std::time::Duration;
 
 use jobward_exec::{Ending, Exit, Launch, Stop};
 use jobward_protocol::*;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -71,7 +75,20 @@ struct Shared {
     /// Beats at the end of every heartbeat-loop round (the service manager's watchdog).
     liveness: jobward_exec::service::Liveness,
     report: Mutex<WorkerReport>,
+    /// Completions waiting for the reporter.
+    reports: mpsc::UnboundedSender<Pending>,
 }
+
+/// A completion on its way to the server; `recorded` fires once the server answered it (or
+/// it was given up).
+struct Pending {
+    completion: CompletionReport,
+    lease: Duration,
+    recorded: oneshot::Sender<()>,
+}
+
+/// Most completions in one call.
+const REPORT_BATCH: usize = 500;
 
 impl Shared {
     fn stop(&self, id: i64, how: Stop, why: Option<Why>) {
@@ -95,7 +112,9 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<WorkerReport, ClientError> {
     let client = Client::new(&cfg.server, cfg.token.clone())?;
+    let (reports, pending) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
+        reports,
         client,
         cfg: cfg.clone(),
         runs: Mutex::new(HashMap::new()),
@@ -120,6 +139,7 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let (hb_stop_tx, hb_stop) = watch::channel(false);
     let hb = tokio::spawn(heartbeat_loop(shared.clone(), hb_stop));
+    let reporter = tokio::spawn(reporter(shared.clone(), pending));
     info!(worker = %cfg.worker_id, server = %cfg.server, queues = ?cfg.queues, concurrency = cfg.concurrency, "worker started");
     // What a previous run left is dealt with and the loops run: ready for the service manager.
     jobward_exec::service::ready(&format!(
@@ -176,6 +196,7 @@ pub async fn run(
                 error!(error = %e, "claim refused; stopping the worker");
                 jobward_exec::service::stopping("claim refused");
                 shutdown_runs(&shared, &mut tasks).await;
+                reporter.abort();
                 let _ = hb_stop_tx.send(true);
                 let _ = hb.await;
                 return Err(e);
@@ -187,6 +208,8 @@ pub async fn run(
     info!(running = shared.running(), grace = ?cfg.shutdown_grace, "worker shutting down: no more claims");
     jobward_exec::service::stopping("worker shutting down: no more claims");
     shutdown_runs(&shared, &mut tasks).await;
+    // Every run task waited for its completion to be answered: the reporter has nothing left.
+    reporter.abort();
     let _ = hb_stop_tx.send(true);
     let _ = hb.await;
     if let Some(w) = watchdog {
@@ -350,50 +373,93 @@ async fn execute(shared: &Arc<Shared>, e: ClaimedExecution, stop: mpsc::Unbounde
     let log_tail = jobward_exec::log::read_tail(&log_path, 60 * 1024)
         .ok()
         .flatten();
-    let req = CompleteRequest {
-        worker_id: shared.cfg.worker_id.clone(),
-        id: e.id,
-        attempt: e.attempt,
-        lease_token: e.lease_token.clone(),
-        outcome,
-        exit_code,
-        signal,
-        error,
-        log_tail,
+    let (recorded, answered) = oneshot::channel();
+    let pending = Pending {
+        completion: CompletionReport {
+            id: e.id,
+            attempt: e.attempt,
+            lease_token: e.lease_token.clone(),
+            outcome,
+            exit_code,
+            signal,
+            error,
+            log_tail,
+        },
+        lease: Duration::from_millis(e.heartbeat_timeout_ms),
+        recorded,
     };
-    complete(shared, &e, &req).await;
+    if shared.reports.send(pending).is_ok() {
+        // Its lease stays in the heartbeat batch until the server has answered.
+        let _ = answered.await;
+    }
 }
 
-/// Records the end, retrying while the server is unreachable, for as long as the lease can
-/// still be alive. A refusal is final: the ledger already decided.
-async fn complete(shared: &Arc<Shared>, e: &ClaimedExecution, req: &CompleteRequest) {
-    let lease = Duration::from_millis(e.heartbeat_timeout_ms);
+/// Sends what ended in batches: everything queued while the previous call was in flight
+/// goes in the next one.
+async fn reporter(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < REPORT_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        record(&shared, batch).await;
+    }
+}
+
+/// Records a batch of ends, retrying while the server is unreachable for as long as the
+/// leases can still be alive. A refusal is final: the ledger already decided.
+async fn record(shared: &Arc<Shared>, batch: Vec<Pending>) {
+    let lease = batch.iter().map(|p| p.lease).min().unwrap_or_default();
+    let req = CompleteBatchRequest {
+        worker_id: shared.cfg.worker_id.clone(),
+        completions: batch.iter().map(|p| p.completion.clone()).collect(),
+    };
     let mut delay = Duration::from_millis(100);
     loop {
-        match shared.client.complete(req).await {
+        match shared.client.complete_batch(&req).await {
             Ok(r) => {
-                shared.report.lock().expect("worker lock").completed += 1;
-                info!(execution = e.id, status = %r.execution.status, reason = r.execution.reason.as_deref().unwrap_or(""), "recorded");
-                return;
-            }
-            Err(err) if err.is_lease_lost() => {
-                shared.report.lock().expect("worker lock").lost += 1;
-                warn!(execution = e.id, "completion refused: {err}");
-                return;
+                let mut report = shared.report.lock().expect("worker lock");
+                for r in &r.results {
+                    match r.result {
+                        ItemResult::Accepted | ItemResult::Repeated => {
+                            report.completed += 1;
+                            info!(
+                                execution = r.id,
+                                status = r.status.map(|s| s.as_str()).unwrap_or(""),
+                                "recorded"
+                            );
+                        }
+                        ItemResult::LeaseLost => {
+                            report.lost += 1;
+                            warn!(execution = r.id, "completion refused: the lease was lost");
+                        }
+                        ItemResult::Rejected => {
+                            let why = r.error.as_ref().map(|e| e.message.as_str()).unwrap_or("");
+                            error!(execution = r.id, "completion rejected: {why}");
+                        }
+                    }
+                }
+                break;
             }
             Err(err)
                 if err.is_transient()
                     && shared.last_heartbeat.lock().expect("worker lock").elapsed() < lease * 4 =>
             {
-                warn!(execution = e.id, error = %err, "could not record the end yet; retrying");
+                warn!(count = batch.len(), error = %err, "could not record these ends yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             Err(err) => {
-                error!(execution = e.id, error = %err, "could not record the end; the server will settle it at its lease expiry");
-                return;
+                error!(count = batch.len(), error = %err, "could not record these ends; the server will settle them at their lease expiry");
+                break;
             }
         }
+    }
+    for p in batch {
+        let _ = p.recorded.send(());
     }
 }
 

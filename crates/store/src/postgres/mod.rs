@@ -325,6 +325,7 @@ impl Conn for PgConn<'_> {
     }
 
     async fn fetch(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>> {
+        crate::sql::count_statement();
         let text = DIALECT.translate(sql);
         let rows = bind(sqlx::query(crate::sql_text(&text)), args)
             .fetch_all(&mut *self.conn)
@@ -334,6 +335,7 @@ impl Conn for PgConn<'_> {
     }
 
     async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64> {
+        crate::sql::count_statement();
         let text = DIALECT.translate(sql);
         Ok(bind(sqlx::query(crate::sql_text(&text)), args)
             .execute(&mut *self.conn)
@@ -418,7 +420,10 @@ impl Backend for PgBackend {
                 match result {
                     Ok(v) => {
                         return match txn.commit().await {
-                            Ok(()) => Ok(v),
+                            Ok(()) => {
+                                crate::sql::count_commit();
+                                Ok(v)
+                            }
                             Err(e) => {
                                 self.count_error();
                                 Err(pg_err(e))

@@ -180,10 +180,12 @@ impl Conn for SqliteConn<'_> {
     }
 
     async fn fetch(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>> {
+        crate::sql::count_statement();
         self.fetch_sync(sql, args).map_err(sqlite_err)
     }
 
     async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64> {
+        crate::sql::count_statement();
         self.execute_sync(sql, args).map_err(sqlite_err)
     }
 
@@ -341,6 +343,9 @@ fn writer_loop(
             }
         }
         let commit = conn.execute_batch("COMMIT").map_err(sqlite_err).err();
+        if commit.is_none() {
+            crate::sql::count_commit();
+        }
         if commit.is_some() {
             let _ = conn.execute_batch("ROLLBACK");
             shared.errors.fetch_add(1, Ordering::Relaxed);
