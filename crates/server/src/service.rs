@@ -52,6 +52,18 @@ fn invalid(m: impl Into<String>) -> StoreError {
     StoreError::Invalid(m.into())
 }
 
+/// A batch is checked whole before anything is written: a malformed item (one the API's
+/// schema already rules out) refuses the request, naming the item; per-item answers are for
+/// well-formed items the ledger itself accepts, repeats or refuses.
+fn check_each<T>(items: &[T], check: impl Fn(&T) -> Result<()>) -> Result<()> {
+    for (i, item) in items.iter().enumerate() {
+        if let Err(e) = check(item) {
+            return Err(invalid(format!("item {i}: {e}")));
+        }
+    }
+    Ok(())
+}
+
 /// A trigger's payload and idempotency key.
 pub fn check_trigger(p: &TriggerParams) -> Result<()> {
     if let Some(v) = &p.payload
@@ -177,35 +189,12 @@ impl Service {
     /// Many triggers in one transaction, answered one by one (an invalid item is refused
     /// alone).
     pub async fn trigger_many(&self, items: Vec<TriggerParams>) -> Result<Vec<Result<Created>>> {
-        let checks: Vec<Result<()>> = items.iter().map(check_trigger).collect();
-        let valid: Vec<TriggerParams> = items
-            .into_iter()
-            .zip(&checks)
-            .filter(|(_, c)| c.is_ok())
-            .map(|(p, _)| p)
-            .collect();
-        let mut done = if valid.is_empty() {
-            Vec::new()
-        } else {
-            self.store.trigger_many(valid).await?
+        check_each(&items, check_trigger)?;
+        let done = self.store.trigger_many(items).await?;
+        for created in done.iter().flatten() {
+            self.triggered(created);
         }
-        .into_iter();
-        let mut out = Vec::with_capacity(checks.len());
-        for c in checks {
-            match c {
-                Err(e) => out.push(Err(e)),
-                Ok(()) => {
-                    let r = done
-                        .next()
-                        .ok_or_else(|| StoreError::Database("a trigger went unanswered".into()))?;
-                    if let Ok(created) = &r {
-                        self.triggered(created);
-                    }
-                    out.push(r);
-                }
-            }
-        }
-        Ok(out)
+        Ok(done)
     }
 
     fn triggered(&self, created: &Created) {
@@ -329,42 +318,18 @@ impl Service {
         &self,
         items: Vec<(CompleteParams, Option<String>)>,
     ) -> Result<Vec<Result<Settled>>> {
-        let checks: Vec<Result<()>> = items
-            .iter()
-            .map(|(p, tail)| {
-                check_attempt(p.lease.attempt)?;
-                check_log_tail(tail.as_deref())
-            })
-            .collect();
-        let (valid, tails): (Vec<CompleteParams>, Vec<Option<String>>) = items
-            .into_iter()
-            .zip(&checks)
-            .filter(|(_, c)| c.is_ok())
-            .map(|(item, _)| item)
-            .unzip();
-        let done = if valid.is_empty() {
-            Vec::new()
-        } else {
-            self.store.complete_many(valid).await?
-        };
-        let mut done = done.into_iter().zip(tails);
-        let mut out = Vec::with_capacity(checks.len());
-        for c in checks {
-            match c {
-                Err(e) => out.push(Err(e)),
-                Ok(()) => {
-                    let (r, tail) = done.next().ok_or_else(|| {
-                        StoreError::Database("a completion went unanswered".into())
-                    })?;
-                    match &r {
-                        Ok(s) => self.completed(s, tail).await,
-                        Err(e) => refused(e, "completion"),
-                    }
-                    out.push(r);
-                }
+        check_each(&items, |(p, tail)| {
+            check_completion(p.lease.attempt, tail.as_deref())
+        })?;
+        let (params, tails): (Vec<CompleteParams>, Vec<Option<String>>) = items.into_iter().unzip();
+        let done = self.store.complete_many(params).await?;
+        for (r, tail) in done.iter().zip(tails) {
+            match r {
+                Ok(s) => self.completed(s, tail).await,
+                Err(e) => refused(e, "completion"),
             }
         }
-        Ok(out)
+        Ok(done)
     }
 
     async fn completed(&self, s: &Settled, log_tail: Option<String>) {
@@ -445,6 +410,12 @@ impl Service {
         }
         crate::telemetry::recovered(&self.store, recs);
     }
+}
+
+/// A completion's attempt number and log tail.
+pub fn check_completion(attempt: u32, tail: Option<&str>) -> Result<()> {
+    check_attempt(attempt)?;
+    check_log_tail(tail)
 }
 
 fn check_log_tail(tail: Option<&str>) -> Result<()> {

@@ -27,7 +27,7 @@ pub(crate) fn dur_ms(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 
-fn parse<T: std::str::FromStr>(what: &str, v: &str) -> Result<T>
+pub(crate) fn parse<T: std::str::FromStr>(what: &str, v: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {

@@ -95,25 +95,38 @@ async fn main() -> Result<(), Error> {
     Ok(())
 }
 
+/// Bulk enqueue: batches of up to 1,000 triggers, `IN_FLIGHT` requests at a time (as an
+/// application enqueueing from several tasks would).
 async fn enqueue_bulk(c: &Client, job: &str, count: u64) -> Result<(), Error> {
-    let mut left = count;
-    while left > 0 {
-        let n = left.min(1000);
-        let req = TriggerBatchRequest {
-            triggers: (0..n)
-                .map(|_| TriggerItem {
-                    job: job.to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-        };
-        let r = c.trigger_batch(&req).await?;
-        if let Some(bad) = r.results.iter().find(|r| r.result != ItemResult::Accepted) {
-            return Err(format!("a trigger was refused: {bad:?}").into());
+    const IN_FLIGHT: usize = 4;
+    let mut sent = 0;
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        while sent < count && tasks.len() < IN_FLIGHT {
+            let n = (count - sent).min(1000);
+            sent += n;
+            let (c, job) = (c.clone(), job.to_string());
+            tasks.spawn(async move {
+                let req = TriggerBatchRequest {
+                    triggers: (0..n)
+                        .map(|_| TriggerItem {
+                            job: job.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                };
+                let r = c.trigger_batch(&req).await.map_err(|e| e.to_string())?;
+                match r.results.iter().find(|r| r.result != ItemResult::Accepted) {
+                    Some(bad) => Err(format!("a trigger was refused: {bad:?}")),
+                    None => Ok(()),
+                }
+            });
         }
-        left -= n;
+        match tasks.join_next().await {
+            None => return Ok(()),
+            Some(r) => r.map_err(|e| e.to_string())??,
+        }
     }
-    Ok(())
 }
 
 async fn enqueue_single(c: &Client, job: &str, count: u64) -> Result<(), Error> {

@@ -17,7 +17,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::executor::log_path;
-use crate::views;
+use crate::{service, views};
 
 async fn now(state: &AppState) -> Result<Timestamp, ApiError> {
     Ok(state.store.now().await?)
@@ -268,10 +268,12 @@ pub async fn trigger_batch(
     let mut results: Vec<Option<TriggerItemResult>> = vec![None; req.triggers.len()];
     let (mut params, mut at) = (Vec::new(), Vec::new());
     for (i, t) in req.triggers.iter().enumerate() {
-        match job_name(&t.job)
-            .and_then(|()| trigger_params(t.job.clone(), t.request(), actor.clone(), now))
-        {
+        // What the schema rules out (a malformed name, a priority out of range) refuses the
+        // whole batch; what only the ledger can judge is answered per item.
+        job_name(&t.job).map_err(|e| e.of_item("triggers", i))?;
+        match trigger_params(t.job.clone(), t.request(), actor.clone(), now) {
             Ok(p) => {
+                service::check_trigger(&p).map_err(|e| ApiError::from(e).of_item("triggers", i))?;
                 params.push(p);
                 at.push(i);
             }

@@ -38,6 +38,12 @@ fn one_line(m: String) -> String {
 }
 
 impl ApiError {
+    /// The same error, said of one item of a batch: "triggers[3]: …".
+    pub fn of_item(mut self, list: &str, i: usize) -> ApiError {
+        self.message = format!("{list}[{i}]: {}", self.message);
+        self
+    }
+
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
@@ -168,7 +174,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// A JSON body that may be absent (an empty body, or `null`, means the defaults).
+/// A JSON body that may be absent (an empty body, or `null`, means the defaults; a body of
+/// only whitespace is not JSON and is refused like any other).
 pub struct OptionalJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
@@ -177,7 +184,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|r| from_bytes_rejection(&r))?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        if bytes.is_empty() {
             return Ok(OptionalJson(T::default()));
         }
         let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {

@@ -14,7 +14,7 @@ use jobward_store::{
 
 use super::AppState;
 use super::error::{ApiError, ApiJson};
-use crate::views;
+use crate::{service, views};
 
 const MAX_WAIT_MS: u64 = 30_000;
 const MAX_LEASES: usize = 1000;
@@ -231,15 +231,21 @@ pub async fn heartbeat(
 
 /// How a worker's report is recorded: its outcome, exit code, signal and error in the
 /// ledger's terms.
-async fn outcome_of(
-    state: &AppState,
-    r: &CompletionReport,
-) -> Result<jobward_store::Outcome, ApiError> {
+/// What the schema says of a completion report, checked before anything is read or written.
+fn well_formed(r: &CompletionReport) -> Result<(), ApiError> {
     if r.error.as_ref().is_some_and(|e| e.len() > 4096) {
         return Err(ApiError::bad_request(
             "error must be at most 4096 characters",
         ));
     }
+    service::check_completion(r.attempt, r.log_tail.as_deref())?;
+    Ok(())
+}
+
+async fn outcome_of(
+    state: &AppState,
+    r: &CompletionReport,
+) -> Result<jobward_store::Outcome, ApiError> {
     let detail = r.error.clone().filter(|e| !e.trim().is_empty());
     let ended = |reason: Reason, message: String| jobward_store::Outcome {
         reason: Some(reason),
@@ -354,6 +360,9 @@ async fn complete_all(
             "at most {MAX_COMPLETIONS} completions per call"
         )));
     }
+    for (i, r) in reports.iter().enumerate() {
+        well_formed(r).map_err(|e| e.of_item("completions", i))?;
+    }
     let ids: Vec<i64> = reports.iter().map(|r| r.id).collect();
     let mut results: Vec<Option<CompletionResult>> = vec![None; reports.len()];
     let mut items = Vec::with_capacity(reports.len());
@@ -406,6 +415,7 @@ pub async fn complete(
         error: req.error,
         log_tail: req.log_tail,
     };
+    well_formed(&report)?;
     let (params, tail) = completion_params(&state, &req.worker_id, report).await?;
     let settled = state.service.complete(params, tail).await?;
     let now = state.store.now().await?;

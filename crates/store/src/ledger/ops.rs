@@ -1467,6 +1467,16 @@ pub(crate) async fn settle_lost_nodes(
     Ok(report)
 }
 
+/// A claimable execution, as much of it as choosing needs.
+struct Candidate {
+    id: i64,
+    attempt: u32,
+    job: String,
+    concurrency_key: Option<String>,
+    overlap: Overlap,
+    state: State,
+}
+
 /// Takes up to `limit` claimable executions, honouring concurrency limits and overlap.
 pub(crate) async fn claim(tx: &mut dyn Conn, p: &ClaimParams) -> Result<Vec<ExecutionRow>> {
     if p.limit == 0 {
@@ -1476,22 +1486,21 @@ pub(crate) async fn claim(tx: &mut dyn Conn, p: &ClaimParams) -> Result<Vec<Exec
     // Candidates are taken with SKIP LOCKED, so concurrent claimers never wait for each
     // other's rows. The occupancy filter here is only a hint; the authority is the per-key
     // row lock below (SQLite has one writer: the hint is already exact).
-    let sql = format!(
-        "WITH c AS (SELECT e.id FROM executions e WHERE e.state = 'queued' AND e.runner = $1 \
+    let sql = "WITH c AS (SELECT e.id FROM executions e WHERE e.state = 'queued' AND e.runner = $1 \
            AND e.run_after <= $2 \
            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.name = e.job AND j.paused) \
            AND (e.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM concurrency_limits l \
                 WHERE l.key = e.concurrency_key AND (SELECT count(*) FROM executions r \
                 WHERE r.state = 'running' AND r.concurrency_key = e.concurrency_key) >= l.max_running)) \
            AND (e.overlap <> 'queue' OR NOT EXISTS (SELECT 1 FROM executions r \
-                WHERE r.job = e.job AND r.state = 'running')) \
+                WHERE r.job = e.job AND r.finished_at IS NULL AND r.state = 'running')) \
            ORDER BY e.priority DESC, e.run_after, e.id LIMIT $3 /*pg: FOR UPDATE SKIP LOCKED*/) \
-         SELECT {} FROM executions WHERE id IN (SELECT id FROM c) ORDER BY priority DESC, run_after, id",
-        crate::rows::EXEC_COLUMNS
-    );
-    let candidates = crate::rows::executions(
-        tx.fetch(
-            &sql,
+         SELECT id, attempt, job, concurrency_key, overlap, state FROM executions \
+         WHERE id IN (SELECT id FROM c) ORDER BY priority DESC, run_after, id";
+    // Only what the choice needs: the chosen rows come back whole from the claim itself.
+    let candidates = tx
+        .fetch(
+            sql,
             &[
                 p.runner.as_str().into(),
                 now.into(),
@@ -1500,8 +1509,19 @@ pub(crate) async fn claim(tx: &mut dyn Conn, p: &ClaimParams) -> Result<Vec<Exec
                 (i64::from(p.limit) + i64::from(p.limit / 4) + 1).into(),
             ],
         )
-        .await?,
-    )?;
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Candidate {
+                id: r.i64(0)?,
+                attempt: r.i64(1)? as u32,
+                job: r.text(2)?,
+                concurrency_key: r.opt_text(3)?,
+                overlap: crate::rows::parse("overlap", &r.text(4)?)?,
+                state: crate::rows::parse("state", &r.text(5)?)?,
+            })
+        })
+        .collect::<Result<Vec<Candidate>>>()?;
     // Occupancy per key, read once under the key's row lock and counted up as this batch
     // claims: a slot is counted from the running rows (invariant 3).
     let mut slots: HashMap<String, Option<(i64, i64)>> = HashMap::new();
@@ -1546,7 +1566,7 @@ pub(crate) async fn claim(tx: &mut dyn Conn, p: &ClaimParams) -> Result<Vec<Exec
 /// events (one more). A row that is no longer queued is left out.
 async fn take_leases(
     tx: &mut dyn Conn,
-    chosen: &[ExecutionRow],
+    chosen: &[Candidate],
     p: &ClaimParams,
 ) -> Result<Vec<ExecutionRow>> {
     if chosen.is_empty() {

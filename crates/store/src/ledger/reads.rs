@@ -88,6 +88,11 @@ pub(crate) async fn list_executions(
             .map(|s| arg(&mut args, s.as_str().into()))
             .collect();
         condition.push_str(&format!(" AND state IN ({})", list.join(", ")));
+        // Terminal states only: the state index holds terminal executions (invariant 1 makes
+        // this the same rows; it lets the planner use that index).
+        if f.states.iter().all(|s| s.is_terminal()) {
+            condition.push_str(" AND finished_at IS NOT NULL");
+        }
     }
     if let Some(d) = f.stale_after {
         let n = arg(&mut args, sub(now, d).into());

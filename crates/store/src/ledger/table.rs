@@ -412,7 +412,7 @@ pub(crate) async fn set_process(
 pub(crate) async fn live_of_job(tx: &mut dyn Conn, job: &str) -> Result<Vec<ExecutionRow>> {
     let sql = format!(
         "SELECT {EXEC_COLUMNS} FROM executions /*sqlite: INDEXED BY executions_live_job*/ \
-         WHERE job = $1 AND state IN ('queued', 'running') ORDER BY id"
+         WHERE job = $1 AND finished_at IS NULL ORDER BY id"
     );
     rows::executions(tx.fetch(&sql, &[job.into()]).await?)
 }
@@ -531,7 +531,7 @@ pub(crate) async fn job_busy(tx: &mut dyn Conn, job: &str) -> Result<bool> {
     lock_job(tx, job).await?;
     Ok(tx
         .scalar_i64(
-            "SELECT count(*) FROM executions WHERE job = $1 AND state = 'running'",
+            "SELECT count(*) FROM executions WHERE job = $1 AND finished_at IS NULL AND state = 'running'",
             &[job.into()],
         )
         .await?

@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "runtime jobs",
         include_str!("../../migrations/sqlite/0004_runtime_jobs.sql"),
     ),
+    (
+        5,
+        "lighter transitions",
+        include_str!("../../migrations/sqlite/0005_lighter_transitions.sql"),
+    ),
 ];
 
 pub(crate) fn latest() -> i64 {
