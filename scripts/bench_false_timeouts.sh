@@ -37,7 +37,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-psql -q "$admin" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" > /dev/null
+psql -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" > /dev/null
 url="${admin%/*}/$db"
 cat > "$work/jobward.toml" <<TOML
 [server]
@@ -61,14 +61,16 @@ command = "sleep 0.5"
 overlap = "allow"
 queue = "q"
 TOML
+# Starts node $1 (in this shell, so its pid is kept) and sets $api to its address.
 start_node() {
   (cd "$work" && exec "$bin" serve --config jobward.toml --node-name "$1" > "serve-$1.log" 2>&1) &
   pids+=($!)
   for _ in $(seq 1 200); do grep -q "api=" "$work/serve-$1.log" 2>/dev/null && break; sleep 0.1; done
-  grep -o 'api=[^ ]*' "$work/serve-$1.log" | head -n1 | cut -d= -f2
+  api=$(grep -o 'api=[^ ]*' "$work/serve-$1.log" | head -n1 | cut -d= -f2)
+  [ -n "$api" ] || { echo "node $1 did not start:" >&2; cat "$work/serve-$1.log" >&2; exit 1; }
 }
-api_a=$(start_node a); node_a=${pids[-1]}
-api_b=$(start_node b); node_b=${pids[-1]}
+start_node a; api_a=$api; node_a=${pids[-1]}
+start_node b; api_b=$api; node_b=${pids[-1]}
 for w in 1 2; do
   api=$api_a; [ $w = 2 ] && api=$api_b
   (cd "$work" && exec "$bin" worker --server "$api" --queue q --worker-id "w$w" --log-dir "wlogs$w" > "worker-$w.log" 2>&1) &
@@ -105,6 +107,6 @@ total=$(q "SELECT count(*) FROM executions WHERE finished_at IS NOT NULL")
 hb=$(q "SELECT count(*) FROM executions WHERE reason = 'heartbeat_timeout'")
 lost=$(q "SELECT count(*) FROM executions WHERE reason = 'node_lost'")
 refused=$(q "SELECT count(*) FROM events WHERE kind = 'refused'")
-rejoined=$(grep -h -c "rejoined as a new incarnation" "$work"/serve-*.log | paste -sd+ | bc)
+rejoined=$({ grep -h -c "rejoined as a new incarnation" "$work"/serve-*.log || true; } | paste -sd+ | bc)
 echo "lease=$lease condition=$condition freeze=${freeze}s duration=${duration}s freezes=$freezes executions=$total false_heartbeat_timeouts=$hb false_node_lost=$lost refused_reports=$refused node_rejoins=$rejoined"
 psql -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" > /dev/null 2>&1 || true

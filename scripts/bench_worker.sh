@@ -39,7 +39,7 @@ queue = "victim"
 command = "sleep 600"
 overlap = "allow"
 TOML
-(cd "$work" && "$bin" serve --config jobward.toml > serve.log 2>&1) &
+(cd "$work" && exec "$bin" serve --config jobward.toml > serve.log 2>&1) &
 pids+=($!)
 for _ in $(seq 1 100); do grep -q "api=" "$work/serve.log" 2>/dev/null && break; sleep 0.1; done
 api=$(grep -o 'api=[^ ]*' "$work/serve.log" | head -n1 | cut -d= -f2)

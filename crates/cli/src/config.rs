@@ -722,8 +722,17 @@ fn job_spec(
         file,
         job: Some(name.clone()),
     };
+    // A job with a queue and no command is a handler job: a worker that registered a handler
+    // for its name runs it. Without a queue a node must run it, so it needs a command.
+    let remote = j.queue.as_deref().is_some_and(|q| q != LOCAL_RUNNER);
     let command = match j.command.as_deref().map(str::trim) {
-        None => return Err(ctx.err("command", "is missing")),
+        None if remote => String::new(),
+        None => {
+            return Err(ctx.err(
+                "command",
+                "is missing (a job without a command needs a queue: a worker's handler for its name runs it)",
+            ));
+        }
         Some("") => return Err(ctx.err("command", "is empty")),
         Some(_) => j.command.clone().unwrap_or_default(),
     };
@@ -1244,6 +1253,15 @@ retry = { max_attempts = 3, backoff = "10s", max_backoff = "10m" }
             let e = one_line_error(&text);
             assert!(e.contains(want), "expected {want:?} in: {e}");
         }
+    }
+
+    #[test]
+    fn a_job_with_a_queue_and_no_command_is_a_handler_job() {
+        let s = load_str("[[job]]\nname = \"send-report\"\nqueue = \"py\"\n").unwrap();
+        assert_eq!(s.jobs[0].command, "");
+        assert_eq!(s.jobs[0].queue.as_deref(), Some("py"));
+        let e = one_line_error("[[job]]\nname = \"x\"\nqueue = \"local\"\n");
+        assert!(e.contains("needs a queue"), "{e}");
     }
 
     #[test]

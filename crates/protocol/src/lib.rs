@@ -142,6 +142,26 @@ pub struct JobDetail {
     pub job: JobView,
     /// Its most recent executions, newest first.
     pub recent: Vec<ExecutionView>,
+    /// For a job run by workers: who serves its queue, in words ("served by 2 workers …",
+    /// or why no worker runs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<String>,
+    /// The workers seen claiming from its queue in the last 5 minutes that run it.
+    #[serde(default)]
+    pub workers: Vec<WorkerView>,
+}
+
+/// A worker seen claiming.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkerView {
+    pub id: String,
+    pub queues: Vec<String>,
+    /// The handler jobs it runs by name; absent: it is offered every job of its queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handlers: Option<Vec<String>>,
+    /// Whether it runs jobs' commands.
+    pub commands: bool,
+    pub last_claim_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -336,6 +356,16 @@ pub struct ClaimRequest {
     #[serde(default)]
     #[schema(maximum = 30000)]
     pub wait_ms: u64,
+    /// The handler jobs (jobs with a queue and no command) this worker runs, by job name.
+    /// Given, the worker is offered only those and, when `commands` is true, jobs with a
+    /// command; absent, it is offered every execution of its queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 200)]
+    pub handlers: Option<Vec<String>>,
+    /// Whether this worker runs jobs' commands (default: true when `handlers` is absent,
+    /// false when it is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<bool>,
 }
 
 /// A claimed execution and its lease. Durations are relative: a worker's clock is never
@@ -542,6 +572,16 @@ pub struct ExchangeRequest {
     #[serde(default)]
     #[schema(maximum = 30000)]
     pub wait_ms: u64,
+    /// The handler jobs (jobs with a queue and no command) this worker runs, by job name.
+    /// Given, the worker is offered only those and, when `commands` is true, jobs with a
+    /// command; absent, it is offered every execution of its queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 200)]
+    pub handlers: Option<Vec<String>>,
+    /// Whether this worker runs jobs' commands (default: true when `handlers` is absent,
+    /// false when it is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

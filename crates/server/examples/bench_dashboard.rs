@@ -3,7 +3,9 @@
 //! schema). Each page is requested through the real router, and its handler time (request in,
 //! full HTML out) is measured; nothing is asserted.
 //!
-//!   cargo run --release -p jobward-server --example bench_dashboard [EXECUTIONS]
+//!   cargo run --release -p jobward-server --example bench_dashboard [EXECUTIONS] [JOBS]
+//!
+//! JOBS (default 20) spreads the executions round-robin; 1 puts them all in one job.
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +15,6 @@ use jobward_core::{History, JobSpec, Overlap, Schedule};
 use jobward_server::http::{AppState, Tokens, app};
 use jobward_store::{OpenMode, SyncJobs};
 use tower::ServiceExt;
-
-const JOBS: u64 = 20;
 
 fn spec(i: u64) -> JobSpec {
     JobSpec {
@@ -45,6 +45,11 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    let jobs: u64 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(20);
     let running = 50;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("bench.db");
@@ -52,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let (store, _) = jobward_store::open(&url, OpenMode::CreateAndMigrate).await?;
     store
         .sync_jobs(SyncJobs {
-            jobs: (0..JOBS).map(spec).collect(),
+            jobs: (0..jobs).map(spec).collect(),
             limits: Default::default(),
         })
         .await?;
@@ -67,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     c.execute_batch(&format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {terminal}) \
          INSERT INTO executions ({cols}, started_at, finished_at, reason, message, exit_code) \
-         SELECT 'job-' || (i % {JOBS}), i, 1, 1, 'schedule', \
+         SELECT 'job-' || (i % {jobs}), i, 1, 1, 'schedule', \
            CASE WHEN i % 10 = 0 THEN 'failed' WHEN i % 17 = 0 THEN 'timed_out' ELSE 'completed' END, \
            'true', 'allow', 30000, 86400000, 3600000, 10000, 10000, 600000, \
            {now} - ({terminal} - i) * 1000 - 2000, {now} - ({terminal} - i) * 1000 - 2000, \
@@ -79,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
     c.execute_batch(&format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {running}) \
          INSERT INTO executions ({cols}, started_at, heartbeat_at, lease_owner, lease_token, lease_expires_at, run_deadline, node_id, progress, phase) \
-         SELECT 'job-' || (i % {JOBS}), {terminal} + i, 1, 1, 'manual', 'running', 'true', 'allow', 30000, 86400000, 3600000, \
+         SELECT 'job-' || (i % {jobs}), {terminal} + i, 1, 1, 'manual', 'running', 'true', 'allow', 30000, 86400000, 3600000, \
            10000, 10000, 600000, {now}, {now}, {now}, {now}, 'worker-' || (i % 5), 'tok-' || i, {now} + 3600000, \
            {now} + 86400000, NULL, 0.5, 'copying' FROM n"
     ))?;
@@ -90,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
     ))?;
     c.execute_batch("ANALYZE")?;
     println!(
-        "seeded {total} executions ({running} running) over {JOBS} jobs in {:?} ({} MB file)",
+        "seeded {total} executions ({running} running) over {jobs} jobs in {:?} ({} MB file)",
         t.elapsed(),
         std::fs::metadata(&path)?.len() / 1_000_000
     );
@@ -108,9 +113,12 @@ async fn main() -> anyhow::Result<()> {
     let mid = terminal / 2;
     let pages = [
         ("overview", "/".to_string()),
-        ("jobs (20 jobs)", "/jobs".to_string()),
-        ("job page, newest", "/jobs/job-7".to_string()),
-        ("job page, mid-history", format!("/jobs/job-7?before={mid}")),
+        ("jobs list", "/jobs".to_string()),
+        ("job page, newest", format!("/jobs/job-{}", 7 % jobs)),
+        (
+            "job page, mid-history",
+            format!("/jobs/job-{}?before={mid}", 7 % jobs),
+        ),
         ("execution page", format!("/executions/{}", terminal - 3)),
         ("stale executions", "/stale?stale_after=1s".to_string()),
     ];
@@ -129,8 +137,10 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(status == StatusCode::OK, "{uri}: {status}");
             bytes = body.len();
         }
+        // The first request of a page is its cold figure (nothing of it cached by SQLite).
+        let first = times[0];
         println!(
-            "{label:<24} {uri:<28} {}  ({} KB)",
+            "{label:<24} {uri:<28} first {first:>8.2?}  {}  ({} KB)",
             stats(times),
             bytes / 1024
         );

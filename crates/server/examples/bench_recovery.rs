@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let claimed = store
         .claim(ClaimParams {
+            serves: Default::default(),
             owner: "previous".into(),
             runner: "local".into(),
             node_id: Some("previous".into()),

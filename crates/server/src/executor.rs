@@ -141,6 +141,7 @@ impl Executor {
         let claimed = self
             .service
             .claim(ClaimParams {
+                serves: Default::default(),
                 owner: owner.clone(),
                 runner: "local".into(),
                 node_id: Some(owner),

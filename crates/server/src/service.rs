@@ -7,15 +7,16 @@
 //! Input checks shared by every caller (payload size, idempotency keys, progress reports) live
 //! here too, and fail with `StoreError::Invalid` (a 400 on the API) before anything changes.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jobward_core::{Reason, State};
 use jobward_store::{
     CancelOutcome, CancelParams, ClaimParams, CleanupReport, CompleteParams, Created, DynStore,
     ExecutionId, ExecutionRow, HeartbeatParams, HeartbeatReport, ProgressParams, Recovered,
-    ReleaseParams, ReleaseReport, Settled, StoreError, TriggerParams,
+    ReleaseParams, ReleaseReport, Serves, Settled, StoreError, TriggerParams,
 };
 use serde_json::Value;
 use tracing::{info, warn};
@@ -46,7 +47,15 @@ pub struct Service {
     pub log_dir: PathBuf,
     pub alerts: Option<Alerts>,
     local: RwLock<Option<Weak<dyn LocalRuns>>>,
+    /// When each worker's claim was last written down, and what it said then.
+    seen: std::sync::Mutex<HashMap<String, Seen>>,
 }
+
+/// A worker's claim as last written down: when, its queues, what it runs.
+type Seen = (Instant, Vec<String>, Serves);
+
+/// A worker's row is rewritten at most this often while nothing about it changes.
+const WORKER_SEEN_EVERY: Duration = Duration::from_secs(5);
 
 fn invalid(m: impl Into<String>) -> StoreError {
     StoreError::Invalid(m.into())
@@ -154,6 +163,7 @@ impl Service {
             log_dir,
             alerts,
             local: RwLock::new(None),
+            seen: Default::default(),
         })
     }
 
@@ -271,6 +281,27 @@ impl Service {
 
     // ---- the worker protocol, and the node's own executor ----
 
+    /// Writes down that a worker claims from these queues and runs this (for the job and
+    /// workers pages), at most every few seconds per worker unless that changes.
+    pub async fn worker_seen(&self, id: &str, queues: &[String], serves: &Serves) -> Result<()> {
+        let now = Instant::now();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, q, s)) = seen.get(id)
+                && now.duration_since(*at) < WORKER_SEEN_EVERY
+                && q == queues
+                && s == serves
+            {
+                return Ok(());
+            }
+            if seen.len() > 10_000 {
+                seen.retain(|_, (at, _, _)| now.duration_since(*at) < Duration::from_secs(3600));
+            }
+            seen.insert(id.to_string(), (now, queues.to_vec(), serves.clone()));
+        }
+        self.store.worker_seen(id, queues, serves).await
+    }
+
     pub async fn claim(&self, p: ClaimParams) -> Result<Vec<ExecutionRow>> {
         let claimed = self.store.claim(p).await?;
         claimed.iter().for_each(metrics::claimed);
@@ -318,18 +349,32 @@ impl Service {
         &self,
         items: Vec<(CompleteParams, Option<String>)>,
     ) -> Result<Vec<Result<Settled>>> {
+        Ok(self.exchange(items, None).await?.0)
+    }
+
+    /// Many completions and, when `claim` is given, a claim, in one transaction: a worker's
+    /// "complete these, give me the next" costs one commit.
+    pub async fn exchange(
+        &self,
+        items: Vec<(CompleteParams, Option<String>)>,
+        claim: Option<ClaimParams>,
+    ) -> Result<(Vec<Result<Settled>>, Vec<ExecutionRow>)> {
         check_each(&items, |(p, tail)| {
             check_completion(p.lease.attempt, tail.as_deref())
         })?;
         let (params, tails): (Vec<CompleteParams>, Vec<Option<String>>) = items.into_iter().unzip();
-        let done = self.store.complete_many(params).await?;
+        let (done, claimed) = match claim {
+            Some(c) => self.store.exchange(params, c).await?,
+            None => (self.store.complete_many(params).await?, Vec::new()),
+        };
         for (r, tail) in done.iter().zip(tails) {
             match r {
                 Ok(s) => self.completed(s, tail).await,
                 Err(e) => refused(e, "completion"),
             }
         }
-        Ok(done)
+        claimed.iter().for_each(metrics::claimed);
+        Ok((done, claimed))
     }
 
     async fn completed(&self, s: &Settled, log_tail: Option<String>) {

@@ -3,9 +3,11 @@
 use jobward_core::{Schedule, State, Timestamp};
 use jobward_protocol::{
     CleanupResponse, EventKind, EventView, ExecutionView, HealthMetricsView, HealthStatus,
-    HealthView, JobStatus, JobView, Status,
+    HealthView, JobStatus, JobView, Status, WorkerView,
 };
-use jobward_store::{CleanupReport, EventRow, ExecutionRow, HealthMetrics, JobRow};
+use jobward_store::{
+    CleanupReport, EventRow, ExecutionRow, HealthMetrics, JobRow, Serves, WorkerRow,
+};
 
 use crate::health::HealthSettings;
 
@@ -186,6 +188,71 @@ pub fn job(j: &JobRow, now: Timestamp) -> JobView {
         queue_timeout_ms: s.timeouts.queue.as_millis() as u64,
         max_attempts: s.retry.max_attempts,
     }
+}
+
+/// How far back a worker's last claim counts as serving its queues.
+pub const WORKERS_RECENT: std::time::Duration = std::time::Duration::from_secs(300);
+
+pub fn worker(w: &WorkerRow) -> WorkerView {
+    let (handlers, commands) = match &w.serves {
+        Serves::All => (None, true),
+        Serves::Only { commands, handlers } => (Some(handlers.clone()), *commands),
+    };
+    WorkerView {
+        id: w.id.clone(),
+        queues: w.queues.clone(),
+        handlers,
+        commands,
+        last_claim_at: w.last_claim_at,
+    }
+}
+
+/// Who runs a job of a queue, among the workers seen recently: the ones that run it, and
+/// the words for the job page (or why nobody runs it). `None` for a job a node runs.
+pub fn served(
+    j: &JobRow,
+    recent: &[WorkerRow],
+    now: Timestamp,
+) -> Option<(String, Vec<WorkerView>)> {
+    let s = &j.spec;
+    let q = s.queue.as_deref()?;
+    let on_queue: Vec<&WorkerRow> = recent
+        .iter()
+        .filter(|w| w.queues.iter().any(|x| x == q))
+        .collect();
+    let serving: Vec<WorkerView> = on_queue
+        .iter()
+        .filter(|w| w.serves.runs(&s.name, &s.command))
+        .map(|w| worker(w))
+        .collect();
+    let what = if s.command.is_empty() {
+        format!("a handler for '{}'", s.name)
+    } else {
+        "its command".to_string()
+    };
+    let plural = |n: usize| if n == 1 { "worker" } else { "workers" };
+    let text = match (on_queue.len(), serving.len()) {
+        (0, _) => format!(
+            "no worker has claimed from queue '{q}' in the last {}",
+            jobward_core::duration::format_duration(WORKERS_RECENT)
+        ),
+        (1, 0) => format!("1 worker claims from queue '{q}' but does not run {what}"),
+        (n, 0) => format!("{n} workers claim from queue '{q}' but none runs {what}"),
+        (_, n) => {
+            let last = serving.iter().map(|w| w.last_claim_at).max().unwrap_or(now);
+            format!(
+                "served by {n} {} on queue '{q}' ({}; last claim {} ago)",
+                plural(n),
+                serving
+                    .iter()
+                    .map(|w| w.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                jobward_core::duration::format_duration(jobward_core::deadline::between(last, now))
+            )
+        }
+    };
+    Some((text, serving))
 }
 
 pub fn health(m: HealthMetrics, settings: &HealthSettings) -> HealthView {

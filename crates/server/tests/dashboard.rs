@@ -296,6 +296,7 @@ async fn pages_show_node_names_instead_of_incarnation_ids() {
     let claimed = d
         .store
         .claim(jobward_store::ClaimParams {
+            serves: Default::default(),
             owner: incarnation.into(),
             runner: "local".into(),
             node_id: Some(incarnation.into()),

@@ -33,9 +33,12 @@ async fn api(tokens: bool) -> Api {
     remote.overlap = Overlap::Allow;
     let mut local = JobSpec::new("local", "true");
     local.overlap = Overlap::Allow;
+    let mut handler = JobSpec::new("send-report", "");
+    handler.queue = Some("q1".into());
+    handler.overlap = Overlap::Allow;
     store
         .sync_jobs(SyncJobs {
-            jobs: vec![local, remote],
+            jobs: vec![local, remote, handler],
             limits: Default::default(),
         })
         .await
@@ -259,7 +262,7 @@ async fn without_tokens_everything_is_open_on_loopback() {
     let api = api(false).await;
     let (s, v) = api.call(Method::GET, "/api/jobs", None, None).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(v["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(v["jobs"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]
@@ -978,4 +981,91 @@ async fn errors_stay_on_one_line_whatever_the_request_carries() {
         let m = v["error"]["message"].as_str().unwrap();
         assert!(!m.contains('\n') && !m.contains('\r'), "{uri}: {m:?}");
     }
+}
+
+/// Handler jobs (a queue, no command) go only to workers that name a handler for them; the
+/// job's detail says who serves it.
+#[tokio::test]
+async fn a_handler_job_goes_only_to_a_worker_with_its_handler() {
+    let api = api(false).await;
+    let (s, v) = api
+        .call(Method::GET, "/api/jobs/send-report", None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["served"], "no worker has claimed from queue 'q1' in the last 5m",
+        "{v}"
+    );
+    for job in ["send-report", "remote"] {
+        let (s, v) = api
+            .call(
+                Method::POST,
+                &format!("/api/jobs/{job}/trigger"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let claim = |body: Value| {
+        let api = &api;
+        async move {
+            let (s, v) = api
+                .call(Method::POST, "/api/worker/claim", None, Some(body))
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v["executions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["job"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    // A worker that runs commands only is not offered the handler job, although it is older.
+    assert_eq!(
+        claim(json!({"worker_id": "rs", "queues": ["q1"], "batch": 10, "handlers": [], "commands": true})).await,
+        vec!["remote"]
+    );
+    let (_, v) = api
+        .call(Method::GET, "/api/jobs/send-report", None, None)
+        .await;
+    assert_eq!(
+        v["served"], "1 worker claims from queue 'q1' but does not run a handler for 'send-report'",
+        "{v}"
+    );
+    assert_eq!(
+        claim(
+            json!({"worker_id": "py", "queues": ["q1"], "batch": 10, "handlers": ["send-report"]})
+        )
+        .await,
+        vec!["send-report"]
+    );
+    let (_, v) = api
+        .call(Method::GET, "/api/jobs/send-report", None, None)
+        .await;
+    let served = v["served"].as_str().unwrap();
+    assert!(
+        served.starts_with("served by 1 worker on queue 'q1' (py; last claim"),
+        "{v}"
+    );
+    assert_eq!(v["workers"][0]["handlers"], json!(["send-report"]), "{v}");
+    assert_eq!(v["workers"][0]["commands"], false, "{v}");
+    // A malformed handler name is refused with the field named.
+    let (s, v) = api
+        .call(
+            Method::POST,
+            "/api/worker/claim",
+            None,
+            Some(json!({"worker_id": "py", "queues": ["q1"], "batch": 1, "handlers": ["a b"]})),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("handlers:"),
+        "{v}"
+    );
 }

@@ -56,6 +56,7 @@ async fn run(name: &str, store: DynStore, count: usize, concurrency: usize, batc
             loop {
                 let got = store
                     .claim(ClaimParams {
+                        serves: Default::default(),
                         owner: format!("w{w}"),
                         runner: "fast".into(),
                         node_id: None,

@@ -135,6 +135,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes up to `limit` claimable executions, honouring concurrency limits and overlap.
     async fn claim(&self, p: ClaimParams) -> Result<Vec<ExecutionRow>>;
+    /// Records that a worker claimed, with its queues and what it runs (rows of workers not
+    /// seen for a week go in the same write).
+    async fn worker_seen(&self, id: &str, queues: &[String], serves: &Serves) -> Result<()>;
+    /// Workers seen claiming since `since`, the most recent first.
+    async fn workers(&self, since: Timestamp) -> Result<Vec<WorkerRow>>;
     /// Records the process an owner started for an execution.
     async fn record_process(&self, lease: &LeaseRef, process: &ProcessInfo) -> Result<()>;
     /// Renews many leases at once; names the lost ones and pending cancels.
@@ -149,6 +154,12 @@ pub trait Store: Send + Sync + 'static {
     /// Many completions in one transaction, each fenced by its own lease and answered on its
     /// own (accepted, idempotent repeat, or refused), in order.
     async fn complete_many(&self, items: Vec<CompleteParams>) -> Result<Vec<Result<Settled>>>;
+    /// Completions (as `complete_many`) and then a claim, in one transaction.
+    async fn exchange(
+        &self,
+        completions: Vec<CompleteParams>,
+        claim: ClaimParams,
+    ) -> Result<(Vec<Result<Settled>>, Vec<ExecutionRow>)>;
     /// Records progress, phase and checkpoint reported from inside a running execution.
     async fn report_progress(&self, p: ProgressParams) -> Result<ExecutionRow>;
     /// Hands back running executions: each becomes `cancelled` (`handed_back`) and its next

@@ -476,6 +476,45 @@ pub struct FireReport {
     pub next_fire_at: Option<Timestamp>,
 }
 
+/// Which of its runner's executions a claimer can run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Serves {
+    /// Every one: a node's executor, or a worker that runs commands and asks for no more.
+    #[default]
+    All,
+    /// Command jobs when `commands`, and the handler jobs (no command) named in `handlers`.
+    Only {
+        commands: bool,
+        handlers: Vec<String>,
+    },
+}
+
+impl Serves {
+    /// Whether a claimer serving this runs the given job (`command` empty: a handler job).
+    pub fn runs(&self, job: &str, command: &str) -> bool {
+        match self {
+            Serves::All => true,
+            Serves::Only { commands, handlers } => {
+                if command.is_empty() {
+                    handlers.iter().any(|h| h == job)
+                } else {
+                    *commands
+                }
+            }
+        }
+    }
+}
+
+/// A worker seen claiming: what it polls and what it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRow {
+    pub id: String,
+    pub queues: Vec<String>,
+    pub serves: Serves,
+    pub first_seen_at: Timestamp,
+    pub last_claim_at: Timestamp,
+}
+
 #[derive(Debug, Clone)]
 pub struct ClaimParams {
     /// Lease owner: a node incarnation or a worker id.
@@ -485,6 +524,8 @@ pub struct ClaimParams {
     /// Set when the claimer is a node's local executor (so startup recovery can find them).
     pub node_id: Option<String>,
     pub limit: u32,
+    /// What the claimer can run; it is given nothing else.
+    pub serves: Serves,
 }
 
 /// One lease in a heartbeat, with what its owner reports about the run.

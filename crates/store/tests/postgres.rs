@@ -90,6 +90,7 @@ async fn the_database_refuses_to_change_a_terminal_execution_and_checks_invarian
         .unwrap();
     let c = store
         .claim(ClaimParams {
+            serves: Default::default(),
             owner: "n".into(),
             runner: "local".into(),
             node_id: None,
@@ -227,6 +228,7 @@ async fn a_concurrency_limit_holds_across_nodes() {
             })
             .await?;
             st.claim(ClaimParams {
+                serves: Default::default(),
                 owner: format!("w{i}"),
                 runner: "local".into(),
                 node_id: None,

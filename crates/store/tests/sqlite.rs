@@ -44,6 +44,7 @@ async fn one_completed(store: &DynStore) -> ExecutionRow {
         .unwrap();
     let c = store
         .claim(ClaimParams {
+            serves: Default::default(),
             owner: "n".into(),
             runner: "local".into(),
             node_id: None,
@@ -195,6 +196,7 @@ async fn audit_finds_hand_corrupted_rows() {
     }
     store
         .claim(ClaimParams {
+            serves: Default::default(),
             owner: "n".into(),
             runner: "local".into(),
             node_id: None,
@@ -294,6 +296,7 @@ async fn two_processes_share_one_file_without_busy_errors_or_overbooking() {
             })
             .await?;
             st.claim(ClaimParams {
+                serves: Default::default(),
                 owner: format!("w{i}"),
                 runner: "local".into(),
                 node_id: None,
@@ -387,7 +390,7 @@ async fn an_older_ledger_is_upgraded_in_place_and_reuses_no_id() {
     }
     let url = format!("sqlite://{}", path.display());
     let (store, opened) = open(&url, OpenMode::CreateAndMigrate).await.unwrap();
-    assert_eq!(opened.applied_migrations, vec![4, 5]);
+    assert_eq!(opened.applied_migrations, vec![4, 5, 6]);
     let kept = store.get_execution(1).await.unwrap().unwrap();
     assert_eq!(
         (kept.state, kept.reason, kept.message.as_deref()),

@@ -35,6 +35,8 @@ async fn main() -> Result<(), Error> {
             let mut completions = Vec::new();
             while started.lock().unwrap().len() < total {
                 let req = ExchangeRequest {
+                    handlers: None,
+                    commands: None,
                     worker_id: format!("latency-{}", std::process::id()),
                     completions: std::mem::take(&mut completions),
                     queues: vec![queue.clone()],

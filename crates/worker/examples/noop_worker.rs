@@ -172,6 +172,8 @@ async fn one_at_a_time(
 ) -> Result<(), Error> {
     loop {
         let claim = ClaimRequest {
+            handlers: None,
+            commands: None,
             worker_id: worker_id.to_string(),
             queues: vec![queue.to_string()],
             batch: 1,
@@ -218,6 +220,8 @@ async fn batched(
     loop {
         let finished = done.load(Ordering::SeqCst) >= count;
         let req = ExchangeRequest {
+            handlers: None,
+            commands: None,
             worker_id: worker_id.to_string(),
             completions: std::mem::take(&mut completions),
             queues: vec![queue.to_string()],

@@ -164,14 +164,26 @@ pub async fn run(
             }
         }
         let req = ClaimRequest {
+            handlers: Some(Vec::new()),
+            commands: Some(true),
             worker_id: cfg.worker_id.clone(),
             queues: cfg.queues.clone(),
             batch: free.min(100) as u32,
             wait_ms: 20_000,
         };
+        let mut claim = std::pin::pin!(shared.client.claim(&req));
         let claimed = tokio::select! {
-            r = shared.client.claim(&req) => r,
-            _ = shutdown.changed() => break,
+            r = &mut claim => r,
+            _ = shutdown.changed() => {
+                // A claim in flight may already hold leases: wait briefly for its answer and
+                // hand back what it brings, rather than leave it to expire as a timeout.
+                if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), claim).await {
+                    for e in &resp.executions {
+                        hand_back(&shared, e, "the worker is shutting down").await;
+                    }
+                }
+                break;
+            }
         };
         match claimed {
             Ok(resp) => {
@@ -245,6 +257,19 @@ async fn shutdown_runs(shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
 }
 
 fn start(shared: &Arc<Shared>, tasks: &mut JoinSet<()>, e: ClaimedExecution) {
+    if e.command.is_empty() {
+        // A handler job, offered by a server that does not filter claims: not ours to run,
+        // and not a failure.
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            let why = format!(
+                "no handler for {} on this worker (jobward worker runs commands)",
+                e.job
+            );
+            hand_back(&shared, &e, &why).await;
+        });
+        return;
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let proof = LeaseProof {
         id: e.id,
@@ -347,7 +372,12 @@ async fn execute(shared: &Arc<Shared>, e: ClaimedExecution, stop: mpsc::Unbounde
             };
             match (f.ending, why) {
                 (_, Some(Why::HandBack)) => {
-                    hand_back(shared, &e).await;
+                    hand_back(
+                        shared,
+                        &e,
+                        "the worker is shutting down and the run did not finish within its grace period",
+                    )
+                    .await;
                     return;
                 }
                 (Ending::Stopped(Stop::Graceful), Some(Why::Cancel)) => {
@@ -463,7 +493,7 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Pending>) {
     }
 }
 
-async fn hand_back(shared: &Arc<Shared>, e: &ClaimedExecution) {
+async fn hand_back(shared: &Arc<Shared>, e: &ClaimedExecution, why: &str) {
     let req = ReleaseRequest {
         worker_id: shared.cfg.worker_id.clone(),
         leases: vec![LeaseProof {
@@ -471,9 +501,7 @@ async fn hand_back(shared: &Arc<Shared>, e: &ClaimedExecution) {
             attempt: e.attempt,
             lease_token: e.lease_token.clone(),
         }],
-        reason: Some(
-            "the worker is shutting down and the run did not finish within its grace period".into(),
-        ),
+        reason: Some(why.to_string()),
     };
     match shared.client.release(&req).await {
         Ok(r) if !r.released.is_empty() => {

@@ -147,10 +147,27 @@ pub async fn job(
         })
         .await?;
     let now = now(&state).await?;
+    let workers = recent_workers(&state, &job, now).await?;
+    let (served, workers) = views::served(&job, &workers, now).unzip();
     Ok(axum::Json(JobDetail {
         job: views::job(&job, now),
         recent: recent.iter().map(|e| views::execution(e, now)).collect(),
+        served,
+        workers: workers.unwrap_or_default(),
     }))
+}
+
+/// The workers seen recently, when the job is run by workers (none are read otherwise).
+pub(crate) async fn recent_workers(
+    state: &AppState,
+    job: &jobward_store::JobRow,
+    now: Timestamp,
+) -> Result<Vec<jobward_store::WorkerRow>, ApiError> {
+    if job.spec.queue.is_none() {
+        return Ok(Vec::new());
+    }
+    let since = now - chrono::Duration::from_std(views::WORKERS_RECENT).unwrap_or_default();
+    Ok(state.store.workers(since).await?)
 }
 
 /// Furthest ahead a delayed run may be set.

@@ -8,8 +8,8 @@ use axum::extract::State;
 use jobward_core::{LOCAL_RUNNER, Reason, validate_name};
 use jobward_protocol::*;
 use jobward_store::{
-    ClaimParams, CompleteParams, HeartbeatParams, LeaseBeat, LeaseRef, ReleaseParams, Settled,
-    StoreError,
+    ClaimParams, CompleteParams, HeartbeatParams, LeaseBeat, LeaseRef, ReleaseParams, Serves,
+    Settled, StoreError,
 };
 
 use super::AppState;
@@ -18,6 +18,7 @@ use crate::{service, views};
 
 const MAX_WAIT_MS: u64 = 30_000;
 const MAX_LEASES: usize = 1000;
+const MAX_HANDLERS: usize = 200;
 /// Most completions in one batch.
 pub const MAX_COMPLETIONS: usize = 1000;
 
@@ -36,6 +37,34 @@ fn lost_view(l: &jobward_store::LostLease) -> LostLeaseView {
         status: l.state.map(views::status),
         reason: l.reason.map(|r| r.to_string()),
     }
+}
+
+/// What a claiming worker runs: everything, or command jobs (when `commands`) and the
+/// handler jobs it names.
+fn serves_of(handlers: Option<&[String]>, commands: Option<bool>) -> Result<Serves, ApiError> {
+    let Some(handlers) = handlers else {
+        return Ok(match commands {
+            None | Some(true) => Serves::All,
+            Some(false) => Serves::Only {
+                commands: false,
+                handlers: Vec::new(),
+            },
+        });
+    };
+    if handlers.len() > MAX_HANDLERS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_HANDLERS} handlers per worker, got {}",
+            handlers.len()
+        )));
+    }
+    for h in handlers {
+        validate_name("job name", h)
+            .map_err(|e| ApiError::bad_request(format!("handlers: {e}")))?;
+    }
+    Ok(Serves::Only {
+        commands: commands.unwrap_or(false),
+        handlers: handlers.to_vec(),
+    })
 }
 
 /// The queues, batch size and wait of a claim.
@@ -96,12 +125,14 @@ async fn claim_from(
     state: &AppState,
     worker: &str,
     queues: &[String],
+    serves: &Serves,
     batch: u32,
     wait_ms: u64,
 ) -> Result<Vec<ClaimedExecution>, ApiError> {
     if batch == 0 {
         return Ok(vec![]);
     }
+    state.service.worker_seen(worker, queues, serves).await?;
     let until = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     loop {
         // A server that is shutting down hands out no new work.
@@ -118,6 +149,7 @@ async fn claim_from(
                 state
                     .service
                     .claim(ClaimParams {
+                        serves: serves.clone(),
                         owner: worker.to_string(),
                         runner: q.clone(),
                         node_id: None,
@@ -149,8 +181,16 @@ pub async fn claim(
 ) -> Result<axum::Json<ClaimResponse>, ApiError> {
     worker_id(&req.worker_id)?;
     check_claim(&req.queues, req.batch, 1, req.wait_ms)?;
-    let executions =
-        claim_from(&state, &req.worker_id, &req.queues, req.batch, req.wait_ms).await?;
+    let serves = serves_of(req.handlers.as_deref(), req.commands)?;
+    let executions = claim_from(
+        &state,
+        &req.worker_id,
+        &req.queues,
+        &serves,
+        req.batch,
+        req.wait_ms,
+    )
+    .await?;
     Ok(axum::Json(ClaimResponse { executions }))
 }
 
@@ -350,11 +390,14 @@ fn completion_result(id: i64, r: Result<Settled, StoreError>) -> CompletionResul
 }
 
 /// Records a batch of completions in one transaction; each is answered alone.
+/// Records a batch of completions, each answered alone, and when `claim` is given claims in
+/// the same transaction (one commit for a worker's whole exchange).
 async fn complete_all(
     state: &AppState,
     worker: &str,
     reports: Vec<CompletionReport>,
-) -> Result<Vec<CompletionResult>, ApiError> {
+    claim: Option<ClaimParams>,
+) -> Result<(Vec<CompletionResult>, Vec<jobward_store::ExecutionRow>), ApiError> {
     if reports.len() > MAX_COMPLETIONS {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_COMPLETIONS} completions per call"
@@ -388,11 +431,11 @@ async fn complete_all(
             }
         }
     }
-    let done = state.service.complete_many(items).await?;
+    let (done, claimed) = state.service.exchange(items, claim).await?;
     for (i, r) in at.into_iter().zip(done) {
         results[i] = Some(completion_result(ids[i], r));
     }
-    Ok(results.into_iter().flatten().collect())
+    Ok((results.into_iter().flatten().collect(), claimed))
 }
 
 #[utoipa::path(post, path = "/api/worker/complete", tag = "worker",
@@ -434,7 +477,7 @@ pub async fn complete_batch(
     ApiJson(req): ApiJson<CompleteBatchRequest>,
 ) -> Result<axum::Json<CompleteBatchResponse>, ApiError> {
     worker_id(&req.worker_id)?;
-    let results = complete_all(&state, &req.worker_id, req.completions).await?;
+    let (results, _) = complete_all(&state, &req.worker_id, req.completions, None).await?;
     Ok(axum::Json(CompleteBatchResponse { results }))
 }
 
@@ -448,9 +491,35 @@ pub async fn exchange(
 ) -> Result<axum::Json<ExchangeResponse>, ApiError> {
     worker_id(&req.worker_id)?;
     check_claim(&req.queues, req.batch, 0, req.wait_ms)?;
-    let results = complete_all(&state, &req.worker_id, req.completions).await?;
-    let executions =
-        claim_from(&state, &req.worker_id, &req.queues, req.batch, req.wait_ms).await?;
+    let serves = serves_of(req.handlers.as_deref(), req.commands)?;
+    if req.batch > 0 {
+        state
+            .service
+            .worker_seen(&req.worker_id, &req.queues, &serves)
+            .await?;
+    }
+    // The completions and a claim from the first queue share one transaction; a server that
+    // is shutting down hands out no new work.
+    let first = (req.batch > 0 && !state.shutting_down()).then(|| ClaimParams {
+        serves: serves.clone(),
+        owner: req.worker_id.clone(),
+        runner: req.queues[0].clone(),
+        node_id: None,
+        limit: req.batch,
+    });
+    let (results, claimed) = complete_all(&state, &req.worker_id, req.completions, first).await?;
+    let mut executions: Vec<ClaimedExecution> = claimed.iter().map(claimed_view).collect();
+    let left = req.batch - executions.len() as u32;
+    // Then the other queues, or the long poll when nothing came.
+    if left > 0 && (req.queues.len() > 1 || (executions.is_empty() && req.wait_ms > 0)) {
+        let wait = if executions.is_empty() {
+            req.wait_ms
+        } else {
+            0
+        };
+        executions
+            .extend(claim_from(&state, &req.worker_id, &req.queues, &serves, left, wait).await?);
+    }
     Ok(axum::Json(ExchangeResponse {
         results,
         executions,

@@ -1483,11 +1483,42 @@ pub(crate) async fn claim(tx: &mut dyn Conn, p: &ClaimParams) -> Result<Vec<Exec
         return Ok(vec![]);
     }
     let now = tx.now();
+    let limit = i64::from(p.limit) + i64::from(p.limit / 4) + 1;
+    let mut args: Vec<Arg<'_>> = vec![p.runner.as_str().into(), now.into(), limit.into()];
+    // A claimer is offered only what it can run: command jobs if it runs commands, handler
+    // jobs (no command) only by the names it has handlers for.
+    let serves = match &p.serves {
+        Serves::All => String::new(),
+        Serves::Only { commands, handlers } => {
+            let mut any = Vec::new();
+            if *commands {
+                any.push("e.command <> ''".to_string());
+            }
+            if !handlers.is_empty() {
+                let marks: Vec<String> = handlers
+                    .iter()
+                    .map(|h| {
+                        args.push(h.as_str().into());
+                        format!("${}", args.len())
+                    })
+                    .collect();
+                any.push(format!(
+                    "(e.command = '' AND e.job IN ({}))",
+                    marks.join(", ")
+                ));
+            }
+            if any.is_empty() {
+                return Ok(vec![]);
+            }
+            format!("AND ({}) ", any.join(" OR "))
+        }
+    };
     // Candidates are taken with SKIP LOCKED, so concurrent claimers never wait for each
     // other's rows. The occupancy filter here is only a hint; the authority is the per-key
     // row lock below (SQLite has one writer: the hint is already exact).
-    let sql = "WITH c AS (SELECT e.id FROM executions e WHERE e.state = 'queued' AND e.runner = $1 \
-           AND e.run_after <= $2 \
+    let sql = format!(
+        "WITH c AS (SELECT e.id FROM executions e WHERE e.state = 'queued' AND e.runner = $1 \
+           AND e.run_after <= $2 {serves}\
            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.name = e.job AND j.paused) \
            AND (e.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM concurrency_limits l \
                 WHERE l.key = e.concurrency_key AND (SELECT count(*) FROM executions r \
@@ -1496,19 +1527,13 @@ pub(crate) async fn claim(tx: &mut dyn Conn, p: &ClaimParams) -> Result<Vec<Exec
                 WHERE r.job = e.job AND r.finished_at IS NULL AND r.state = 'running')) \
            ORDER BY e.priority DESC, e.run_after, e.id LIMIT $3 /*pg: FOR UPDATE SKIP LOCKED*/) \
          SELECT id, attempt, job, concurrency_key, overlap, state FROM executions \
-         WHERE id IN (SELECT id FROM c) ORDER BY priority DESC, run_after, id";
-    // Only what the choice needs: the chosen rows come back whole from the claim itself.
+         WHERE id IN (SELECT id FROM c) ORDER BY priority DESC, run_after, id"
+    );
+    // Only what the choice needs: the chosen rows come back whole from the claim itself. A
+    // few spare candidates for the ones a full key or a busy queue skips; more would lock
+    // rows (on PostgreSQL) that other claimers could take.
     let candidates = tx
-        .fetch(
-            sql,
-            &[
-                p.runner.as_str().into(),
-                now.into(),
-                // A few spare candidates for the ones a full key or a busy queue skips; more
-                // would lock rows (on PostgreSQL) that other claimers could take.
-                (i64::from(p.limit) + i64::from(p.limit / 4) + 1).into(),
-            ],
-        )
+        .fetch(&sql, &args)
         .await?
         .iter()
         .map(|r| {

@@ -85,6 +85,16 @@ impl<B: Backend> Store for Ledger<B> {
         write!(self, p, |tx, p| ops::stop_node(tx, &p.0, &p.1).await)
     }
 
+    async fn worker_seen(&self, id: &str, queues: &[String], serves: &Serves) -> Result<()> {
+        let p = (id.to_string(), queues.to_vec(), serves.clone());
+        write!(self, p, |tx, p| table::worker_seen(tx, &p.0, &p.1, &p.2)
+            .await)
+    }
+
+    async fn workers(&self, since: Timestamp) -> Result<Vec<WorkerRow>> {
+        read!(self, since, |tx, since| table::workers(tx, *since).await)
+    }
+
     async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         read!(self, (), |tx, _p| table::list_nodes(tx).await)
     }
@@ -239,6 +249,26 @@ impl<B: Backend> Store for Ledger<B> {
             return Ok(vec![]);
         }
         write!(self, items, |tx, p| ops::complete_many(tx, &p).await)
+    }
+
+    async fn exchange(
+        &self,
+        completions: Vec<CompleteParams>,
+        claim: ClaimParams,
+    ) -> Result<(Vec<Result<Settled>>, Vec<ExecutionRow>)> {
+        write!(self, (completions, claim), |tx, p| {
+            let done = if p.0.is_empty() {
+                Vec::new()
+            } else {
+                ops::complete_many(tx, &p.0).await?
+            };
+            let claimed = if p.1.limit == 0 {
+                Vec::new()
+            } else {
+                ops::claim(tx, &p.1).await?
+            };
+            Ok((done, claimed))
+        })
     }
 
     async fn report_progress(&self, p: ProgressParams) -> Result<ExecutionRow> {

@@ -938,3 +938,72 @@ pub(crate) async fn list_nodes(tx: &mut dyn Conn) -> Result<Vec<NodeRow>> {
     let sql = format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY started_at DESC");
     tx.fetch(&sql, &[]).await?.iter().map(rows::node).collect()
 }
+
+/// How long a worker's row outlives its last claim.
+const WORKER_MEMORY_MS: i64 = 7 * 24 * 3600 * 1000;
+
+pub(crate) async fn worker_seen(
+    tx: &mut dyn Conn,
+    id: &str,
+    queues: &[String],
+    serves: &Serves,
+) -> Result<()> {
+    let now = tx.now();
+    let queues = serde_json::to_string(queues).unwrap_or_default();
+    let (handlers, commands) = match serves {
+        Serves::All => (None, true),
+        Serves::Only { commands, handlers } => (
+            Some(serde_json::to_string(handlers).unwrap_or_default()),
+            *commands,
+        ),
+    };
+    tx.execute(
+        "INSERT INTO workers (id, queues, handlers, commands, first_seen_at, last_claim_at) \
+         VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (id) DO UPDATE SET queues = excluded.queues, \
+         handlers = excluded.handlers, commands = excluded.commands, \
+         last_claim_at = excluded.last_claim_at",
+        &[
+            id.into(),
+            queues.as_str().into(),
+            handlers.as_deref().into(),
+            commands.into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM workers WHERE last_claim_at < $1",
+        &[(now.timestamp_millis() - WORKER_MEMORY_MS).into()],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn workers(tx: &mut dyn Conn, since: Timestamp) -> Result<Vec<WorkerRow>> {
+    let list = |s: &str| -> Result<Vec<String>> {
+        serde_json::from_str(s).map_err(|e| StoreError::Database(format!("workers row: {e}")))
+    };
+    tx.fetch(
+        "SELECT id, queues, handlers, commands, first_seen_at, last_claim_at FROM workers \
+         WHERE last_claim_at >= $1 ORDER BY last_claim_at DESC, id",
+        &[since.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(WorkerRow {
+            id: r.text(0)?,
+            queues: list(&r.text(1)?)?,
+            serves: match r.opt_text(2)? {
+                None => Serves::All,
+                Some(h) => Serves::Only {
+                    commands: r.bool(3)?,
+                    handlers: list(&h)?,
+                },
+            },
+            first_seen_at: r.time(4)?,
+            last_claim_at: r.time(5)?,
+        })
+    })
+    .collect()
+}

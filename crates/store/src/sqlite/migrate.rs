@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "lighter transitions",
         include_str!("../../migrations/sqlite/0005_lighter_transitions.sql"),
     ),
+    (
+        6,
+        "workers",
+        include_str!("../../migrations/sqlite/0006_workers.sql"),
+    ),
 ];
 
 pub(crate) fn latest() -> i64 {

@@ -72,6 +72,7 @@ async fn trigger(store: &DynStore, job: &str) -> ExecutionRow {
 async fn claim(store: &DynStore, owner: &str, limit: u32) -> Vec<ExecutionRow> {
     store
         .claim(ClaimParams {
+            serves: Default::default(),
             owner: owner.into(),
             runner: "local".into(),
             node_id: None,
@@ -622,6 +623,7 @@ case! {
                 .await
                 .unwrap();
                 st.claim(ClaimParams {
+                    serves: Default::default(),
                     owner: format!("w{i}"),
                     runner: "local".into(),
                     node_id: None,
@@ -855,6 +857,7 @@ case! {
         trigger(&store, "a").await;
         let c = store
             .claim(ClaimParams {
+                serves: Default::default(),
                 owner: "inc-1".into(),
                 runner: "local".into(),
                 node_id: Some("inc-1".into()),
@@ -1136,6 +1139,7 @@ case! {
         assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), vec![l.id]);
         let got = store
             .claim(ClaimParams {
+                serves: Default::default(),
                 owner: "w1".into(),
                 runner: "gpu".into(),
                 node_id: None,
@@ -1145,6 +1149,74 @@ case! {
             .unwrap();
         assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), vec![r.id]);
         assert_eq!(got[0].runner, "gpu");
+    }
+}
+
+case! {
+    async fn a_worker_is_offered_only_the_jobs_it_can_run(store: DynStore) {
+        let mut cmd = spec("cmd");
+        cmd.queue = Some("q".into());
+        let mut report = spec("send-report");
+        report.queue = Some("q".into());
+        report.command = String::new();
+        let mut other = spec("other-handler");
+        other.queue = Some("q".into());
+        other.command = String::new();
+        define(&store, vec![cmd, report, other], &[]).await;
+        // Older work first: the handler jobs no one here serves must not crowd out the rest.
+        let o = trigger(&store, "other-handler").await;
+        let r = trigger(&store, "send-report").await;
+        let c = trigger(&store, "cmd").await;
+        let claim_as = |owner: &'static str, serves: Serves| {
+            let store = store.clone();
+            async move {
+                store
+                    .claim(ClaimParams {
+                        serves,
+                        owner: owner.into(),
+                        runner: "q".into(),
+                        node_id: None,
+                        limit: 1,
+                    })
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let handlers = |h: &[&str]| h.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            claim_as("py", Serves::Only { commands: false, handlers: handlers(&["send-report"]) }).await,
+            vec![r.id]
+        );
+        assert_eq!(
+            claim_as("rs", Serves::Only { commands: true, handlers: vec![] }).await,
+            vec![c.id]
+        );
+        assert_eq!(
+            claim_as("none", Serves::Only { commands: false, handlers: vec![] }).await,
+            Vec::<i64>::new()
+        );
+        assert_eq!(claim_as("any", Serves::All).await, vec![o.id]);
+        // Who claimed, and what they run, is remembered for the job page.
+        let serves = Serves::Only { commands: false, handlers: handlers(&["send-report"]) };
+        store.worker_seen("py", &["q".into()], &serves).await.unwrap();
+        store.worker_seen("rs", &["q".into(), "r".into()], &Serves::All).await.unwrap();
+        store.worker_seen("py", &["q".into()], &serves).await.unwrap();
+        let since = store.now().await.unwrap() - chrono::Duration::minutes(1);
+        let seen = store.workers(since).await.unwrap();
+        let mut ids: Vec<&str> = seen.iter().map(|w| w.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, vec!["py", "rs"]);
+        let py = seen.iter().find(|w| w.id == "py").unwrap();
+        assert_eq!(py.serves, serves);
+        assert!(py.serves.runs("send-report", "") && !py.serves.runs("other-handler", ""));
+        assert!(!py.serves.runs("cmd", "true"));
+        let rs = seen.iter().find(|w| w.id == "rs").unwrap();
+        assert_eq!(rs.queues, vec!["q".to_string(), "r".to_string()]);
+        let later = store.now().await.unwrap() + chrono::Duration::minutes(1);
+        assert!(store.workers(later).await.unwrap().is_empty());
     }
 }
 
@@ -1349,6 +1421,7 @@ case! {
             .unwrap();
         let l = store
             .claim(ClaimParams {
+                serves: Default::default(),
                 owner: "n1".into(),
                 runner: "local".into(),
                 node_id: Some("n1".into()),
@@ -1359,6 +1432,7 @@ case! {
             .remove(0);
         let r = store
             .claim(ClaimParams {
+                serves: Default::default(),
                 owner: "w".into(),
                 runner: "q".into(),
                 node_id: None,
@@ -1574,6 +1648,7 @@ case! {
             .unwrap();
         let w = store
             .claim(ClaimParams {
+                serves: Default::default(),
                 owner: "w".into(),
                 runner: "q".into(),
                 node_id: None,
@@ -1814,6 +1889,7 @@ case! {
                     Step::Claim => {
                         let got = store
                             .claim(ClaimParams {
+                                serves: Default::default(),
                                 owner: "n".into(),
                                 runner: format!("q{n}"),
                                 node_id: None,
@@ -2051,6 +2127,7 @@ case! {
                 for _ in 0..200 {
                     let got = st
                         .claim(ClaimParams {
+                            serves: Default::default(),
                             owner: format!("w{w}"),
                             runner: "local".into(),
                             node_id: None,
@@ -2314,6 +2391,7 @@ case! {
                 for _ in 0..300 {
                     let got = st
                         .claim(ClaimParams {
+                            serves: Default::default(),
                             owner: format!("w{w}"),
                             runner: "local".into(),
                             node_id: None,

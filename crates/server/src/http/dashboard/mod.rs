@@ -359,10 +359,13 @@ async fn job(
         .then(|| history.last().map(|e| e.id))
         .flatten();
     let now = state.store.now().await?;
+    let workers = crate::http::api::recent_workers(&state, &j, now).await?;
+    let served = crate::views::served(&j, &workers, now).map(|(text, _)| text);
     ok(pages::job(
         &viewer,
         now,
         &j,
+        served.as_deref(),
         &pages::SuccessRate::of(&chart),
         &chart,
         &history,

@@ -394,6 +394,7 @@ pub fn job(
     v: &Viewer,
     now: Timestamp,
     j: &JobRow,
+    served: Option<&str>,
     rate: &SuccessRate,
     chart_rows: &[ExecutionRow],
     history: &[ExecutionRow],
@@ -406,13 +407,14 @@ pub fn job(
         @if v.can_operate { div.actions { (job_buttons(v, j)) } }
         section.card #job-fields data-live {
             dl.fields {
-                dt { "Command" } dd { code { (s.command) } }
+                dt { "Command" } dd { @if s.command.is_empty() { "none: a worker's handler for " code { (s.name) } " runs it" } @else { code { (s.command) } } }
                 dt { "Schedule" } dd { (schedule_words(&s.schedule)) @if is_cron(&s.schedule) { " " code.rel { (s.schedule.describe()) } } }
                 dt { "Next fire" } dd { @if j.paused { "paused" } @else { (when(j.next_fire_at, now)) } }
                 dt { "Runs on" } dd { @if let Some(q) = &s.queue { "remote workers, queue " code { (q) } } @else { "a node" } }
+                @if let Some(w) = served { dt { "Workers" } dd #served { (w) } }
                 dt { "Overlap" } dd { (s.overlap) }
                 dt { "Timeouts" } dd { "heartbeat " (dur(s.timeouts.heartbeat)) ", run " (dur(s.timeouts.run)) ", queue " (dur(s.timeouts.queue)) }
-                dt { "Retries" } dd { "up to " (s.retry.max_attempts) " attempts" }
+                dt { "Retries" } dd { "up to " (s.retry.max_attempts) @if s.retry.max_attempts == 1 { " attempt" } @else { " attempts" } }
                 @if let Some(k) = &s.concurrency_key { dt { "Concurrency key" } dd { code { (k) } } }
                 dt { "Success" } dd { (rate.render()) }
             }
