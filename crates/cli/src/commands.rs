@@ -396,6 +396,8 @@ async fn worker(a: &WorkerArgs) -> R {
         .clone()
         .unwrap_or_else(|| format!("{}-{}", default_node_name(), std::process::id()));
     let cfg = jobward_worker::WorkerConfig {
+        handlers: Default::default(),
+        commands: true,
         server: a.server.clone(),
         token: a.token.clone(),
         queues: a.queue.clone(),

@@ -13,24 +13,32 @@
 //! fenced by its own lease and answered alone).
 
 pub mod client;
+pub mod handler;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobward_exec::{Ending, Exit, Launch, Stop};
+use handler::Beat;
+use jobward_exec::Stop;
 use jobward_protocol::*;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+pub use async_trait::async_trait;
 pub use client::{Client, ClientError};
+pub use handler::{Command, Context, Failure, Handler, Stopping};
 
 /// Settings of one worker process.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerConfig {
+    /// Handlers by job name, for handler jobs (a queue and no command).
+    pub handlers: HashMap<String, Arc<dyn Handler>>,
+    /// Whether it runs jobs' commands (with the built-in [`Command`] handler).
+    pub commands: bool,
     pub server: String,
     pub token: Option<String>,
     pub queues: Vec<String>,
@@ -40,6 +48,21 @@ pub struct WorkerConfig {
     pub log_max_bytes: u64,
     /// How long a shutdown lets running executions finish before handing them back.
     pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut handlers: Vec<&String> = self.handlers.keys().collect();
+        handlers.sort();
+        f.debug_struct("WorkerConfig")
+            .field("server", &self.server)
+            .field("queues", &self.queues)
+            .field("handlers", &handlers)
+            .field("commands", &self.commands)
+            .field("concurrency", &self.concurrency)
+            .field("worker_id", &self.worker_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a worker run did, for its caller's log.
@@ -62,6 +85,10 @@ struct Run {
     proof: LeaseProof,
     stop: mpsc::UnboundedSender<Stop>,
     why: Option<Why>,
+    /// What its handler is told.
+    stopping: watch::Sender<Option<Stopping>>,
+    /// What the next heartbeat carries for it.
+    beat: Arc<Mutex<Beat>>,
     heartbeat_timeout: Duration,
 }
 
@@ -98,6 +125,32 @@ impl Shared {
                 r.why = why;
             }
             let _ = r.stop.send(how);
+            let told = match (why, how) {
+                (_, Stop::Immediate) => Stopping::LeaseLost,
+                (Some(Why::Cancel), _) => Stopping::Cancel,
+                (Some(Why::HandBack), _) => Stopping::ShuttingDown,
+                (None, Stop::Graceful) => Stopping::RunTimeout,
+            };
+            r.stopping.send_if_modified(|s| {
+                let first = s.is_none() || (told == Stopping::LeaseLost && *s != Some(told));
+                if first {
+                    *s = Some(told);
+                }
+                first
+            });
+        }
+    }
+
+    /// Tells a run's handler its run timeout passed (a command's supervisor enforces its own).
+    fn run_timeout(&self, id: i64) {
+        if let Some(r) = self.runs.lock().expect("worker lock").get(&id) {
+            r.stopping.send_if_modified(|s| {
+                let first = s.is_none();
+                if first {
+                    *s = Some(Stopping::RunTimeout);
+                }
+                first
+            });
         }
     }
 
@@ -140,7 +193,11 @@ pub async fn run(
     let (hb_stop_tx, hb_stop) = watch::channel(false);
     let hb = tokio::spawn(heartbeat_loop(shared.clone(), hb_stop));
     let reporter = tokio::spawn(reporter(shared.clone(), pending));
-    info!(worker = %cfg.worker_id, server = %cfg.server, queues = ?cfg.queues, concurrency = cfg.concurrency, "worker started");
+    info!(worker = %cfg.worker_id, server = %cfg.server, queues = ?cfg.queues, concurrency = cfg.concurrency, commands = cfg.commands, handlers = ?{
+        let mut h: Vec<&String> = cfg.handlers.keys().collect();
+        h.sort();
+        h
+    }, "worker started");
     // What a previous run left is dealt with and the loops run: ready for the service manager.
     jobward_exec::service::ready(&format!(
         "worker {} claiming {:?} from {}",
@@ -150,6 +207,8 @@ pub async fn run(
         let shared = shared.clone();
         jobward_exec::service::spawn_watchdog(move || shared.liveness.age())
     };
+    let mut handler_names: Vec<String> = cfg.handlers.keys().cloned().collect();
+    handler_names.sort();
     let mut backoff = Duration::from_millis(200);
     loop {
         if *shutdown.borrow() {
@@ -164,8 +223,8 @@ pub async fn run(
             }
         }
         let req = ClaimRequest {
-            handlers: Some(Vec::new()),
-            commands: Some(true),
+            handlers: Some(handler_names.clone()),
+            commands: Some(cfg.commands),
             worker_id: cfg.worker_id.clone(),
             queues: cfg.queues.clone(),
             batch: free.min(100) as u32,
@@ -257,38 +316,57 @@ async fn shutdown_runs(shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
 }
 
 fn start(shared: &Arc<Shared>, tasks: &mut JoinSet<()>, e: ClaimedExecution) {
-    if e.command.is_empty() {
-        // A handler job, offered by a server that does not filter claims: not ours to run,
-        // and not a failure.
+    let handler: Option<Arc<dyn Handler>> = if !e.command.is_empty() && shared.cfg.commands {
+        Some(Arc::new(Command))
+    } else {
+        shared.cfg.handlers.get(&e.job).cloned()
+    };
+    let Some(handler) = handler else {
+        // Offered by a server that does not filter claims: not ours to run, and not a failure.
         let shared = shared.clone();
         tasks.spawn(async move {
-            let why = format!(
-                "no handler for {} on this worker (jobward worker runs commands)",
-                e.job
-            );
+            let why = if e.command.is_empty() {
+                format!("no handler for {} on this worker", e.job)
+            } else {
+                format!("this worker does not run commands (job {})", e.job)
+            };
             hand_back(&shared, &e, &why).await;
         });
         return;
-    }
-    let (tx, rx) = mpsc::unbounded_channel();
-    let proof = LeaseProof {
-        id: e.id,
-        attempt: e.attempt,
-        lease_token: e.lease_token.clone(),
     };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stopping_tx, stopping) = watch::channel(None);
+    let ctx = Context::new(
+        e.clone(),
+        stopping,
+        rx,
+        env_of(shared, &e),
+        shared
+            .cfg
+            .log_dir
+            .join(&e.job)
+            .join(format!("{}.log", e.id)),
+        shared.cfg.log_max_bytes,
+    );
     shared.runs.lock().expect("worker lock").insert(
         e.id,
         Run {
-            proof,
+            proof: LeaseProof {
+                id: e.id,
+                attempt: e.attempt,
+                lease_token: e.lease_token.clone(),
+            },
             stop: tx,
             why: None,
+            stopping: stopping_tx,
+            beat: ctx.beat.clone(),
             heartbeat_timeout: Duration::from_millis(e.heartbeat_timeout_ms),
         },
     );
     let shared = shared.clone();
     tasks.spawn(async move {
         let id = e.id;
-        execute(&shared, e, rx).await;
+        execute(&shared, e, handler, ctx).await;
         shared.runs.lock().expect("worker lock").remove(&id);
         shared.finished.notify_waiters();
     });
@@ -330,79 +408,88 @@ fn env_of(shared: &Shared, e: &ClaimedExecution) -> Vec<(String, String)> {
     env
 }
 
-async fn execute(shared: &Arc<Shared>, e: ClaimedExecution, stop: mpsc::UnboundedReceiver<Stop>) {
-    let log_path = shared
-        .cfg
-        .log_dir
-        .join(&e.job)
-        .join(format!("{}.log", e.id));
-    let launch = Launch {
-        command: e.command.clone(),
-        env: env_of(shared, &e),
-        log_path: log_path.clone(),
-        log_max_bytes: shared.cfg.log_max_bytes,
-        cwd: None,
-    };
+/// Runs a handler to its end (or abandons it a kill grace after it was asked to stop), then
+/// queues its completion, or hands it back when the worker is shutting down.
+async fn execute(
+    shared: &Arc<Shared>,
+    e: ClaimedExecution,
+    handler: Arc<dyn Handler>,
+    ctx: Context,
+) {
     info!(execution = e.id, job = %e.job, number = e.number, attempt = e.attempt, "running");
-    let (outcome, exit_code, signal, error) = match jobward_exec::spawn(&launch) {
-        Err(err) => (
-            Outcome::Failed,
-            None,
-            None,
-            Some(format!("could not start `sh -c`: {err}")),
-        ),
-        Ok(running) => {
-            let terminate_at = Instant::now() + Duration::from_millis(e.terminate_after_ms);
-            let f = running
-                .supervise(
-                    Some(terminate_at),
-                    Duration::from_millis(e.kill_grace_ms),
-                    stop,
-                )
-                .await;
-            let why = shared
-                .runs
-                .lock()
-                .expect("worker lock")
-                .get(&e.id)
-                .and_then(|r| r.why);
-            let (code, sig) = match f.exit {
-                Exit::Code(c) => (Some(c), None),
-                Exit::Signal(s) => (None, Some(s)),
-            };
-            match (f.ending, why) {
-                (_, Some(Why::HandBack)) => {
-                    hand_back(
-                        shared,
-                        &e,
-                        "the worker is shutting down and the run did not finish within its grace period",
-                    )
-                    .await;
-                    return;
+    let grace = Duration::from_millis(e.kill_grace_ms) + Duration::from_secs(1);
+    let terminate_at = Instant::now() + Duration::from_millis(e.terminate_after_ms);
+    let mut stopping = ctx_stopping(shared, e.id);
+    let mut give_up: Option<Instant> = None;
+    let result = {
+        let run = handler.run(&ctx);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => break r,
+                changed = stopping.changed(), if give_up.is_none() => {
+                    if changed.is_err() || stopping.borrow().is_some() {
+                        give_up = Some(Instant::now() + grace);
+                    }
                 }
-                (Ending::Stopped(Stop::Graceful), Some(Why::Cancel)) => {
-                    (Outcome::Cancelled, code, sig, None)
+                _ = tokio::time::sleep_until(give_up.unwrap_or(terminate_at)) => {
+                    if give_up.is_some() {
+                        warn!(execution = e.id, "the handler did not stop within its kill grace; abandoned");
+                        break Err(Failure::new("did not stop within its kill grace after it was asked to; abandoned"));
+                    }
+                    shared.run_timeout(e.id);
+                    give_up = Some(Instant::now() + grace);
                 }
-                (Ending::RunTimeout, _) => (
-                    Outcome::TimedOut,
-                    code,
-                    sig,
-                    Some("exceeded its run timeout; stopped by its worker".into()),
-                ),
-                (Ending::Stopped(Stop::Immediate), _) => (
-                    Outcome::Failed,
-                    code,
-                    sig,
-                    Some("killed after its lease was lost".into()),
-                ),
-                _ if f.exit.success() => (Outcome::Completed, code, sig, None),
-                _ => (Outcome::Failed, code, sig, None),
             }
         }
     };
-    let log_tail = jobward_exec::log::read_tail(&log_path, 60 * 1024)
+    let why = shared
+        .runs
+        .lock()
+        .expect("worker lock")
+        .get(&e.id)
+        .and_then(|r| r.why);
+    if why == Some(Why::HandBack) {
+        hand_back(
+            shared,
+            &e,
+            "the worker is shutting down and the run did not finish within its grace period",
+        )
+        .await;
+        return;
+    }
+    let text = |m: String| (!m.trim().is_empty()).then_some(m);
+    let (outcome, exit_code, signal, error) = match (result, ctx.stopping()) {
+        (Ok(()), _) => (
+            Outcome::Completed,
+            (!e.command.is_empty()).then_some(0),
+            None,
+            None,
+        ),
+        (Err(f), Some(Stopping::Cancel)) => {
+            (Outcome::Cancelled, f.exit_code, f.signal, text(f.message))
+        }
+        (Err(f), Some(Stopping::RunTimeout)) => (
+            Outcome::TimedOut,
+            f.exit_code,
+            f.signal,
+            text(f.message)
+                .or_else(|| Some("exceeded its run timeout; stopped by its worker".into())),
+        ),
+        (Err(f), Some(Stopping::LeaseLost)) => (
+            Outcome::Failed,
+            f.exit_code,
+            f.signal,
+            Some("stopped after its lease was lost".into()),
+        ),
+        (Err(f), _) => (f.outcome, f.exit_code, f.signal, text(f.message)),
+    };
+    // A checkpoint or progress set just before the end goes out before the completion.
+    flush_beat(shared, &e).await;
+    let log_tail = jobward_exec::log::read_tail(&ctx.log_path, 60 * 1024)
         .ok()
-        .flatten();
+        .flatten()
+        .or_else(|| ctx.log_tail());
     let (recorded, answered) = oneshot::channel();
     let pending = Pending {
         completion: CompletionReport {
@@ -421,6 +508,39 @@ async fn execute(shared: &Arc<Shared>, e: ClaimedExecution, stop: mpsc::Unbounde
     if shared.reports.send(pending).is_ok() {
         // Its lease stays in the heartbeat batch until the server has answered.
         let _ = answered.await;
+    }
+}
+
+/// A receiver of what a run's handler is told.
+fn ctx_stopping(shared: &Shared, id: i64) -> watch::Receiver<Option<Stopping>> {
+    match shared.runs.lock().expect("worker lock").get(&id) {
+        Some(r) => r.stopping.subscribe(),
+        None => watch::channel(Some(Stopping::LeaseLost)).1,
+    }
+}
+
+/// Sends a run's unsent progress, phase and checkpoint in a heartbeat of its own.
+async fn flush_beat(shared: &Arc<Shared>, e: &ClaimedExecution) {
+    let beat = match shared.runs.lock().expect("worker lock").get(&e.id) {
+        Some(r) => std::mem::take(&mut *r.beat.lock().expect("beat lock")),
+        None => return,
+    };
+    if beat.is_empty() {
+        return;
+    }
+    let req = HeartbeatRequest {
+        worker_id: shared.cfg.worker_id.clone(),
+        leases: vec![LeaseReport {
+            id: e.id,
+            attempt: e.attempt,
+            lease_token: e.lease_token.clone(),
+            progress: beat.progress,
+            phase: beat.phase,
+            checkpoint: beat.checkpoint,
+        }],
+    };
+    if let Err(err) = shared.client.heartbeat(&req).await {
+        warn!(execution = e.id, error = %err, "could not send the run's last progress or checkpoint");
     }
 }
 
@@ -522,26 +642,32 @@ async fn hand_back(shared: &Arc<Shared>, e: &ClaimedExecution, why: &str) {
 /// gracefully; a server unreachable for longer than a lease means every lease is lost.
 async fn heartbeat_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
-        let (leases, interval, lease): (Vec<LeaseReport>, Duration, Duration) = {
+        let (leases, beats, interval, lease): (Vec<LeaseReport>, Vec<_>, Duration, Duration) = {
             let runs = shared.runs.lock().expect("worker lock");
             let shortest = runs
                 .values()
                 .map(|r| r.heartbeat_timeout)
                 .min()
                 .unwrap_or(Duration::from_secs(3));
+            let mut beats = Vec::new();
             let leases = runs
                 .values()
-                .map(|r| LeaseReport {
-                    id: r.proof.id,
-                    attempt: r.proof.attempt,
-                    lease_token: r.proof.lease_token.clone(),
-                    progress: None,
-                    phase: None,
-                    checkpoint: None,
+                .map(|r| {
+                    let beat = std::mem::take(&mut *r.beat.lock().expect("beat lock"));
+                    beats.push((r.beat.clone(), beat.clone()));
+                    LeaseReport {
+                        id: r.proof.id,
+                        attempt: r.proof.attempt,
+                        lease_token: r.proof.lease_token.clone(),
+                        progress: beat.progress,
+                        phase: beat.phase,
+                        checkpoint: beat.checkpoint,
+                    }
                 })
                 .collect();
             (
                 leases,
+                beats,
                 (shortest / 3).max(Duration::from_millis(100)),
                 shortest,
             )
@@ -576,6 +702,10 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     }
                 }
                 Err(err) => {
+                    // What this call carried goes with the next one.
+                    for (to, old) in beats {
+                        to.lock().expect("beat lock").restore(old);
+                    }
                     let silent = shared.last_heartbeat.lock().expect("worker lock").elapsed();
                     warn!(error = %err, silent = ?silent, "heartbeat failed");
                     if silent > lease {

@@ -93,6 +93,14 @@ pub(crate) async fn list_executions(
         if f.states.iter().all(|s| s.is_terminal()) {
             condition.push_str(" AND finished_at IS NOT NULL");
         }
+        // Live states only: read the few live rows through the partial index of live
+        // executions, never the history (without it SQLite walks the table by id).
+        if f.states.iter().all(|s| !s.is_terminal()) {
+            condition.push_str(
+                " AND id IN (SELECT id FROM executions /*sqlite: INDEXED BY executions_live_job*/ \
+                 WHERE finished_at IS NULL)",
+            );
+        }
     }
     if let Some(d) = f.stale_after {
         let n = arg(&mut args, sub(now, d).into());
