@@ -274,6 +274,9 @@ async fn listen(pool: &PgPool, work: &WorkSignal) -> std::result::Result<(), sql
 struct PgConn<'c> {
     conn: &'c mut PgConnection,
     now: Timestamp,
+    /// Work this transaction made claimable, for this process's own claimers once it commits
+    /// (other processes hear of it through NOTIFY).
+    woken: Vec<(String, usize)>,
 }
 
 fn bind<'q>(
@@ -354,6 +357,7 @@ impl Conn for PgConn<'_> {
     }
 
     async fn notify_work(&mut self, runner: &str, count: usize) -> Result<()> {
+        self.woken.push((runner.to_string(), count));
         // Delivered to every node's listener when the transaction commits.
         sqlx::query("SELECT pg_notify('jobward_work', $1)")
             .bind(format!("{runner}\t{count}"))
@@ -410,18 +414,25 @@ impl Backend for PgBackend {
                     }
                     Err(e) => return Err(e),
                 };
-                let result = {
+                let (result, woken) = {
                     let mut conn = PgConn {
                         conn: &mut txn,
                         now,
+                        woken: Vec::new(),
                     };
-                    op(&mut conn).await
+                    let r = op(&mut conn).await;
+                    (r, conn.woken)
                 };
                 match result {
                     Ok(v) => {
                         return match txn.commit().await {
                             Ok(()) => {
                                 crate::sql::count_commit();
+                                // This process's claimers need not wait for the round trip
+                                // through the listener (which rings them again: harmless).
+                                for (runner, count) in &woken {
+                                    self.work.notify(runner, *count);
+                                }
                                 Ok(v)
                             }
                             Err(e) => {
@@ -451,6 +462,7 @@ impl Backend for PgBackend {
             let mut c = PgConn {
                 conn: &mut conn,
                 now,
+                woken: Vec::new(),
             };
             op(&mut c).await
         })
