@@ -214,6 +214,10 @@ impl Context {
         *self.stopping.borrow()
     }
 
+    pub(crate) fn stopping_watch(&self) -> watch::Receiver<Option<Stopping>> {
+        self.stopping.clone()
+    }
+
     /// Resolves when the run is asked to stop (for `tokio::select!` beside the work).
     pub async fn stopped(&self) -> Stopping {
         let mut rx = self.stopping.clone();

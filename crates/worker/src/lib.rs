@@ -73,23 +73,29 @@ pub struct WorkerReport {
     pub handed_back: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Why {
-    /// The server asked to cancel it: complete as "cancelled".
-    Cancel,
-    /// The worker is shutting down: hand it back instead of completing.
-    HandBack,
-}
-
 struct Run {
     proof: LeaseProof,
     stop: mpsc::UnboundedSender<Stop>,
-    why: Option<Why>,
-    /// What its handler is told.
+    /// What its handler is told, and how its end is recorded (a cancel, a hand-back at
+    /// shutdown).
     stopping: watch::Sender<Option<Stopping>>,
     /// What the next heartbeat carries for it.
     beat: Arc<Mutex<Beat>>,
     heartbeat_timeout: Duration,
+}
+
+impl Run {
+    /// The first reason to stop is the one the handler sees, except that a lost lease
+    /// overrides any other (nothing of the run will be recorded any more).
+    fn tell(&self, why: Stopping) {
+        self.stopping.send_if_modified(|s| {
+            let first = s.is_none() || (why == Stopping::LeaseLost && *s != Some(why));
+            if first {
+                *s = Some(why);
+            }
+            first
+        });
+    }
 }
 
 struct Shared {
@@ -118,39 +124,23 @@ struct Pending {
 const REPORT_BATCH: usize = 500;
 
 impl Shared {
-    fn stop(&self, id: i64, how: Stop, why: Option<Why>) {
-        let mut runs = self.runs.lock().expect("worker lock");
-        if let Some(r) = runs.get_mut(&id) {
-            if why.is_some() && r.why.is_none() {
-                r.why = why;
-            }
-            let _ = r.stop.send(how);
-            let told = match (why, how) {
-                (_, Stop::Immediate) => Stopping::LeaseLost,
-                (Some(Why::Cancel), _) => Stopping::Cancel,
-                (Some(Why::HandBack), _) => Stopping::ShuttingDown,
-                (None, Stop::Graceful) => Stopping::RunTimeout,
+    /// Stops a run's process (a command) and tells its handler why. A lost lease is
+    /// `Stop::Immediate`; a cancel or a shutdown is graceful.
+    fn stop(&self, id: i64, why: Stopping) {
+        if let Some(r) = self.runs.lock().expect("worker lock").get(&id) {
+            let how = match why {
+                Stopping::LeaseLost => Stop::Immediate,
+                _ => Stop::Graceful,
             };
-            r.stopping.send_if_modified(|s| {
-                let first = s.is_none() || (told == Stopping::LeaseLost && *s != Some(told));
-                if first {
-                    *s = Some(told);
-                }
-                first
-            });
+            let _ = r.stop.send(how);
+            r.tell(why);
         }
     }
 
     /// Tells a run's handler its run timeout passed (a command's supervisor enforces its own).
     fn run_timeout(&self, id: i64) {
         if let Some(r) = self.runs.lock().expect("worker lock").get(&id) {
-            r.stopping.send_if_modified(|s| {
-                let first = s.is_none();
-                if first {
-                    *s = Some(Stopping::RunTimeout);
-                }
-                first
-            });
+            r.tell(Stopping::RunTimeout);
         }
     }
 
@@ -310,7 +300,7 @@ async fn shutdown_runs(shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
         .copied()
         .collect();
     for id in &left {
-        shared.stop(*id, Stop::Graceful, Some(Why::HandBack));
+        shared.stop(*id, Stopping::ShuttingDown);
     }
     while tasks.join_next().await.is_some() {}
 }
@@ -357,7 +347,6 @@ fn start(shared: &Arc<Shared>, tasks: &mut JoinSet<()>, e: ClaimedExecution) {
                 lease_token: e.lease_token.clone(),
             },
             stop: tx,
-            why: None,
             stopping: stopping_tx,
             beat: ctx.beat.clone(),
             heartbeat_timeout: Duration::from_millis(e.heartbeat_timeout_ms),
@@ -419,7 +408,7 @@ async fn execute(
     info!(execution = e.id, job = %e.job, number = e.number, attempt = e.attempt, "running");
     let grace = Duration::from_millis(e.kill_grace_ms) + Duration::from_secs(1);
     let terminate_at = Instant::now() + Duration::from_millis(e.terminate_after_ms);
-    let mut stopping = ctx_stopping(shared, e.id);
+    let mut stopping = ctx.stopping_watch();
     let mut give_up: Option<Instant> = None;
     let result = {
         let run = handler.run(&ctx);
@@ -443,13 +432,7 @@ async fn execute(
             }
         }
     };
-    let why = shared
-        .runs
-        .lock()
-        .expect("worker lock")
-        .get(&e.id)
-        .and_then(|r| r.why);
-    if why == Some(Why::HandBack) {
+    if ctx.stopping() == Some(Stopping::ShuttingDown) {
         hand_back(
             shared,
             &e,
@@ -508,14 +491,6 @@ async fn execute(
     if shared.reports.send(pending).is_ok() {
         // Its lease stays in the heartbeat batch until the server has answered.
         let _ = answered.await;
-    }
-}
-
-/// A receiver of what a run's handler is told.
-fn ctx_stopping(shared: &Shared, id: i64) -> watch::Receiver<Option<Stopping>> {
-    match shared.runs.lock().expect("worker lock").get(&id) {
-        Some(r) => r.stopping.subscribe(),
-        None => watch::channel(Some(Stopping::LeaseLost)).1,
     }
 }
 
@@ -688,17 +663,17 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                             status = l.status.map(|s| s.as_str()).unwrap_or("gone"),
                             "lease lost: killing its process group now"
                         );
-                        shared.stop(l.id, Stop::Immediate, None);
+                        shared.stop(l.id, Stopping::LeaseLost);
                     }
                     for c in &r.cancel {
                         info!(execution = c.id, reason = %c.reason, "cancel requested: stopping it");
-                        shared.stop(c.id, Stop::Graceful, Some(Why::Cancel));
+                        shared.stop(c.id, Stopping::Cancel);
                     }
                 }
                 Err(err) if err.is_lease_lost() => {
                     warn!("every lease lost ({err}): killing their process groups now");
                     for l in &leases {
-                        shared.stop(l.id, Stop::Immediate, None);
+                        shared.stop(l.id, Stopping::LeaseLost);
                     }
                 }
                 Err(err) => {
@@ -713,7 +688,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                             "no heartbeat confirmed for longer than the lease: the server has settled these runs; killing them"
                         );
                         for l in &leases {
-                            shared.stop(l.id, Stop::Immediate, None);
+                            shared.stop(l.id, Stopping::LeaseLost);
                         }
                     }
                 }
