@@ -28,16 +28,13 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-gw=${GRAPHILE_DIR:-$HOME/.cache/jobward-bench/graphile}
-if [ ! -d "$gw/node_modules/graphile-worker" ]; then
-  mkdir -p "$gw"
-  (cd "$gw" && npm init -y > /dev/null && npm install --silent graphile-worker@0.17.3 > /dev/null)
-fi
+. scripts/bench_lib.sh
+bench_graphile
 psql_run() { PGOPTIONS="-c client_min_messages=warning" psql -q "$pg" -v ON_ERROR_STOP=1 -c "$1" > /dev/null; }
 
 start_server() {
   local name=$1 url=$2 dir=$work/$1 port
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(bench_port)
   mkdir -p "$dir"
   cat > "$dir/jobward.toml" <<TOML
 [server]
@@ -50,12 +47,9 @@ queue = "fast"
 command = "true"
 overlap = "allow"
 TOML
-  (cd "$dir" && JOBWARD_LOG=warn exec "$bin" serve --config jobward.toml > serve.log 2>&1) &
-  server[$name]=$!
   api[$name]="http://127.0.0.1:$port"
-  for _ in $(seq 1 100); do curl -fsS "${api[$name]}/readyz" > /dev/null 2>&1 && return; sleep 0.1; done
-  cat "$dir/serve.log" >&2
-  exit 1
+  bench_serve "$dir" "${api[$name]}"
+  server[$name]=$bench_pid
 }
 
 psql_run "drop schema if exists jobward_bench_lat cascade; create schema jobward_bench_lat"

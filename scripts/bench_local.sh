@@ -28,7 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+. scripts/bench_lib.sh
+port=$(bench_port)
 api="http://127.0.0.1:$port"
 cat > "$work/jobward.toml" <<TOML
 [server]
@@ -48,9 +49,8 @@ queue = "q"
 overlap = "allow"
 history = { keep_last = 10000000 }
 TOML
-(cd "$work" && JOBWARD_LOG=warn exec "$bin" serve --config jobward.toml > serve.log 2>&1) &
-pids+=($!)
-for _ in $(seq 1 100); do curl -fsS "$api/readyz" > /dev/null 2>&1 && break; sleep 0.1; done
+bench_serve "$work" "$api"
+pids+=("$bench_pid")
 (cd "$work" && JOBWARD_LOG=warn exec "$bin" worker --server "$api" --queue q --concurrency "$concurrency" --log-dir wlogs > worker.log 2>&1) &
 pids+=($!)
 

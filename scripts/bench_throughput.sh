@@ -35,11 +35,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-gw=${GRAPHILE_DIR:-$HOME/.cache/jobward-bench/graphile}
-if [ ! -d "$gw/node_modules/graphile-worker" ]; then
-  mkdir -p "$gw"
-  (cd "$gw" && npm init -y > /dev/null && npm install --silent graphile-worker@0.17.3 > /dev/null)
-fi
+. scripts/bench_lib.sh
+bench_graphile
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 psql_run() { PGOPTIONS="-c client_min_messages=warning" psql -q "$pg" -v ON_ERROR_STOP=1 -c "$1" > /dev/null; }
@@ -51,7 +48,7 @@ metric() { curl -fsS "$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 # One server per backend, named $1, on the store URL $2.
 start_server() {
   local name=$1 url=$2 dir=$work/$1 port
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(bench_port)
   mkdir -p "$dir"
   cat > "$dir/jobward.toml" <<TOML
 [server]
@@ -65,14 +62,9 @@ command = "true"
 overlap = "allow"
 history = { keep_last = 10000000 }
 TOML
-  # Warnings only: a line per execution would cost the server more than the ledger does.
-  (cd "$dir" && JOBWARD_LOG=warn exec "$bin" serve --config jobward.toml > serve.log 2>&1) &
-  server[$name]=$!
   api[$name]="http://127.0.0.1:$port"
-  for _ in $(seq 1 100); do curl -fsS "${api[$name]}/readyz" > /dev/null 2>&1 && return; sleep 0.1; done
-  echo "the $name server did not start:" >&2
-  cat "$dir/serve.log" >&2
-  exit 1
+  bench_serve "$dir" "${api[$name]}"
+  server[$name]=$bench_pid
 }
 
 declare -A results enqueue cpu stmts commits
