@@ -1710,12 +1710,23 @@ pub(crate) async fn heartbeat(tx: &mut dyn Conn, p: &HeartbeatParams) -> Result<
         node_ok: true,
         ..Default::default()
     };
+    // The leases first, the node's own row and the shared liveness row last: a beat that
+    // waits for an execution row (its owner frozen inside its own completion, say) then
+    // holds neither, so the other nodes can still find this node lost and settle it.
+    if !p.leases.is_empty() {
+        renew_leases(tx, p, &mut report).await?;
+    }
     if let Some((node_id, lease)) = &p.node {
         report.node_ok = table::node_beat(tx, node_id, *lease).await?;
     }
-    if p.leases.is_empty() {
-        return Ok(report);
-    }
+    Ok(report)
+}
+
+async fn renew_leases(
+    tx: &mut dyn Conn,
+    p: &HeartbeatParams,
+    report: &mut HeartbeatReport,
+) -> Result<()> {
     let now = tx.now();
     let batch: Vec<serde_json::Value> = p
         .leases
@@ -1796,7 +1807,7 @@ pub(crate) async fn heartbeat(tx: &mut dyn Conn, p: &HeartbeatParams) -> Result<
             .lost
             .extend(not_renewed(tx, &b.lease, &p.owner).await?);
     }
-    Ok(report)
+    Ok(())
 }
 
 /// The reaper's selection of live executions past a deadline (`$1` = now, `$2` = batch). Each
