@@ -23,6 +23,10 @@ name = "ops"
 role = "operate"
 secret = "schemathesis-operate-0123456789"
 [[token]]
+name = "root"
+role = "admin"
+secret = "schemathesis-admin-0123456789"
+[[token]]
 name = "worker"
 role = "worker"
 secret = "schemathesis-worker-0123456789"
@@ -53,6 +57,7 @@ echo "jobward at $api"
 # A few executions so that reads have something to show.
 operate="Authorization: Bearer schemathesis-operate-0123456789"
 worker="Authorization: Bearer schemathesis-worker-0123456789"
+admin="Authorization: Bearer schemathesis-admin-0123456789"
 for _ in 1 2 3; do curl -s -H "$operate" -X POST "$api/api/jobs/a/trigger" > /dev/null; done
 # The document needs the read role; fetch it once so the worker run can use it too.
 curl -sf -H "$operate" "$api/api/openapi.json" > "$work/openapi.json"
@@ -63,8 +68,8 @@ run() {
     --report-dir "$work/report" "$@"
 }
 status=0
-echo "== the API, as an operator"
-run -H "$operate" --exclude-tag worker "$@" || status=1
+echo "== the API, as an admin (everything an operator may, and defining jobs)"
+run -H "$admin" --exclude-tag worker "$@" || status=1
 echo "== the worker protocol, as a worker"
 run -H "$worker" --include-tag worker "$@" || status=1
 if grep -qi "panicked" "$work/serve.log"; then echo "the server panicked:" >&2; grep -i panicked "$work/serve.log" >&2; exit 1; fi

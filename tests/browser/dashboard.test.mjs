@@ -20,6 +20,7 @@ const shots = resolve(root, process.env.SCREENSHOTS || "target/screenshots");
 const OPERATE = "op-0d6f1e2a9b7c4d5e8f";
 const READ = "rd-5a4b3c2d1e0f9a8b7c";
 const WORKER = "wk-9e8d7c6b5a4f3e2d1c";
+const ADMIN = "ad-7f6e5d4c3b2a1f0e9d";
 
 let dir, server, api, browser, evil;
 
@@ -46,6 +47,11 @@ secret = "${READ}"
 name = "worker"
 role = "worker"
 secret = "${WORKER}"
+
+[[token]]
+name = "root"
+role = "admin"
+secret = "${ADMIN}"
 
 [[job]]
 name = "hello"
@@ -312,4 +318,29 @@ test("pause and resume buttons, and a narrow screen", async () => {
   await Promise.all([page.waitForURL(/\/jobs\/ticker$/), page.getByRole("button", { name: "Resume" }).click()]);
   assert.equal((await apiCall("GET", "/api/jobs/ticker", READ)).body.job.paused, false);
   await context.close();
+});
+
+test("a job defined through the API: where it comes from, its changes, a run scheduled for later", async () => {
+  let r = await apiCall("PUT", "/api/jobs/made-by-api", ADMIN, { queue: "reports", every: "1h" });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  r = await apiCall("PATCH", "/api/jobs/made-by-api", ADMIN, { every: "30m", priority: 4 });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  r = await apiCall("POST", "/api/jobs/made-by-api/trigger", OPERATE, { delay: "2h" });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  const { context, page } = await login(READ);
+  await page.goto(api + "/jobs");
+  const row = page.locator("tr[data-job=made-by-api]");
+  await row.locator(".tag.source").getByText("api").waitFor();
+  assert.match(await row.innerText(), /scheduled for/, "a run due later is scheduled, not waiting");
+  await page.goto(api + "/jobs/made-by-api");
+  assert.match(await page.locator("#source").innerText(), /through the API/);
+  const changes = await page.locator("#changes").innerText();
+  assert.match(changes, /changed/);
+  assert.match(changes, /api:root/);
+  assert.match(changes, /every: 1h → 30m/);
+  assert.match(await page.locator("h1").innerText(), /scheduled for/);
+  await shot(page, "job-defined-through-the-api");
+  await context.close();
+  r = await apiCall("DELETE", "/api/jobs/made-by-api?cancel=true", ADMIN);
+  assert.equal(r.status, 200, JSON.stringify(r.body));
 });

@@ -3,30 +3,25 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use jobward_core::State;
-use jobward_core::duration::{format_duration, parse_duration, parse_positive_duration};
+use jobward_core::duration::parse_duration;
 use jobward_server::http::{Reloader, Tokens};
 use jobward_server::{
     HealthAlertConfig, NodeConfig, NodeError, Reaper, ReaperConfig, RetentionConfig,
-    SchedulerConfig, ServeConfig, ServeError, default_node_name, log_path,
+    SchedulerConfig, ServeConfig, ServeError, default_node_name,
 };
-use jobward_store::{
-    AuditParams, CancelOutcome, DynStore, EventRow, ExecutionFilter, ExecutionRow, HealthParams,
-    OpenMode, SyncJobs, TriggerParams,
-};
+use jobward_store::{AuditParams, DynStore, OpenMode, SyncJobs};
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-use crate::output::{self, Names, ago, dur, outln, print_json, run_json, table, time};
+use crate::output::{outln, print_json, table, time};
 use crate::{
-    AuditArgs, BackupArgs, CheckArgs, CleanupArgs, Cli, Command, Failure, HealthArgs,
-    HeartbeatArgs, JobsCommand, NodesCommand, RemoteArgs, RunsCommand, RunsListArgs, ServeArgs,
-    StoreArgs, WorkerArgs,
+    AuditArgs, BackupArgs, CheckArgs, Cli, Command, Failure, HeartbeatArgs, JobsCommand,
+    NodesCommand, RemoteArgs, RunsCommand, ServeArgs, StoreArgs, WorkerArgs,
 };
 use jobward::config::{self, Overrides, Settings};
 
-type R<T = ()> = Result<T, Failure>;
+pub(crate) type R<T = ()> = Result<T, Failure>;
 
 /// The configuration file of a command: its own --config, else the one before the command
 /// (or JOBWARD_CONFIG), else ./jobward.toml if it exists.
@@ -70,14 +65,14 @@ fn overrides(cli: &Cli, serve: Option<&ServeArgs>) -> Overrides {
     o
 }
 
-fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> R<Settings> {
+pub(crate) fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> R<Settings> {
     Ok(config::load(
         config_path(cli).as_deref(),
         &overrides(cli, serve),
     )?)
 }
 
-fn actor() -> String {
+pub(crate) fn actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     format!("cli:{user}@{}", default_node_name())
 }
@@ -91,7 +86,7 @@ fn service(s: &Settings, store: &DynStore) -> std::sync::Arc<jobward_server::ser
     jobward_server::service::Service::new(store.clone(), s.server.log_dir.clone(), None)
 }
 
-async fn open_existing(s: &Settings) -> R<DynStore> {
+pub(crate) async fn open_existing(s: &Settings) -> R<DynStore> {
     Ok(
         jobward_store::open_with(&s.server.db, OpenMode::Existing, &s.server.store)
             .await?
@@ -100,27 +95,65 @@ async fn open_existing(s: &Settings) -> R<DynStore> {
 }
 
 pub async fn run(cli: Cli) -> R {
+    use crate::ledger;
     match &cli.command {
         Command::Serve(args) => serve(&cli, args).await,
         Command::Migrate(_) => migrate(&cli).await,
-        Command::Jobs(JobsCommand::List { json, .. }) => jobs_list(&cli, *json).await,
-        Command::Jobs(JobsCommand::Trigger {
-            name, wait, json, ..
-        }) => jobs_trigger(&cli, name, *wait, *json).await,
-        Command::Runs(RunsCommand::List(args)) => runs_list(&cli, args).await,
+        Command::Jobs(JobsCommand::List { json, server, .. }) => {
+            ledger::jobs_list(&cli, *json, server).await
+        }
+        Command::Jobs(JobsCommand::Show {
+            name, json, server, ..
+        }) => ledger::jobs_show(&cli, name, *json, server).await,
+        Command::Jobs(JobsCommand::Trigger(args)) => ledger::jobs_trigger(&cli, args).await,
+        Command::Jobs(JobsCommand::Pause { name, server, .. }) => {
+            ledger::jobs_pause(&cli, name, true, server).await
+        }
+        Command::Jobs(JobsCommand::Resume { name, server, .. }) => {
+            ledger::jobs_pause(&cli, name, false, server).await
+        }
+        Command::Jobs(JobsCommand::Create(args)) => ledger::jobs_apply(&cli, args, true).await,
+        Command::Jobs(JobsCommand::Apply(args)) => ledger::jobs_apply(&cli, args, false).await,
+        Command::Jobs(JobsCommand::Delete {
+            name,
+            cancel,
+            server,
+            ..
+        }) => ledger::jobs_delete(&cli, name, *cancel, server).await,
+        Command::Jobs(JobsCommand::Backfill {
+            name,
+            from,
+            to,
+            server,
+            ..
+        }) => ledger::jobs_backfill(&cli, name, from, to, server).await,
+        Command::Runs(RunsCommand::List(args)) => ledger::runs_list(&cli, args).await,
         Command::Runs(RunsCommand::Show {
             id,
             log_lines,
             json,
+            server,
             ..
-        }) => runs_show(&cli, *id, *log_lines, *json).await,
-        Command::Runs(RunsCommand::Cancel { id, no_wait, .. }) => {
-            runs_cancel(&cli, *id, *no_wait).await
-        }
-        Command::Cleanup(args) => cleanup(&cli, args).await,
-        Command::Health(args) => health(&cli, args).await,
+        }) => ledger::runs_show(&cli, *id, *log_lines, *json, server).await,
+        Command::Runs(RunsCommand::Cancel {
+            id,
+            no_wait,
+            server,
+            ..
+        }) => ledger::runs_cancel(&cli, *id, *no_wait, server).await,
+        Command::Runs(RunsCommand::Reschedule {
+            id,
+            at,
+            delay,
+            server,
+            ..
+        }) => ledger::runs_reschedule(&cli, *id, at, delay, server).await,
+        Command::Cleanup(args) => ledger::cleanup(&cli, args).await,
+        Command::Health(args) => ledger::health(&cli, args).await,
         Command::Audit(args) => audit(&cli, args).await,
-        Command::Nodes(NodesCommand::List { json, .. }) => nodes_list(&cli, *json).await,
+        Command::Nodes(NodesCommand::List { json, server, .. }) => {
+            ledger::nodes_list(&cli, *json, server).await
+        }
         Command::Jobs(JobsCommand::Reload(remote)) => jobs_reload(&cli, remote).await,
         Command::Check(args) => check(&cli, args),
         Command::Backup(args) => backup(&cli, args).await,
@@ -250,6 +283,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> R {
         health: s.health.clone(),
         webhooks: s.alerts.clone(),
         telemetry: s.telemetry.clone(),
+        job_defaults: s.job_defaults.clone(),
+        api_commands: s.server.api_commands,
     };
     match jobward_server::run(cfg).await {
         Ok(_) => Ok(()),
@@ -349,7 +384,7 @@ async fn jobs_reload(cli: &Cli, remote: &RemoteArgs) -> R {
 
 /// A client for the server named by --server, or by the config's bind address.
 fn remote_client(cli: &Cli, remote: &RemoteArgs) -> R<jobward_worker::Client> {
-    let url = match &remote.server {
+    let url = match &remote.server.server {
         Some(u) => u.clone(),
         None => {
             let s = settings(cli, None)?;
@@ -364,7 +399,7 @@ fn remote_client(cli: &Cli, remote: &RemoteArgs) -> R<jobward_worker::Client> {
                 .unwrap_or_else(|| format!("http://{host}:{}", s.server.bind.port()))
         }
     };
-    jobward_worker::Client::new(&url, remote.token.clone())
+    jobward_worker::Client::new(&url, remote.server.token.clone())
         .map_err(|e| Failure::Input(e.to_string()))
 }
 
@@ -481,562 +516,6 @@ async fn heartbeat(a: &HeartbeatArgs) -> R {
     }
 }
 
-#[derive(Serialize)]
-struct JobJson<'a> {
-    name: &'a str,
-    command: &'a str,
-    schedule: String,
-    next_fire_at: Option<jobward_core::Timestamp>,
-    status: String,
-    status_text: String,
-    lease_expired: bool,
-    paused: bool,
-    defined: bool,
-    overlap: String,
-    concurrency_key: Option<&'a str>,
-    last_finished: Option<&'a jobward_store::ExecutionSummary>,
-    live: &'a [jobward_store::ExecutionSummary],
-}
-
-async fn jobs_list(cli: &Cli, json: bool) -> R {
-    let s = settings(cli, None)?;
-    let store = open_existing(&s).await?;
-    let jobs = store.list_jobs().await?;
-    let now = store.now().await?;
-    if json {
-        let out: Vec<JobJson> = jobs
-            .iter()
-            .map(|j| JobJson {
-                name: &j.spec.name,
-                command: &j.spec.command,
-                schedule: j.spec.schedule.describe(),
-                next_fire_at: j.next_fire_at,
-                status: j.status(),
-                status_text: jobward_server::views::job_status_text(j, now),
-                lease_expired: j.silent_for(now).is_some(),
-                paused: j.paused,
-                defined: j.defined,
-                overlap: j.spec.overlap.to_string(),
-                concurrency_key: j.spec.concurrency_key.as_deref(),
-                last_finished: j.last_finished.as_ref(),
-                live: &j.live,
-            })
-            .collect();
-        print_json(&out);
-        return Ok(());
-    }
-    let mut t = table(&[
-        "JOB",
-        "SCHEDULE",
-        "NEXT FIRE",
-        "STATUS",
-        "LAST RUN",
-        "LAST FINISHED",
-        "OVERLAP",
-        "KEY",
-    ]);
-    for j in &jobs {
-        let mut status = jobward_server::views::job_status_text(j, now);
-        if j.paused {
-            status.push_str(" (paused)");
-        }
-        if !j.defined {
-            status.push_str(" (not in config)");
-        }
-        let last = j.last_finished.as_ref();
-        t.add_row(vec![
-            j.spec.name.clone(),
-            j.spec.schedule.describe(),
-            j.next_fire_at
-                .map(|n| format!("{} ({})", time(Some(n)), ago(now, Some(n))))
-                .unwrap_or_else(|| "-".into()),
-            status,
-            last.map(|e| format!("#{} {}", e.number, e.state))
-                .unwrap_or_else(|| "-".into()),
-            last.map(|e| ago(now, e.finished_at))
-                .unwrap_or_else(|| "-".into()),
-            j.spec.overlap.to_string(),
-            j.spec.concurrency_key.clone().unwrap_or_else(|| "-".into()),
-        ]);
-    }
-    outln!("{t}");
-    Ok(())
-}
-
-async fn jobs_trigger(cli: &Cli, name: &str, wait: bool, json: bool) -> R {
-    let s = settings(cli, None)?;
-    let store = open_existing(&s).await?;
-    let created = service(&s, &store)
-        .trigger(TriggerParams {
-            job: name.into(),
-            actor: actor(),
-            payload: None,
-            idempotency_key: None,
-            run_at: None,
-            priority: None,
-        })
-        .await?;
-    let e = &created.execution;
-    let now = store.now().await?;
-    if !wait {
-        if json {
-            print_json(&run_json(e, now));
-        } else if e.state == State::Skipped {
-            outln!(
-                "skipped: job '{name}' run #{} (execution {}): {}",
-                e.number,
-                e.id,
-                e.message.as_deref().unwrap_or("")
-            );
-        } else {
-            outln!(
-                "queued: job '{name}' run #{} (execution {})",
-                e.number,
-                e.id
-            );
-            let h = store
-                .health(HealthParams {
-                    long_running_after: Duration::from_secs(3600),
-                    stale_after: None,
-                })
-                .await?;
-            if h.live_nodes == 0 {
-                outln!(
-                    "note: no jobward node is serving {} right now; it starts when one does",
-                    jobward_store::display_url(&s.server.db)
-                );
-            }
-        }
-        return Ok(());
-    }
-    let end = wait_terminal(&store, e.id, None).await?;
-    let now = store.now().await?;
-    if json {
-        print_json(&run_json(&end, now));
-    } else {
-        outln!(
-            "job '{name}' run #{} (execution {}) {}{}",
-            end.number,
-            end.id,
-            end.state,
-            end.message
-                .as_deref()
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default()
-        );
-    }
-    if end.state == State::Completed {
-        Ok(())
-    } else {
-        Err(Failure::Quiet)
-    }
-}
-
-/// Polls until the execution is terminal (or `limit` passes).
-async fn wait_terminal(store: &DynStore, id: i64, limit: Option<Duration>) -> R<ExecutionRow> {
-    let until = limit.map(|l| tokio::time::Instant::now() + l);
-    loop {
-        let e = store
-            .get_execution(id)
-            .await?
-            .ok_or(jobward_store::StoreError::ExecutionNotFound(id))?;
-        if e.state.is_terminal() || until.is_some_and(|u| tokio::time::Instant::now() >= u) {
-            return Ok(e);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn runs_list(cli: &Cli, a: &RunsListArgs) -> R {
-    let s = settings(cli, None)?;
-    if a.limit < 1 || a.limit > 10_000 {
-        return Err(Failure::Input(format!(
-            "--limit must be between 1 and 10000, got {}",
-            a.limit
-        )));
-    }
-    let mut states = Vec::new();
-    for st in &a.status {
-        states.push(
-            st.parse::<State>()
-                .map_err(|e| Failure::Input(format!("--status: {e}")))?,
-        );
-    }
-    if a.running && !states.contains(&State::Running) {
-        states.push(State::Running);
-    }
-    let stale_after = a
-        .stale_after
-        .as_deref()
-        .map(|v| duration_arg("stale-after", v))
-        .transpose()?;
-    let store = open_existing(&s).await?;
-    let rows = store
-        .list_executions(ExecutionFilter {
-            job: a.job.clone(),
-            states,
-            stale_after,
-            since: None,
-            until: None,
-            before_id: a.before,
-            limit: a.limit as u32,
-        })
-        .await?;
-    let now = store.now().await?;
-    if a.json {
-        print_json(&rows.iter().map(|e| run_json(e, now)).collect::<Vec<_>>());
-    } else if rows.is_empty() {
-        outln!("no executions match");
-    } else {
-        outln!("{}", output::runs_table(&rows, now));
-    }
-    Ok(())
-}
-
-/// What `runs show` shows: an execution, its events and the tail of its log.
-struct Shown {
-    e: ExecutionRow,
-    events: Vec<EventRow>,
-    now: jobward_core::Timestamp,
-    log_path: PathBuf,
-    log: Option<String>,
-    names: Names,
-}
-
-async fn runs_show(cli: &Cli, id: i64, log_lines: usize, json: bool) -> R {
-    let s = settings(cli, None)?;
-    let store = open_existing(&s).await?;
-    let e = store
-        .get_execution(id)
-        .await?
-        .ok_or(jobward_store::StoreError::ExecutionNotFound(id))?;
-    let events = store.events(id).await?;
-    let now = store.now().await?;
-    let names = if json {
-        Names::default()
-    } else {
-        Names::new(&store.list_nodes().await?)
-    };
-    let log_path = log_path(&s.server.log_dir, &e.job, e.id);
-    let log = jobward_exec::log::read_tail(&log_path, 64 * 1024)
-        .ok()
-        .flatten()
-        .map(|t| {
-            let lines: Vec<&str> = t.lines().collect();
-            lines[lines.len().saturating_sub(log_lines)..].join("\n")
-        });
-    let shown = Shown {
-        e,
-        events,
-        now,
-        log_path,
-        log,
-        names,
-    };
-    if json {
-        show_json(shown);
-    } else {
-        show_fields(&shown);
-        show_events(&shown);
-        show_log(&shown, log_lines);
-    }
-    Ok(())
-}
-
-/// The `--json` form: ids as they are stored.
-fn show_json(shown: Shown) {
-    #[derive(Serialize)]
-    struct Show<'a> {
-        execution: jobward_protocol::ExecutionView,
-        command: &'a str,
-        events: Vec<jobward_protocol::EventView>,
-        log_tail: Option<String>,
-    }
-    print_json(&Show {
-        execution: run_json(&shown.e, shown.now),
-        command: &shown.e.command,
-        events: shown
-            .events
-            .iter()
-            .map(jobward_server::views::event)
-            .collect(),
-        log_tail: shown.log,
-    });
-}
-
-fn show_fields(shown: &Shown) {
-    let (e, now) = (&shown.e, shown.now);
-    let state = match (e.reason, &e.message) {
-        (Some(r), Some(m)) => format!("{} ({r}): {}", output::status(e, now), shown.names.human(m)),
-        _ => output::status(e, now),
-    };
-    outln!(
-        "execution {}: job '{}' run #{}, attempt {} of {}",
-        e.id,
-        e.job,
-        e.number,
-        e.attempt,
-        e.max_attempts
-    );
-    let field = |k: &str, v: String| outln!("  {k:<13} {v}");
-    field("state", state);
-    field(
-        "trigger",
-        match e.scheduled_for {
-            Some(t) => format!("{} (instant {})", e.trigger, time(Some(t))),
-            None => e.trigger.to_string(),
-        },
-    );
-    field("command", e.command.clone());
-    field("queued", time(Some(e.queued_at)));
-    field("started", time(e.started_at));
-    field("finished", time(e.finished_at));
-    field("runtime", dur(e.runtime(now)));
-    if e.state == State::Running {
-        field(
-            "heartbeat",
-            format!(
-                "{} (lease until {})",
-                ago(now, e.heartbeat_at),
-                time(e.lease_expires_at)
-            ),
-        );
-        field("run deadline", time(e.run_deadline));
-    }
-    if e.state == State::Queued {
-        field("start by", time(e.start_deadline));
-    }
-    if let Some(owner) = &e.lease_owner {
-        field("owner", shown.names.human(owner));
-    }
-    if let Some(p) = &e.process {
-        field(
-            "process",
-            format!("pid {} (process group {})", p.pid, p.pgid),
-        );
-    }
-    match (e.exit_code, e.signal) {
-        (Some(c), _) => field("exit", format!("code {c}")),
-        (_, Some(sig)) => field(
-            "exit",
-            format!("signal {sig} ({})", jobward_exec::signal_name(sig)),
-        ),
-        _ => {}
-    }
-    if let Some(prev) = e.retry_of {
-        field("retry of", format!("execution {prev}"));
-    }
-}
-
-fn show_events(shown: &Shown) {
-    outln!("events:");
-    for ev in &shown.events {
-        let change = match (ev.kind, ev.from, ev.to) {
-            (jobward_store::EventKind::Refused, _, _) => "REFUSED".to_string(),
-            (jobward_store::EventKind::Note, _, _) => "note".to_string(),
-            (_, None, Some(to)) => format!("-> {to}"),
-            (_, Some(from), Some(to)) => format!("{from} -> {to}"),
-            _ => "-".to_string(),
-        };
-        let reason = ev
-            .reason
-            .as_deref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default();
-        outln!(
-            "  {}  {change}{reason}  by {}: {}",
-            time(Some(ev.at)),
-            shown.names.human(&ev.actor),
-            shown.names.human(&ev.message)
-        );
-    }
-}
-
-fn show_log(shown: &Shown, log_lines: usize) {
-    let path = shown.log_path.display();
-    match &shown.log {
-        Some(text) if !text.is_empty() => {
-            outln!("log (last {log_lines} lines of {path}):");
-            for line in text.lines() {
-                outln!("  {line}");
-            }
-        }
-        Some(_) => outln!("log: empty ({path})"),
-        None => outln!("log: none at {path}"),
-    }
-}
-
-async fn runs_cancel(cli: &Cli, id: i64, no_wait: bool) -> R {
-    let s = settings(cli, None)?;
-    let store = open_existing(&s).await?;
-    let out = service(&s, &store).cancel(id, actor()).await?;
-    match out {
-        CancelOutcome::Cancelled { execution } => {
-            outln!("execution {} cancelled (it was queued)", execution.id)
-        }
-        CancelOutcome::AlreadyTerminal { execution } => {
-            outln!(
-                "execution {} already ended: {}",
-                execution.id,
-                execution.state
-            );
-        }
-        CancelOutcome::Requested { execution } => {
-            let names = Names::new(&store.list_nodes().await?);
-            outln!(
-                "cancel requested for execution {}; its owner {} must stop it by {}",
-                execution.id,
-                names.human(execution.lease_owner.as_deref().unwrap_or("-")),
-                time(execution.cancel_deadline)
-            );
-            if !no_wait {
-                let limit = execution.timeouts.kill_grace + Duration::from_secs(5);
-                let end = wait_terminal(&store, id, Some(limit)).await?;
-                if end.state.is_terminal() {
-                    outln!(
-                        "execution {id} is {}: {}",
-                        end.state,
-                        end.message.unwrap_or_default()
-                    );
-                } else {
-                    outln!(
-                        "execution {id} is still stopping; the ledger settles it by its cancel deadline {}",
-                        time(end.cancel_deadline)
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn cleanup(cli: &Cli, a: &CleanupArgs) -> R {
-    let s = settings(cli, None)?;
-    let stale_after = parse_positive_duration(&a.stale_after)
-        .map_err(|e| Failure::Input(format!("--stale-after: {e}")))?;
-    let store = open_existing(&s).await?;
-    let report = service(&s, &store)
-        .cleanup(stale_after, a.apply, actor())
-        .await?;
-    let now = store.now().await?;
-    let names = Names::new(&store.list_nodes().await?);
-    if a.json {
-        print_json(&jobward_server::views::cleanup(&report, stale_after, now));
-        return Ok(());
-    }
-    if report.candidates.is_empty() {
-        outln!(
-            "no running execution has a last heartbeat older than {}",
-            format_duration(stale_after)
-        );
-        return Ok(());
-    }
-    let mut t = table(&[
-        "ID",
-        "JOB",
-        "RUN",
-        "ATTEMPT",
-        "STARTED",
-        "LAST HEARTBEAT",
-        "OWNER",
-        if report.dry_run {
-            "WOULD BECOME"
-        } else {
-            "BECAME"
-        },
-    ]);
-    for e in &report.candidates {
-        let became = if report.dry_run || report.changed.iter().any(|c| c.id == e.id) {
-            "timed_out (manual_cleanup)".to_string()
-        } else {
-            "unchanged: it ended meanwhile".to_string()
-        };
-        t.add_row(vec![
-            e.id.to_string(),
-            e.job.clone(),
-            format!("#{}", e.number),
-            format!("{}/{}", e.attempt, e.max_attempts),
-            time(e.started_at),
-            ago(now, e.heartbeat_at),
-            e.lease_owner
-                .as_deref()
-                .map(|o| names.human(o))
-                .unwrap_or_else(|| "-".into()),
-            became,
-        ]);
-    }
-    outln!("{t}");
-    if report.dry_run {
-        outln!(
-            "dry run: {} execution(s) would change; run again with --apply to change them",
-            report.candidates.len()
-        );
-    } else {
-        for c in &report.changed {
-            outln!("execution {}: {}", c.id, names.human(&c.message));
-        }
-        let retries = report.changed.iter().filter(|c| c.retry.is_some()).count();
-        outln!(
-            "applied: {} changed to timed_out (manual_cleanup), {} ended meanwhile and were left alone, {} retr{} scheduled",
-            report.changed.len(),
-            report.raced.len(),
-            retries,
-            if retries == 1 { "y" } else { "ies" }
-        );
-    }
-    Ok(())
-}
-
-async fn health(cli: &Cli, a: &HealthArgs) -> R {
-    let s = settings(cli, None)?;
-    let mut settings = s.health.clone();
-    if let Some(v) = &a.long_running_after {
-        settings.long_running_after = parse_positive_duration(v)
-            .map_err(|e| Failure::Input(format!("--long-running-after: {e}")))?;
-    }
-    if let Some(n) = a.warn_long_running {
-        settings.warn_long_running = n;
-    }
-    let store = open_existing(&s).await?;
-    let metrics = store
-        .health(HealthParams {
-            long_running_after: settings.long_running_after,
-            stale_after: None,
-        })
-        .await?;
-    let out = jobward_server::views::health(metrics, &settings);
-    if a.json {
-        print_json(&out);
-    } else {
-        let m = &out.metrics;
-        outln!("status: {}", out.status);
-        for (k, v) in [
-            ("running_executions", m.running_executions),
-            ("queued_executions", m.queued_executions),
-            ("long_running_executions", m.long_running_executions),
-            ("stale_executions", m.stale_executions),
-            ("overdue_queued_executions", m.overdue_queued_executions),
-            ("recent_executions_24h", m.recent_executions_24h),
-            ("live_nodes", m.live_nodes),
-        ] {
-            outln!("{k}: {v}");
-        }
-        outln!(
-            "timestamp: {}",
-            m.timestamp
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        );
-        for w in &out.warnings {
-            outln!("warning: {w}");
-        }
-    }
-    if out.warnings.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::Quiet)
-    }
-}
-
 async fn audit(cli: &Cli, a: &AuditArgs) -> R {
     let s = settings(cli, None)?;
     let tolerance = duration_arg("tolerance", &a.tolerance)?;
@@ -1091,42 +570,4 @@ async fn audit(cli: &Cli, a: &AuditArgs) -> R {
     } else {
         Err(Failure::Quiet)
     }
-}
-
-async fn nodes_list(cli: &Cli, json: bool) -> R {
-    let s = settings(cli, None)?;
-    let store = open_existing(&s).await?;
-    let nodes = store.list_nodes().await?;
-    if json {
-        print_json(&nodes);
-        return Ok(());
-    }
-    let now = store.now().await?;
-    let mut t = table(&[
-        "INCARNATION",
-        "NAME",
-        "HOST",
-        "PID",
-        "STARTED",
-        "LAST HEARTBEAT",
-        "STATE",
-    ]);
-    for n in &nodes {
-        let state = match (&n.stopped_at, n.lease_expires_at > now) {
-            (Some(_), _) => format!("stopped: {}", n.stop_reason.clone().unwrap_or_default()),
-            (None, true) => "live".into(),
-            (None, false) => "lease expired".into(),
-        };
-        t.add_row(vec![
-            n.id.clone(),
-            n.name.clone(),
-            n.hostname.clone(),
-            n.pid.to_string(),
-            time(Some(n.started_at)),
-            ago(now, Some(n.heartbeat_at)),
-            state,
-        ]);
-    }
-    outln!("{t}");
-    Ok(())
 }

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jobward_core::duration::{parse_duration, parse_positive_duration};
-use jobward_core::{
-    History, JobSpec, LOCAL_RUNNER, Misfire, Overlap, RetryPolicy, Schedule, Timeouts,
-    validate_name,
-};
+use jobward_core::{History, JobSpec, Misfire, Overlap, RetryPolicy, Timeouts, validate_name};
+use jobward_protocol::{HistoryDefinition, JobDefinition, RetryDefinition};
 use jobward_server::alerts::{AlertKind, Webhook};
 use jobward_server::health::HealthSettings;
 use jobward_server::http::{Role, Token};
+pub use jobward_server::jobdef::JobDefaults;
+use jobward_server::jobdef::{self, FieldError};
 use jobward_server::telemetry::TelemetryConfig;
 use serde::Deserialize;
 
@@ -82,6 +82,7 @@ pub struct RawServer {
     pub pg_idle_in_transaction_timeout: Option<String>,
     pub pg_lock_timeout: Option<String>,
     pub log_format: Option<String>,
+    pub api_commands: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,8 +95,8 @@ pub struct RawDefaults {
     pub overlap: Option<String>,
     pub misfire: Option<String>,
     pub misfire_grace: Option<String>,
-    pub history: Option<RawHistory>,
-    pub retry: Option<RawRetry>,
+    pub history: Option<HistoryDefinition>,
+    pub retry: Option<RetryDefinition>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,42 +106,8 @@ pub struct RawHealth {
     pub warn_long_running: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHistory {
-    pub keep_last: Option<i64>,
-    pub max_age: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRetry {
-    pub max_attempts: Option<i64>,
-    pub backoff: Option<String>,
-    pub max_backoff: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawJob {
-    pub name: Option<String>,
-    pub command: Option<String>,
-    pub schedule: Option<String>,
-    pub every: Option<String>,
-    pub timezone: Option<String>,
-    pub heartbeat_timeout: Option<String>,
-    pub run_timeout: Option<String>,
-    pub queue_timeout: Option<String>,
-    pub kill_grace: Option<String>,
-    pub overlap: Option<String>,
-    pub misfire: Option<String>,
-    pub misfire_grace: Option<String>,
-    pub concurrency_key: Option<String>,
-    pub history: Option<RawHistory>,
-    pub retry: Option<RawRetry>,
-    pub queue: Option<String>,
-    pub priority: Option<i64>,
-}
+/// A `[[job]]`: the same definition the API's `PUT /api/jobs/{name}` takes.
+pub type RawJob = JobDefinition;
 
 /// Server settings after defaults, file and flags were merged.
 #[derive(Debug, Clone)]
@@ -159,6 +126,8 @@ pub struct ServerSettings {
     pub retention_interval: Duration,
     pub store: jobward_store::StoreOptions,
     pub log_format: LogFormat,
+    /// Jobs with a `command` may be created and changed through the API (admin role).
+    pub api_commands: bool,
 }
 
 /// How log lines are written.
@@ -190,6 +159,8 @@ pub struct Settings {
     pub source: String,
     pub server: ServerSettings,
     pub defaults: Timeouts,
+    /// What a job does not say for itself (file and API jobs alike).
+    pub job_defaults: JobDefaults,
     pub health: HealthSettings,
     pub limits: BTreeMap<String, u32>,
     pub jobs: Vec<JobSpec>,
@@ -249,6 +220,10 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// A definition's field error, said of this file (and job).
+    fn field(&self, e: FieldError) -> ConfigError {
+        self.err(&e.field, e.problem)
+    }
     fn err(&self, field: &str, problem: impl std::fmt::Display) -> ConfigError {
         match &self.job {
             Some(j) => ConfigError(format!(
@@ -471,6 +446,7 @@ fn validate_fields(
         source: file.to_string(),
         server,
         defaults: job_defaults.timeouts,
+        job_defaults,
         health,
         limits,
         jobs,
@@ -587,17 +563,8 @@ fn server_settings(
             )?,
         },
         log_format,
+        api_commands: server.api_commands.unwrap_or(false),
     })
-}
-
-/// What a job does not say for itself: from `[defaults]`, flags and the project defaults.
-struct JobDefaults {
-    timeouts: Timeouts,
-    overlap: Overlap,
-    misfire: Misfire,
-    misfire_grace: Duration,
-    history: History,
-    retry: RetryPolicy,
 }
 
 fn job_defaults(
@@ -605,50 +572,59 @@ fn job_defaults(
     defaults: RawDefaults,
     o: &Overrides,
 ) -> Result<JobDefaults, ConfigError> {
-    let base = Timeouts::default();
+    let base = JobDefaults::default();
+    let f = |e| top.field(e);
+    let heartbeat = jobdef::positive(
+        "defaults.heartbeat_timeout",
+        &o.heartbeat_timeout.clone().or(defaults.heartbeat_timeout),
+        base.timeouts.heartbeat,
+    )
+    .map_err(f)?;
     let timeouts = Timeouts {
-        heartbeat: min_1s(
-            top,
-            "defaults.heartbeat_timeout",
-            top.pos(
-                "defaults.heartbeat_timeout",
-                &o.heartbeat_timeout.clone().or(defaults.heartbeat_timeout),
-                base.heartbeat,
-            )?,
-        )?,
-        run: top.pos(
+        heartbeat: jobdef::heartbeat("defaults.heartbeat_timeout", heartbeat).map_err(f)?,
+        run: jobdef::positive(
             "defaults.run_timeout",
             &o.run_timeout.clone().or(defaults.run_timeout),
-            base.run,
-        )?,
-        queue: top.pos(
+            base.timeouts.run,
+        )
+        .map_err(f)?,
+        queue: jobdef::positive(
             "defaults.queue_timeout",
             &o.queue_timeout.clone().or(defaults.queue_timeout),
-            base.queue,
-        )?,
-        kill_grace: top.dur("defaults.kill_grace", &defaults.kill_grace, base.kill_grace)?,
+            base.timeouts.queue,
+        )
+        .map_err(f)?,
+        kill_grace: jobdef::duration(
+            "defaults.kill_grace",
+            &defaults.kill_grace,
+            base.timeouts.kill_grace,
+        )
+        .map_err(f)?,
     };
     Ok(JobDefaults {
         timeouts,
-        overlap: parse_overlap(top, "defaults.overlap", &defaults.overlap, Overlap::Skip)?,
-        misfire: parse_misfire(top, "defaults.misfire", &defaults.misfire, Misfire::RunOnce)?,
-        misfire_grace: top.dur(
+        overlap: jobdef::overlap("defaults.overlap", &defaults.overlap, Overlap::Skip)
+            .map_err(f)?,
+        misfire: jobdef::misfire("defaults.misfire", &defaults.misfire, Misfire::RunOnce)
+            .map_err(f)?,
+        misfire_grace: jobdef::duration(
             "defaults.misfire_grace",
             &defaults.misfire_grace,
-            Duration::from_secs(60),
-        )?,
-        history: history(
-            top,
+            base.misfire_grace,
+        )
+        .map_err(f)?,
+        history: jobdef::history(
             "defaults.history",
             defaults.history.as_ref(),
             History::default(),
-        )?,
-        retry: retry(
-            top,
+        )
+        .map_err(f)?,
+        retry: jobdef::retry(
             "defaults.retry",
             defaults.retry.as_ref(),
             RetryPolicy::default(),
-        )?,
+        )
+        .map_err(f)?,
     })
 }
 
@@ -722,102 +698,13 @@ fn job_spec(
         file,
         job: Some(name.clone()),
     };
-    // A job with a queue and no command is a handler job: a worker that registered a handler
-    // for its name runs it. Without a queue a node must run it, so it needs a command.
-    let remote = j.queue.as_deref().is_some_and(|q| q != LOCAL_RUNNER);
-    let command = match j.command.as_deref().map(str::trim) {
-        None if remote => String::new(),
-        None => {
-            return Err(ctx.err(
-                "command",
-                "is missing (a job without a command needs a queue: a worker's handler for its name runs it)",
-            ));
-        }
-        Some("") => return Err(ctx.err("command", "is empty")),
-        Some(_) => j.command.clone().unwrap_or_default(),
-    };
-    let schedule = schedule(&ctx, &j)?;
-    if let Some(k) = &j.concurrency_key
-        && !limits.contains_key(k)
-    {
+    if j.paused.is_some() {
         return Err(ctx.err(
-            "concurrency_key",
-            format!("'{k}' has no limit in [concurrency] (add: {k} = 1)"),
+            "paused",
+            "is not set in the file: pause a job with `jobward jobs pause NAME`",
         ));
     }
-    let timeouts = Timeouts {
-        heartbeat: min_1s(
-            &ctx,
-            "heartbeat_timeout",
-            ctx.pos(
-                "heartbeat_timeout",
-                &j.heartbeat_timeout,
-                d.timeouts.heartbeat,
-            )?,
-        )?,
-        run: ctx.pos("run_timeout", &j.run_timeout, d.timeouts.run)?,
-        queue: ctx.pos("queue_timeout", &j.queue_timeout, d.timeouts.queue)?,
-        kill_grace: ctx.dur("kill_grace", &j.kill_grace, d.timeouts.kill_grace)?,
-    };
-    Ok(JobSpec {
-        name,
-        command,
-        schedule,
-        timeouts,
-        overlap: parse_overlap(&ctx, "overlap", &j.overlap, d.overlap)?,
-        misfire: parse_misfire(&ctx, "misfire", &j.misfire, d.misfire)?,
-        misfire_grace: ctx.dur("misfire_grace", &j.misfire_grace, d.misfire_grace)?,
-        concurrency_key: j.concurrency_key.clone(),
-        history: history(&ctx, "history", j.history.as_ref(), d.history)?,
-        retry: retry(&ctx, "retry", j.retry.as_ref(), d.retry)?,
-        queue: match j.queue {
-            None => None,
-            Some(q) if q == LOCAL_RUNNER => None,
-            Some(q) => {
-                validate_name("queue name", &q).map_err(|e| ctx.err("queue", e))?;
-                Some(q)
-            }
-        },
-        priority: match j.priority {
-            None => 0,
-            Some(p) if (-1000..=1000).contains(&p) => p as i32,
-            Some(p) => {
-                return Err(ctx.err(
-                    "priority",
-                    format!("must be between -1000 and 1000, got {p}"),
-                ));
-            }
-        },
-    })
-}
-
-/// A job's `schedule` (cron, with `timezone`), `every`, or neither (manual only).
-fn schedule(ctx: &Ctx<'_>, j: &RawJob) -> Result<Schedule, ConfigError> {
-    match (&j.schedule, &j.every) {
-        (Some(_), Some(_)) => Err(ctx.err(
-            "every",
-            "a job has either 'schedule' (cron) or 'every', not both",
-        )),
-        (Some(cron), None) => {
-            Schedule::cron(cron, j.timezone.as_deref().unwrap_or("UTC")).map_err(|e| match e {
-                jobward_core::schedule::ScheduleError::TimeZone(_) => ctx.err("timezone", e),
-                _ => ctx.err("schedule", e),
-            })
-        }
-        (None, Some(every)) => {
-            if j.timezone.is_some() {
-                return Err(ctx.err("timezone", "only applies to a cron 'schedule'"));
-            }
-            let d = parse_positive_duration(every).map_err(|e| ctx.err("every", e))?;
-            Schedule::every(d).map_err(|e| ctx.err("every", e))
-        }
-        (None, None) => {
-            if j.timezone.is_some() {
-                return Err(ctx.err("timezone", "only applies to a cron 'schedule'"));
-            }
-            Ok(Schedule::Manual)
-        }
-    }
+    jobdef::job_spec(name, &j, d, &|k| limits.contains_key(k)).map_err(|e| ctx.field(e))
 }
 
 fn alerts(top: &Ctx<'_>, raw: Vec<RawAlert>) -> Result<Vec<Webhook>, ConfigError> {
@@ -962,107 +849,6 @@ fn tokens(
         .collect())
 }
 
-fn min_1s(ctx: &Ctx<'_>, field: &str, d: Duration) -> Result<Duration, ConfigError> {
-    if d < Duration::from_secs(1) {
-        return Err(ctx.err(
-            field,
-            "must be at least 1s (leases are renewed three times per heartbeat timeout)",
-        ));
-    }
-    Ok(d)
-}
-
-fn parse_overlap(
-    ctx: &Ctx<'_>,
-    field: &str,
-    v: &Option<String>,
-    default: Overlap,
-) -> Result<Overlap, ConfigError> {
-    v.as_deref()
-        .map(|s| s.parse::<Overlap>().map_err(|e| ctx.err(field, e)))
-        .transpose()
-        .map(|o| o.unwrap_or(default))
-}
-
-fn parse_misfire(
-    ctx: &Ctx<'_>,
-    field: &str,
-    v: &Option<String>,
-    default: Misfire,
-) -> Result<Misfire, ConfigError> {
-    match v.as_deref() {
-        None => Ok(default),
-        Some("run_once") => Ok(Misfire::RunOnce),
-        Some("skip") => Ok(Misfire::Skip),
-        Some(other) => Err(ctx.err(
-            field,
-            format!("unknown misfire policy '{other}' (expected run_once or skip)"),
-        )),
-    }
-}
-
-fn history(
-    ctx: &Ctx<'_>,
-    field: &str,
-    h: Option<&RawHistory>,
-    default: History,
-) -> Result<History, ConfigError> {
-    let Some(h) = h else { return Ok(default) };
-    let keep_last = match h.keep_last {
-        None => default.keep_last,
-        Some(n) if n < 1 => {
-            return Err(ctx.err(
-                &format!("{field}.keep_last"),
-                format!("must be at least 1, got {n}"),
-            ));
-        }
-        Some(n) => Some(n.min(u32::MAX as i64) as u32),
-    };
-    let max_age = match &h.max_age {
-        None => default.max_age,
-        Some(s) => {
-            Some(parse_positive_duration(s).map_err(|e| ctx.err(&format!("{field}.max_age"), e))?)
-        }
-    };
-    Ok(History { keep_last, max_age })
-}
-
-fn retry(
-    ctx: &Ctx<'_>,
-    field: &str,
-    r: Option<&RawRetry>,
-    default: RetryPolicy,
-) -> Result<RetryPolicy, ConfigError> {
-    let Some(r) = r else { return Ok(default) };
-    let max_attempts = match r.max_attempts {
-        None => default.max_attempts,
-        Some(n) if !(1..=1000).contains(&n) => {
-            return Err(ctx.err(
-                &format!("{field}.max_attempts"),
-                format!("must be between 1 and 1000, got {n}"),
-            ));
-        }
-        Some(n) => n as u32,
-    };
-    let backoff = ctx.dur(&format!("{field}.backoff"), &r.backoff, default.backoff)?;
-    let max_backoff = ctx.dur(
-        &format!("{field}.max_backoff"),
-        &r.max_backoff,
-        default.max_backoff.max(backoff),
-    )?;
-    if max_backoff < backoff {
-        return Err(ctx.err(
-            &format!("{field}.max_backoff"),
-            "must not be shorter than backoff",
-        ));
-    }
-    Ok(RetryPolicy {
-        max_attempts,
-        backoff,
-        max_backoff,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1108,7 +894,7 @@ retry = { max_attempts = 3, backoff = "10s", max_backoff = "10m" }
         assert_eq!(j.retry.max_attempts, 3);
         assert_eq!(j.history.keep_last, Some(100));
         assert_eq!(s.limits["reports"], 1);
-        assert!(matches!(j.schedule, Schedule::Cron { .. }));
+        assert!(matches!(j.schedule, jobward_core::Schedule::Cron { .. }));
     }
 
     fn one_line_error(text: &str) -> String {
@@ -1200,8 +986,8 @@ retry = { max_attempts = 3, backoff = "10s", max_backoff = "10m" }
                 "is not an address",
             ),
             (
-                "[[token]]\nrole = \"admin\"\nsecret = \"0123456789abcdef\"\n".to_string(),
-                "unknown role 'admin'",
+                "[[token]]\nrole = \"root\"\nsecret = \"0123456789abcdef\"\n".to_string(),
+                "unknown role 'root' (expected read, operate, admin or worker)",
             ),
             (
                 "[[token]]\nrole = \"read\"\nsecret = \"short\"\n".to_string(),

@@ -2,7 +2,9 @@
 //! it (the only place that names a backend), runs a command, and turns every error into one
 //! line and an exit code: 0 fine, 1 a check failed, 2 bad usage or input.
 
+mod api;
 mod commands;
+mod ledger;
 mod output;
 
 use jobward::config;
@@ -16,7 +18,15 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "jobward",
     version,
-    about = "A job scheduler and execution ledger: every execution reaches a terminal state with a true record."
+    about = "A job scheduler and execution ledger: every execution reaches a terminal state with a true record.",
+    after_help = "Commands that take --server go through that jobward server's API (its tokens and roles; \
+the ledger records the token's name as the actor). Without --server (or JOBWARD_SERVER) they open the \
+database the configuration names and run the same API in process, for local administration. serve, \
+migrate, audit, backup, check, worker and heartbeat do not take --server.
+
+Exit codes: 0 done; 1 a check failed or the operation did not succeed (a run that did not complete, \
+a refused request); 2 bad usage or input; 3 `jobs trigger` was skipped (the job's overlap policy, or \
+it is paused): nothing will run."
 )]
 pub struct Cli {
     /// Configuration file (TOML). Default: ./jobward.toml if it exists. Also accepted after
@@ -114,10 +124,19 @@ impl Command {
         match self {
             Command::Serve(a) => Some(&a.store),
             Command::Jobs(JobsCommand::List { store, .. })
-            | Command::Jobs(JobsCommand::Trigger { store, .. })
+            | Command::Jobs(JobsCommand::Show { store, .. })
+            | Command::Jobs(JobsCommand::Pause { store, .. })
+            | Command::Jobs(JobsCommand::Resume { store, .. })
+            | Command::Jobs(JobsCommand::Delete { store, .. })
+            | Command::Jobs(JobsCommand::Backfill { store, .. })
             | Command::Runs(RunsCommand::Show { store, .. })
             | Command::Runs(RunsCommand::Cancel { store, .. })
+            | Command::Runs(RunsCommand::Reschedule { store, .. })
             | Command::Nodes(NodesCommand::List { store, .. }) => Some(store),
+            Command::Jobs(JobsCommand::Trigger(a)) => Some(&a.store),
+            Command::Jobs(JobsCommand::Create(a)) | Command::Jobs(JobsCommand::Apply(a)) => {
+                Some(&a.store)
+            }
             Command::Jobs(JobsCommand::Reload(a)) => Some(&a.store),
             Command::Runs(RunsCommand::List(a)) => Some(&a.store),
             Command::Cleanup(a) => Some(&a.store),
@@ -193,14 +212,27 @@ pub struct HeartbeatArgs {
 /// How a command reaches a running server.
 #[derive(Args, Debug)]
 pub struct RemoteArgs {
-    /// The server (default: from the config's [server] bind).
-    #[arg(long, env = "JOBWARD_SERVER_URL")]
-    pub server: Option<String>,
-    /// A token with the operate role, when the server has tokens.
-    #[arg(long, env = "JOBWARD_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+/// Going through a jobward server's API instead of the database.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServerArgs {
+    /// Go through this jobward server's API (e.g. http://10.0.0.5:8080) with --token, instead
+    /// of opening the database.
+    #[arg(long, env = "JOBWARD_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// The token sent to --server (its role decides what the command may do).
+    #[arg(
+        long,
+        env = "JOBWARD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Debug, Default)]
@@ -237,30 +269,131 @@ pub struct ServeArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum JobsCommand {
-    /// Jobs with their schedule, next fire and status (derived from their executions).
+    /// Jobs with their schedule, next fire, status (derived from their executions) and where
+    /// each is defined (the file or the API).
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
         store: StoreArgs,
     },
-    /// Queue an execution of a job now (under its overlap policy).
-    Trigger {
-        /// The job to trigger.
+    /// One job: its definition, where it is defined, its recent runs and recorded changes.
+    Show {
+        /// The job.
         name: String,
-        /// Wait until it ends; exit 1 unless it completed.
-        #[arg(long)]
-        wait: bool,
-        /// Print the execution as JSON.
+        /// Print JSON (the API's job detail).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Queue an execution of a job (under its overlap policy): now, or later with --at/--in.
+    /// Exits 3 when the trigger was skipped (overlap policy, or the job is paused).
+    Trigger(TriggerArgs),
+    /// Pause a job: its fires are recorded as skipped and its queued runs wait.
+    Pause {
+        /// The job.
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Resume a paused job.
+    Resume {
+        /// The job.
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Create the jobs of a TOML file (`[[job]]` tables, or one job's fields at the top);
+    /// refused for a job that exists. Needs the admin role through a server.
+    Create(ApplyArgs),
+    /// Create or replace the jobs of a TOML file (`[[job]]` tables, or one job's fields at
+    /// the top). Needs the admin role through a server.
+    Apply(ApplyArgs),
+    /// Delete a job defined through the API (its history stays); refused while it has live
+    /// runs unless --cancel. Needs the admin role through a server.
+    Delete {
+        /// The job.
+        name: String,
+        /// Cancel its queued runs and stop its running ones.
+        #[arg(long)]
+        cancel: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Fire each instant of a job's schedule between --from and --to that has no run yet
+    /// (once each, under its overlap policy).
+    Backfill {
+        /// The job.
+        name: String,
+        /// Start of the range (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        from: String,
+        /// End of the range (RFC 3339), at most 1,000 instants after --from.
+        #[arg(long, value_name = "TIME")]
+        to: String,
+        #[command(flatten)]
+        server: ServerArgs,
         #[command(flatten)]
         store: StoreArgs,
     },
     /// Make the running server re-read its configuration (jobs and concurrency limits);
     /// running executions are not disturbed. SIGHUP does the same.
     Reload(RemoteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TriggerArgs {
+    /// The job to trigger.
+    pub name: String,
+    /// Wait for the final outcome, following retries (each attempt is printed as it ends);
+    /// exit 0 when it completed, 1 when not.
+    #[arg(long)]
+    pub wait: bool,
+    /// Handed to the run as JOBWARD_PAYLOAD (JSON).
+    #[arg(long, value_name = "JSON")]
+    pub payload: Option<String>,
+    /// The same key returns the run it created the first time instead of a second one.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// Priority of this run, -1000 to 1000 (higher is claimed first; default: the job's).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Not before this time (RFC 3339): a delayed run.
+    #[arg(long, value_name = "TIME", conflicts_with = "delay")]
+    pub at: Option<String>,
+    /// Not before this long from now, e.g. 10m: a delayed run.
+    #[arg(long = "in", value_name = "DUR")]
+    pub delay: Option<String>,
+    /// Print the execution as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// The TOML file with the job(s).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -278,6 +411,8 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
         store: StoreArgs,
     },
     /// Cancel an execution: at once if queued; a running one is stopped (SIGTERM, then SIGKILL).
@@ -287,6 +422,28 @@ pub enum RunsCommand {
         /// Return without waiting for the owner to confirm.
         #[arg(long)]
         no_wait: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Move a queued (delayed) run to another time.
+    Reschedule {
+        /// The execution id.
+        id: i64,
+        /// Not before this time (RFC 3339).
+        #[arg(
+            long,
+            value_name = "TIME",
+            conflicts_with = "delay",
+            required_unless_present = "delay"
+        )]
+        at: Option<String>,
+        /// Not before this long from now, e.g. 10m.
+        #[arg(long = "in", value_name = "DUR")]
+        delay: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -316,6 +473,8 @@ pub struct RunsListArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
     pub store: StoreArgs,
 }
 
@@ -331,6 +490,8 @@ pub struct CleanupArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
     pub store: StoreArgs,
 }
 
@@ -345,6 +506,8 @@ pub struct HealthArgs {
     /// Warn when more than this many executions are long-running (default 5).
     #[arg(long, value_name = "N")]
     pub warn_long_running: Option<u64>,
+    #[command(flatten)]
+    pub server: ServerArgs,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -372,6 +535,8 @@ pub enum NodesCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
         store: StoreArgs,
     },
 }
@@ -385,6 +550,8 @@ pub enum Failure {
     Check(String),
     /// Exit 1 after the command already printed what went wrong.
     Quiet,
+    /// Exit with this code after the command already printed why (3: a skipped trigger).
+    Code(u8),
 }
 
 impl From<config::ConfigError> for Failure {
@@ -513,6 +680,7 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(Failure::Quiet) => ExitCode::from(1),
+        Err(Failure::Code(c)) => ExitCode::from(c),
     }
 }
 

@@ -8,7 +8,7 @@ use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, ContentArrangement, Table};
 use jobward_core::duration::format_duration;
 use jobward_core::{Timestamp, deadline};
-use jobward_store::ExecutionRow;
+use jobward_protocol::ExecutionView;
 use serde::Serialize;
 
 /// `println!` that ends the command quietly when stdout is a closed pipe.
@@ -46,13 +46,8 @@ pub fn dur(d: Option<Duration>) -> String {
     d.map(format_duration).unwrap_or_else(|| "-".into())
 }
 
-/// The status as every read surface says it (see `views::status_text`).
-pub fn status(e: &ExecutionRow, now: Timestamp) -> String {
-    jobward_server::views::status_text(e, now)
-}
-
 /// The `runs list` table.
-pub fn runs_table(rows: &[ExecutionRow], now: Timestamp) -> String {
+pub fn runs_table(rows: &[ExecutionView], now: Timestamp) -> String {
     let mut t = table(&[
         "ID",
         "JOB",
@@ -71,26 +66,19 @@ pub fn runs_table(rows: &[ExecutionRow], now: Timestamp) -> String {
             e.job.clone(),
             format!("#{}", e.number),
             format!("{}/{}", e.attempt, e.max_attempts),
-            status(e, now),
+            e.status_text.clone(),
             time(e.started_at),
             time(e.finished_at),
-            dur(e.runtime(now)),
-            if e.state == jobward_core::State::Running {
+            dur(e.runtime_ms.map(Duration::from_millis)),
+            if e.status == jobward_protocol::Status::Running {
                 ago(now, e.heartbeat_at)
             } else {
                 "-".into()
             },
-            e.reason
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "-".into()),
+            e.reason.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     t.to_string()
-}
-
-/// One execution in `--json` output: the API's view, so the CLI and the API agree.
-pub fn run_json(e: &ExecutionRow, now: Timestamp) -> jobward_protocol::ExecutionView {
-    jobward_server::views::execution(e, now)
 }
 
 pub fn print_json<T: Serialize>(v: &T) {

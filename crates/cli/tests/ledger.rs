@@ -4,18 +4,10 @@ mod common;
 
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
-
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Seed 002: the slot and the record are one. 50 triggers from 50 processes at once; the
 /// limit of 2 is never exceeded, by the processes' own account and by the ledger's.

@@ -85,14 +85,6 @@ fn remote(command: &str, extra: &str) -> String {
     )
 }
 
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A remote worker SIGKILLed mid-run: its execution is timed_out (heartbeat_timeout) within
 /// the heartbeat timeout plus one reaper tick, then retried and completed by another worker.
 #[test]

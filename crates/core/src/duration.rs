@@ -92,6 +92,30 @@ pub fn format_duration(d: Duration) -> String {
         .join(" ")
 }
 
+/// An exact form that `parse_duration` reads back to the same value: `1h30m`, `45s`,
+/// `1500ms`.
+pub fn format_exact(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if !ms.is_multiple_of(1_000) {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs();
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs % 86_400 / 3_600, "h"),
+        (secs % 3_600 / 60, "m"),
+        (secs % 60, "s"),
+    ];
+    parts
+        .iter()
+        .filter(|(v, _)| *v > 0)
+        .map(|(v, u)| format!("{v}{u}"))
+        .collect()
+}
+
 /// Serde helpers that store a `Duration` as whole milliseconds.
 pub mod serde_ms {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -137,6 +161,23 @@ mod tests {
         );
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_exact_form_reads_back() {
+        for ms in [
+            0u64, 1, 999, 1_000, 1_500, 59_000, 60_000, 90_000, 5_400_000, 86_400_000, 93_784_000,
+            86_401_000,
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(
+                parse_duration(&format_exact(d)).unwrap(),
+                d,
+                "{}",
+                format_exact(d)
+            );
+        }
+        assert_eq!(format_exact(Duration::from_secs(5_400)), "1h30m");
     }
 
     #[test]

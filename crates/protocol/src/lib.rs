@@ -73,6 +73,24 @@ pub struct ExecutionView {
     pub phase: Option<String>,
     #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Value>,
+    /// Not before this time: set for a delayed run (or a retry waiting out its backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Its priority: claims take higher first within a queue.
+    #[serde(default)]
+    pub priority: i32,
+    /// The command it runs (empty for a handler job).
+    #[serde(default)]
+    pub command: String,
+    /// For a queued execution: it must start by then, or it times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_deadline: Option<DateTime<Utc>>,
+    /// For a running execution whose cancel was requested: settled by then at the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_deadline: Option<DateTime<Utc>>,
+    /// The process group of its process, when a node or worker started one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgid: Option<i32>,
 }
 
 /// One entry of an execution's event log.
@@ -101,6 +119,9 @@ pub struct LogView {
     pub execution_id: i64,
     /// The tail of the log (stdout and stderr), or null when there is none.
     pub log: Option<String>,
+    /// Where the server keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// A job, with its status derived from its executions.
@@ -130,6 +151,31 @@ pub struct JobView {
     pub run_timeout_ms: u64,
     pub queue_timeout_ms: u64,
     pub max_attempts: u32,
+    /// Where the job is defined: `file` (the configuration file owns it) or `api`.
+    pub source: String,
+    /// Its live executions (queued or running), oldest first.
+    #[serde(default)]
+    pub live: Vec<RunRef>,
+    /// Its latest finished execution.
+    #[serde(default)]
+    pub last_finished: Option<RunRef>,
+    /// Claims take higher priorities first within a queue (ties by age).
+    pub priority: i32,
+}
+
+/// An execution in a job's summary.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunRef {
+    pub id: i64,
+    pub number: i64,
+    pub attempt: u32,
+    pub status: Status,
+    pub reason: Option<String>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Not before this time (a delayed run, or a retry waiting out its backoff).
+    pub run_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -149,6 +195,181 @@ pub struct JobDetail {
     /// The workers seen claiming from its queue in the last 5 minutes that run it.
     #[serde(default)]
     pub workers: Vec<WorkerView>,
+    /// Its whole definition, every field explicit: what `PUT /api/jobs/{name}` takes.
+    pub definition: JobDefinition,
+    /// Its recorded changes (through the API, pause and resume), newest first.
+    #[serde(default)]
+    pub changes: Vec<JobChangeView>,
+}
+
+/// One recorded change of a job: who, when, what it was before and after.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobChangeView {
+    pub at: DateTime<Utc>,
+    /// `api:TOKEN-NAME`, `cli:USER@HOST`, `dashboard:TOKEN-NAME`, ...
+    pub actor: String,
+    /// created, replaced, changed, deleted, paused or resumed.
+    pub action: String,
+    /// The definition before (absent when created).
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub before: Option<Value>,
+    /// The definition after (absent when deleted).
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub after: Option<Value>,
+}
+
+/// A job definition: the fields of a `[[job]]` in the configuration file, with the same
+/// names, forms and validation. Absent fields take the server's `[defaults]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobDefinition {
+    /// The job's name; in `PUT /api/jobs/{name}` it may be left out (it must match the path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Run with `sh -c` by a node (or by a worker, with a queue). Absent with a queue: a
+    /// handler job, run by a worker's handler for its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Cron (5 or 6 fields), in `timezone`. Not with `every`. Neither: manual only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// A fixed interval, e.g. "30s", "1h". Not with `schedule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    /// IANA time zone of a cron `schedule` (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Lease length: an owner silent this long loses the run (at least 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout: Option<String>,
+    /// The longest one attempt may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_timeout: Option<String>,
+    /// The longest a run may wait to start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<String>,
+    /// Between SIGTERM and SIGKILL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_grace: Option<String>,
+    /// skip, queue, replace or allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<String>,
+    /// run_once or skip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misfire: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misfire_grace: Option<String>,
+    /// A key with a limit in the server's `[concurrency]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryDefinition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryDefinition>,
+    /// Remote workers claim it from this queue; absent (or "local"): a node runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// -1000 to 1000; higher is claimed first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    /// API only (the file's jobs are paused with `jobward jobs pause`): pause or resume it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryDefinition {
+    /// Keep at most this many finished executions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<i64>,
+    /// Delete finished executions older than this, e.g. "30d".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryDefinition {
+    /// Attempts in all, 1 to 1000 (1: no retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i64>,
+    /// Before the second attempt; doubles each time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<String>,
+}
+
+/// The answer to creating, replacing or changing a job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobPutResponse {
+    /// True when the job did not exist (or had been deleted) before.
+    pub created: bool,
+    pub job: JobView,
+    /// Its whole definition as stored.
+    pub definition: JobDefinition,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobDeleteResponse {
+    pub name: String,
+    /// Its live executions that were cancelled (queued) or asked to stop (running).
+    pub cancelled: Vec<i64>,
+}
+
+/// Fire each instant of the job's schedule in [from, to] that has no execution yet.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillRequest {
+    /// RFC 3339.
+    pub from: String,
+    /// RFC 3339; at most 1,000 instants in the range.
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackfillResponse {
+    /// The executions created, one per missed instant (queued, or skipped under the overlap
+    /// policy).
+    pub created: Vec<i64>,
+    /// Instants that already had their execution, left alone.
+    pub already: usize,
+}
+
+/// A node incarnation: one run of `jobward serve`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    /// The incarnation id (new at every start).
+    pub id: String,
+    /// The node's stable name.
+    pub name: String,
+    pub hostname: String,
+    pub pid: i32,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub lease_expires_at: DateTime<Utc>,
+    pub stopped_at: Option<DateTime<Utc>>,
+    pub stop_reason: Option<String>,
+    /// live, lease_expired (silent: it will be found lost) or stopped.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<NodeView>,
+}
+
+/// Move a queued execution's start: `run_at` or `delay` (from now).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionPatch {
+    /// Not before this time (RFC 3339).
+    #[serde(default)]
+    pub run_at: Option<String>,
+    /// Not before this long from now ("10m"). Not with `run_at`.
+    #[serde(default)]
+    pub delay: Option<String>,
 }
 
 /// A worker seen claiming.
@@ -336,6 +557,9 @@ pub struct CleanupResponse {
     pub executions: Vec<ExecutionView>,
     pub changed_ids: Vec<i64>,
     pub retries: Vec<i64>,
+    /// What was recorded for each changed execution, in the order of `changed_ids`.
+    #[serde(default)]
+    pub changed_messages: Vec<String>,
 }
 
 // ---- the worker protocol ----

@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod executor;
 pub mod health;
 pub mod http;
+pub mod jobdef;
 pub mod metrics;
 pub mod node;
 pub mod serve;

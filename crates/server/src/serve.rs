@@ -36,6 +36,10 @@ pub struct ServeConfig {
     /// Re-reads the configuration (SIGHUP, `POST /api/system/reload`).
     pub reload: Option<Reloader>,
     pub telemetry: Option<TelemetryConfig>,
+    /// What a job defined through the API does not say for itself.
+    pub job_defaults: crate::jobdef::JobDefaults,
+    /// Jobs with a command may be defined through the API (`[server] api_commands`).
+    pub api_commands: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +96,8 @@ pub async fn run(cfg: ServeConfig) -> Result<ServeReport, ServeError> {
         webhooks,
         reload,
         telemetry,
+        job_defaults,
+        api_commands,
     } = cfg;
     std::fs::create_dir_all(&node.log_dir).map_err(|e| {
         ServeError::Setup(format!(
@@ -121,6 +127,9 @@ pub async fn run(cfg: ServeConfig) -> Result<ServeReport, ServeError> {
         a.service = started.service().clone();
         a.reload = reload.clone();
         a.node = Some(started.status());
+        a.job_defaults = job_defaults;
+        a.api_commands = api_commands;
+        a.config_file = (config_source != "(defaults)").then(|| config_source.clone());
     });
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(

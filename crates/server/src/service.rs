@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use jobward_core::{Reason, State};
 use jobward_store::{
-    CancelOutcome, CancelParams, ClaimParams, CleanupReport, CompleteParams, Created, DynStore,
-    ExecutionId, ExecutionRow, HeartbeatParams, HeartbeatReport, ProgressParams, Recovered,
-    ReleaseParams, ReleaseReport, Serves, Settled, StoreError, TriggerParams,
+    Backfill, BackfillReport, CancelOutcome, CancelParams, ClaimParams, CleanupReport,
+    CompleteParams, Created, DeleteJob, DeleteJobReport, DynStore, ExecutionId, ExecutionRow,
+    HeartbeatParams, HeartbeatReport, ProgressParams, PutJob, PutJobReport, Recovered,
+    ReleaseParams, ReleaseReport, Reschedule, Serves, Settled, StoreError, TriggerParams,
 };
 use serde_json::Value;
 use tracing::{info, warn};
@@ -228,12 +229,53 @@ impl Service {
     }
 
     /// Pauses or resumes a job; resuming wakes the claimers for what it queued meanwhile.
-    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
-        self.store.set_paused(name, paused).await?;
+    pub async fn set_paused(&self, name: &str, paused: bool, actor: &str) -> Result<()> {
+        self.store.set_paused(name, paused, actor).await?;
         if !paused {
             self.wake_all();
         }
         Ok(())
+    }
+
+    /// Creates, replaces or changes a job defined through the API (and pauses or resumes it
+    /// when asked); the change is recorded with its actor, before and after.
+    pub async fn put_job(&self, p: PutJob, paused: Option<bool>) -> Result<PutJobReport> {
+        let name = p.spec.name.clone();
+        let actor = p.actor.clone();
+        let report = self.store.put_job(p).await?;
+        if let Some(paused) = paused {
+            let now_paused = self.store.get_job(&name).await?.is_some_and(|j| j.paused);
+            if now_paused != paused {
+                self.set_paused(&name, paused, &actor).await?;
+            }
+        }
+        self.wake_all();
+        Ok(report)
+    }
+
+    /// Deletes a job defined through the API; its live executions, when asked to cancel
+    /// them, are cancelled (queued) or stopped (running here at once; elsewhere by their
+    /// owner at its next heartbeat).
+    pub async fn delete_job(&self, p: DeleteJob) -> Result<DeleteJobReport> {
+        let report = self.store.delete_job(p).await?;
+        if let Some(local) = self.local() {
+            for id in &report.cancelled {
+                local.stop_gracefully(*id, Reason::CancelRequested);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Fires the missed instants of a job's schedule in a range, once each.
+    pub async fn backfill(&self, p: Backfill) -> Result<BackfillReport> {
+        let report = self.store.backfill(p).await?;
+        self.wake_all();
+        Ok(report)
+    }
+
+    /// Moves a queued execution's start.
+    pub async fn reschedule(&self, p: Reschedule) -> Result<ExecutionRow> {
+        self.store.reschedule(p).await
     }
 
     // ---- executions ----

@@ -18,12 +18,16 @@ pub struct NodeNames(std::collections::HashMap<String, String>);
 
 impl NodeNames {
     pub fn new(nodes: &[jobward_store::NodeRow]) -> NodeNames {
+        NodeNames::of(nodes.iter().map(|n| (n.id.as_str(), n.name.as_str())))
+    }
+
+    /// From (incarnation id, node name) pairs.
+    pub fn of<'a>(nodes: impl Iterator<Item = (&'a str, &'a str)>) -> NodeNames {
         NodeNames(
             nodes
-                .iter()
-                .map(|n| {
-                    let short: String = n.id.chars().take(8).collect();
-                    (n.id.clone(), format!("{} ({short})", n.name))
+                .map(|(id, name)| {
+                    let short: String = id.chars().take(8).collect();
+                    (id.to_string(), format!("{name} ({short})"))
                 })
                 .collect(),
         )
@@ -58,20 +62,32 @@ pub fn silent_text(silence: std::time::Duration) -> String {
     )
 }
 
+/// How a queued execution that is not due yet reads, everywhere: it is scheduled, not
+/// waiting.
+pub fn scheduled_text(at: Timestamp, now: Timestamp) -> String {
+    format!(
+        "scheduled for {} (in {})",
+        at.format("%Y-%m-%d %H:%M:%S UTC"),
+        jobward_core::duration::format_duration(jobward_core::deadline::between(now, at))
+    )
+}
+
 /// An execution's status for humans (CLI tables, API `status_text`, dashboard badges).
 pub fn status_text(e: &ExecutionRow, now: Timestamp) -> String {
     match (e.silent_for(now), e.state, e.cancel_reason) {
         (Some(silence), _, _) => silent_text(silence),
         (None, State::Running, Some(r)) => format!("running (cancelling: {r})"),
+        (None, State::Queued, _) if e.run_after > now => scheduled_text(e.run_after, now),
         _ => e.state.to_string(),
     }
 }
 
 /// A job's status for humans.
 pub fn job_status_text(j: &JobRow, now: Timestamp) -> String {
-    match j.silent_for(now) {
-        Some(silence) => silent_text(silence),
-        None => j.status(),
+    match (j.silent_for(now), j.scheduled_for(now)) {
+        (Some(silence), _) => silent_text(silence),
+        (None, Some(at)) => scheduled_text(at, now),
+        (None, None) => j.status(),
     }
 }
 
@@ -137,6 +153,12 @@ pub fn execution(e: &ExecutionRow, now: Timestamp) -> ExecutionView {
             .cancel_reason
             .filter(|_| e.state == State::Running)
             .map(|r| r.to_string()),
+        run_at: (e.state == State::Queued && e.run_after > e.queued_at).then_some(e.run_after),
+        priority: e.priority,
+        command: e.command.clone(),
+        start_deadline: e.start_deadline.filter(|_| e.state == State::Queued),
+        cancel_deadline: e.cancel_deadline.filter(|_| e.state == State::Running),
+        pgid: e.process.as_ref().map(|p| p.pgid),
         progress: e.progress,
         phase: e.phase.clone(),
         payload: e.payload.clone(),
@@ -187,6 +209,43 @@ pub fn job(j: &JobRow, now: Timestamp) -> JobView {
         run_timeout_ms: s.timeouts.run.as_millis() as u64,
         queue_timeout_ms: s.timeouts.queue.as_millis() as u64,
         max_attempts: s.retry.max_attempts,
+        source: j.source.as_str().to_string(),
+        priority: s.priority,
+        live: j.live.iter().map(run_ref).collect(),
+        last_finished: j.last_finished.as_ref().map(run_ref),
+    }
+}
+
+pub fn run_ref(e: &jobward_store::ExecutionSummary) -> jobward_protocol::RunRef {
+    jobward_protocol::RunRef {
+        id: e.id,
+        number: e.number,
+        attempt: e.attempt,
+        status: status(e.state),
+        reason: e.reason.map(|r| r.to_string()),
+        queued_at: e.queued_at,
+        started_at: e.started_at,
+        finished_at: e.finished_at,
+        run_at: e.run_after,
+    }
+}
+
+/// A recorded change, its definitions in the form the API takes.
+pub fn job_change(c: &jobward_store::JobChange) -> jobward_protocol::JobChangeView {
+    let as_definition = |v: &Option<serde_json::Value>| {
+        v.as_ref().map(|v| {
+            serde_json::from_value::<jobward_core::JobSpec>(v.clone())
+                .ok()
+                .and_then(|spec| serde_json::to_value(crate::jobdef::definition(&spec)).ok())
+                .unwrap_or_else(|| v.clone())
+        })
+    };
+    jobward_protocol::JobChangeView {
+        at: c.at,
+        actor: c.actor.clone(),
+        action: c.action.clone(),
+        before: as_definition(&c.before),
+        after: as_definition(&c.after),
     }
 }
 
@@ -291,5 +350,26 @@ pub fn cleanup(
         executions: r.candidates.iter().map(|e| execution(e, now)).collect(),
         changed_ids: r.changed.iter().map(|c| c.id).collect(),
         retries: r.changed.iter().filter_map(|c| c.retry).collect(),
+        changed_messages: r.changed.iter().map(|c| c.message.clone()).collect(),
+    }
+}
+
+pub fn node(n: &jobward_store::NodeRow, now: Timestamp) -> jobward_protocol::NodeView {
+    jobward_protocol::NodeView {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        hostname: n.hostname.clone(),
+        pid: n.pid,
+        started_at: n.started_at,
+        heartbeat_at: n.heartbeat_at,
+        lease_expires_at: n.lease_expires_at,
+        stopped_at: n.stopped_at,
+        stop_reason: n.stop_reason.clone(),
+        state: match (n.stopped_at, n.lease_expires_at > now) {
+            (Some(_), _) => "stopped",
+            (None, true) => "live",
+            (None, false) => "lease_expired",
+        }
+        .to_string(),
     }
 }

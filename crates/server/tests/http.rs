@@ -14,6 +14,7 @@ use tower::ServiceExt;
 const READ: &str = "read-token-0123456789";
 const OPERATE: &str = "operate-token-0123456789";
 const WORKER: &str = "worker-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789";
 
 struct Api {
     _dir: tempfile::TempDir,
@@ -48,6 +49,7 @@ async fn api(tokens: bool) -> Api {
             Token::new("r", Role::Read, READ),
             Token::new("o", Role::Operate, OPERATE),
             Token::new("w", Role::Worker, WORKER),
+            Token::new("a", Role::Admin, ADMIN),
         ])
     } else {
         Tokens::default()
@@ -133,6 +135,32 @@ fn endpoints() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
         (M::GET, "/api/executions/1/log", Some(Role::Read), None),
         (M::GET, "/metrics", Some(Role::Read), None),
         (M::GET, "/api/openapi.json", Some(Role::Read), None),
+        (M::GET, "/api/nodes", Some(Role::Read), None),
+        (
+            M::PATCH,
+            "/api/executions/1",
+            Some(Role::Operate),
+            Some(json!({"delay": "1m"})),
+        ),
+        (
+            M::POST,
+            "/api/jobs/local/backfill",
+            Some(Role::Operate),
+            Some(json!({"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T01:00:00Z"})),
+        ),
+        (
+            M::PUT,
+            "/api/jobs/local",
+            Some(Role::Admin),
+            Some(json!({"queue": "q9"})),
+        ),
+        (
+            M::PATCH,
+            "/api/jobs/local",
+            Some(Role::Admin),
+            Some(json!({"priority": 1})),
+        ),
+        (M::DELETE, "/api/jobs/local", Some(Role::Admin), None),
         (
             M::POST,
             "/api/system/cleanup/stale-executions",
@@ -228,10 +256,13 @@ async fn every_endpoint_refuses_a_missing_or_wrong_role_token() {
         for (token, role) in [
             (READ, Role::Read),
             (OPERATE, Role::Operate),
+            (ADMIN, Role::Admin),
             (WORKER, Role::Worker),
         ] {
+            // The role table: admin includes operate, which includes read; worker stands alone.
             let allowed = match needs {
                 Role::Read => role != Role::Worker,
+                Role::Operate => matches!(role, Role::Operate | Role::Admin),
                 other => role == other,
             };
             let (s, v) = api

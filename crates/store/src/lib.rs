@@ -110,7 +110,8 @@ pub trait Store: Send + Sync + 'static {
     async fn sync_jobs(&self, p: SyncJobs) -> Result<SyncReport>;
     async fn list_jobs(&self) -> Result<Vec<JobRow>>;
     async fn get_job(&self, name: &str) -> Result<Option<JobRow>>;
-    async fn set_paused(&self, name: &str, paused: bool) -> Result<()>;
+    /// Pauses or resumes a job; the change is recorded with its actor.
+    async fn set_paused(&self, name: &str, paused: bool, actor: &str) -> Result<()>;
     /// Creates or replaces a job defined through the API; refuses a job the file defines.
     async fn put_job(&self, p: PutJob) -> Result<PutJobReport>;
     /// Deletes a job defined through the API (history stays); refused while it has live

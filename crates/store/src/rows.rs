@@ -198,5 +198,6 @@ pub(crate) fn summary(row: &ExecutionRow) -> ExecutionSummary {
         finished_at: row.finished_at,
         heartbeat_at: row.heartbeat_at,
         lease_expires_at: row.lease_expires_at,
+        run_after: row.run_after,
     }
 }

@@ -231,6 +231,8 @@ pub struct ExecutionSummary {
     pub finished_at: Option<Timestamp>,
     pub heartbeat_at: Option<Timestamp>,
     pub lease_expires_at: Option<Timestamp>,
+    /// Not before this time (a delayed run, or a retry waiting out its backoff).
+    pub run_after: Timestamp,
 }
 
 /// The one rule for "running, but nobody heartbeats for it": a running execution whose lease
@@ -259,8 +261,16 @@ impl JobRow {
             .max()
     }
 
-    /// The job's status as its executions say: running if one runs, else queued if one
-    /// waits, else the state of its latest terminal execution, else `never run`.
+    /// The soonest start of its queued executions when none of them is due yet (all are
+    /// delayed runs or retries waiting out a backoff): the job is scheduled, not waiting.
+    pub fn scheduled_for(&self, now: Timestamp) -> Option<Timestamp> {
+        if self.live.is_empty() || self.live.iter().any(|e| e.state != State::Queued) {
+            return None;
+        }
+        let soonest = self.live.iter().map(|e| e.run_after).min()?;
+        (soonest > now).then_some(soonest)
+    }
+
     /// Running or queued when one of its executions is, else the state of its latest
     /// terminal execution; `None` when it never ran.
     pub fn state(&self) -> Option<State> {

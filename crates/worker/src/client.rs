@@ -75,7 +75,21 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<R, ClientError> {
-        let mut req = self.http.post(format!("{}{path}", self.base)).json(body);
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Any API call: `method` on `path` (with its query), with a JSON body or none; the
+    /// answer decoded, or the API's error.
+    pub async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R, ClientError> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -99,7 +113,8 @@ impl Client {
                 message: e.error.message,
             }),
             Err(_) if status == StatusCode::NOT_FOUND => Err(ClientError::Protocol(format!(
-                "{path} not found: is {} a jobward server?",
+                "{} not found: is {} a jobward server?",
+                path.split('?').next().unwrap_or(path),
                 self.base
             ))),
             Err(_) => Err(ClientError::Api {
@@ -157,6 +172,11 @@ impl Client {
     ) -> Result<ExecutionView, ClientError> {
         self.post(&format!("/api/executions/{id}/progress"), req)
             .await
+    }
+
+    /// A GET of the API.
+    pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
+        self.call::<(), R>(reqwest::Method::GET, path, None).await
     }
 
     pub async fn reload(&self) -> Result<ReloadResponse, ClientError> {

@@ -23,7 +23,7 @@ async fn now(state: &AppState) -> Result<Timestamp, ApiError> {
     Ok(state.store.now().await?)
 }
 
-fn job_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn job_name(name: &str) -> Result<(), ApiError> {
     validate_name("job name", name)
         .map_err(|e| ApiError::not_found(format!("job '{name}' does not exist ({e})")))
 }
@@ -37,18 +37,41 @@ fn execution_id(id: i64) -> Result<i64, ApiError> {
     Ok(id)
 }
 
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HealthQuery {
+    /// Running longer than this counts as long-running (default: the server's [health]).
+    pub long_running_after: Option<String>,
+    /// Warn when more than this many executions are long-running (default: the server's).
+    #[param(minimum = 0)]
+    pub warn_long_running: Option<u64>,
+}
+
 #[utoipa::path(get, path = "/api/system/health", tag = "system",
+    params(HealthQuery),
     responses((status = 200, description = "healthy or warning, with the figures", body = HealthView),
               (status = "default", description = "an error", body = ErrorBody)))]
-pub async fn health(State(state): State<AppState>) -> Result<axum::Json<HealthView>, ApiError> {
+pub async fn health(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<HealthQuery>,
+) -> Result<axum::Json<HealthView>, ApiError> {
+    let mut settings = state.health.clone();
+    if let Some(v) = &q.long_running_after {
+        settings.long_running_after = parse_positive_duration(v)
+            .map_err(|e| ApiError::bad_request(format!("long_running_after: {e}")))?;
+    }
+    if let Some(n) = q.warn_long_running {
+        settings.warn_long_running = n;
+    }
     let m = state
         .store
         .health(HealthParams {
-            long_running_after: state.health.long_running_after,
+            long_running_after: settings.long_running_after,
             stale_after: None,
         })
         .await?;
-    Ok(axum::Json(views::health(m, &state.health)))
+    Ok(axum::Json(views::health(m, &settings)))
 }
 
 #[utoipa::path(get, path = "/api/system/executions/running", tag = "system",
@@ -88,7 +111,7 @@ pub async fn cleanup(
     let apply = req.dry_run == Some(false);
     let report = state
         .service
-        .cleanup(stale_after, apply, format!("api:{}", caller.name))
+        .cleanup(stale_after, apply, caller.actor.clone())
         .await?;
     let now = now(&state).await?;
     Ok(axum::Json(views::cleanup(&report, stale_after, now)))
@@ -149,11 +172,14 @@ pub async fn job(
     let now = now(&state).await?;
     let workers = recent_workers(&state, &job, now).await?;
     let (served, workers) = views::served(&job, &workers, now).unzip();
+    let changes = state.store.job_changes(&job.spec.name).await?;
     Ok(axum::Json(JobDetail {
         job: views::job(&job, now),
         recent: recent.iter().map(|e| views::execution(e, now)).collect(),
         served,
         workers: workers.unwrap_or_default(),
+        definition: crate::jobdef::definition(&job.spec),
+        changes: changes.iter().take(20).map(views::job_change).collect(),
     }))
 }
 
@@ -173,13 +199,13 @@ pub(crate) async fn recent_workers(
 /// Furthest ahead a delayed run may be set.
 const MAX_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
 
-/// A trigger's fields in the ledger's terms; `delay` counts from the ledger's `now`.
-fn trigger_params(
-    job: String,
-    r: TriggerRequest,
-    actor: String,
+/// When a delayed run may start: at `run_at` (RFC 3339) or `delay` from the ledger's `now`;
+/// `None` when neither is given.
+pub(crate) fn run_at_of(
+    run_at: Option<&str>,
+    delay: Option<&str>,
     now: Timestamp,
-) -> Result<TriggerParams, ApiError> {
+) -> Result<Option<Timestamp>, ApiError> {
     let ahead = |d: Duration, field: &str| -> Result<Timestamp, ApiError> {
         if d > MAX_DELAY {
             return Err(ApiError::bad_request(format!(
@@ -188,27 +214,34 @@ fn trigger_params(
         }
         Ok(now + chrono::Duration::from_std(d).unwrap_or_default())
     };
-    let run_at = match (r.run_at.as_deref(), r.delay.as_deref()) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("give run_at or delay, not both"));
-        }
+    match (run_at, delay) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request("give run_at or delay, not both")),
         (Some(t), None) => {
             let at = parse_time("run_at", t)?;
             ahead(jobward_core::deadline::between(now, at), "run_at")?;
-            Some(at)
+            Ok(Some(at))
         }
-        (None, Some(d)) => Some(ahead(
+        (None, Some(d)) => Ok(Some(ahead(
             parse_positive_duration(d).map_err(|e| ApiError::bad_request(format!("delay: {e}")))?,
             "delay",
-        )?),
-        (None, None) => None,
-    };
+        )?)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A trigger's fields in the ledger's terms; `delay` counts from the ledger's `now`.
+fn trigger_params(
+    job: String,
+    r: TriggerRequest,
+    actor: String,
+    now: Timestamp,
+) -> Result<TriggerParams, ApiError> {
     Ok(TriggerParams {
+        run_at: run_at_of(r.run_at.as_deref(), r.delay.as_deref(), now)?,
         job,
         actor,
         payload: r.payload,
         idempotency_key: r.idempotency_key,
-        run_at,
         priority: r.priority,
     })
 }
@@ -226,12 +259,7 @@ pub async fn trigger(
     OptionalJson(req): OptionalJson<TriggerRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     job_name(&name)?;
-    let params = trigger_params(
-        name,
-        req,
-        format!("api:{}", caller.name),
-        now(&state).await?,
-    )?;
+    let params = trigger_params(name, req, caller.actor.clone(), now(&state).await?)?;
     let created = state.service.trigger(params).await?;
     let now = now(&state).await?;
     let skipped = !created.existing && created.execution.state == ExecState::Skipped;
@@ -270,7 +298,7 @@ pub async fn trigger_batch(
         )));
     }
     let now = now(&state).await?;
-    let actor = format!("api:{}", caller.name);
+    let actor = caller.actor.clone();
     let rejected = |job: String, e: ApiError| TriggerItemResult {
         job,
         result: ItemResult::Rejected,
@@ -323,11 +351,15 @@ pub async fn trigger_batch(
 
 async fn set_paused(
     state: &AppState,
+    caller: &Caller,
     name: String,
     paused: bool,
 ) -> Result<axum::Json<PauseResponse>, ApiError> {
     job_name(&name)?;
-    state.service.set_paused(&name, paused).await?;
+    state
+        .service
+        .set_paused(&name, paused, &caller.actor)
+        .await?;
     Ok(axum::Json(PauseResponse { name, paused }))
 }
 
@@ -337,9 +369,10 @@ async fn set_paused(
               (status = "default", description = "an error", body = ErrorBody)))]
 pub async fn pause(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<PauseResponse>, ApiError> {
-    set_paused(&state, name, true).await
+    set_paused(&state, &caller, name, true).await
 }
 
 #[utoipa::path(post, path = "/api/jobs/{name}/resume", tag = "jobs",
@@ -348,9 +381,10 @@ pub async fn pause(
               (status = "default", description = "an error", body = ErrorBody)))]
 pub async fn resume(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<PauseResponse>, ApiError> {
-    set_paused(&state, name, false).await
+    set_paused(&state, &caller, name, false).await
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -365,6 +399,8 @@ pub struct ListQuery {
     pub since: Option<String>,
     /// Queued before this time (RFC 3339).
     pub until: Option<String>,
+    /// Only running executions whose last heartbeat is older than this ("10m").
+    pub stale_after: Option<String>,
     /// Keyset pagination: only executions with an id below this one (from `next_before`).
     #[param(minimum = 1)]
     pub before: Option<i64>,
@@ -373,7 +409,7 @@ pub struct ListQuery {
     pub limit: Option<i64>,
 }
 
-fn parse_time(field: &str, v: &str) -> Result<Timestamp, ApiError> {
+pub(crate) fn parse_time(field: &str, v: &str) -> Result<Timestamp, ApiError> {
     chrono::DateTime::parse_from_rfc3339(v)
         .map(|t| t.with_timezone(&chrono::Utc))
         .map_err(|e| ApiError::bad_request(format!("{field}: '{v}' is not an RFC 3339 time ({e})")))
@@ -416,7 +452,14 @@ pub async fn executions(
     let filter = ExecutionFilter {
         job: q.job,
         states,
-        stale_after: None,
+        stale_after: q
+            .stale_after
+            .as_deref()
+            .map(|v| {
+                parse_positive_duration(v)
+                    .map_err(|e| ApiError::bad_request(format!("stale_after: {e}")))
+            })
+            .transpose()?,
         since: q
             .since
             .as_deref()
@@ -510,6 +553,7 @@ pub async fn log(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("execution {id} does not exist")))?;
     let path = log_path(&state.log_dir, &e.job, e.id);
+    let shown = path.display().to_string();
     let log = tokio::task::spawn_blocking(move || {
         jobward_exec::log::read_tail(&path, tail as u64)
             .ok()
@@ -520,6 +564,7 @@ pub async fn log(
     Ok(axum::Json(LogView {
         execution_id: id,
         log,
+        path: Some(shown),
     }))
 }
 
@@ -533,10 +578,7 @@ pub async fn cancel(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<axum::Json<CancelResponse>, ApiError> {
     let id = execution_id(id)?;
-    let out = state
-        .service
-        .cancel(id, format!("api:{}", caller.name))
-        .await?;
+    let out = state.service.cancel(id, caller.actor.clone()).await?;
     let now = now(&state).await?;
     let (result, e) = match &out {
         CancelOutcome::Cancelled { execution } => (CancelResult::Cancelled, execution),

@@ -24,6 +24,9 @@ pub enum Role {
     Operate,
     /// The worker protocol only.
     Worker,
+    /// Everything operate may, and define jobs: create, change and delete them through the
+    /// API (jobs with a command only where `[server] api_commands = true`).
+    Admin,
 }
 
 impl Role {
@@ -32,6 +35,7 @@ impl Role {
             Role::Read => "read",
             Role::Operate => "operate",
             Role::Worker => "worker",
+            Role::Admin => "admin",
         }
     }
 }
@@ -49,8 +53,9 @@ impl FromStr for Role {
             "read" => Ok(Role::Read),
             "operate" => Ok(Role::Operate),
             "worker" => Ok(Role::Worker),
+            "admin" => Ok(Role::Admin),
             _ => Err(format!(
-                "unknown role '{s}' (expected read, operate or worker)"
+                "unknown role '{s}' (expected read, operate, admin or worker)"
             )),
         }
     }
@@ -61,17 +66,31 @@ impl FromStr for Role {
 pub enum Access {
     Read,
     Operate,
+    Admin,
     Worker,
 }
 
 impl Access {
-    fn allows(self, role: Role) -> bool {
+    /// The one table of who may do what: admin includes operate, operate includes read; the
+    /// worker role is the worker protocol only.
+    pub fn allows(self, role: Role) -> bool {
         matches!(
             (self, role),
-            (Access::Read, Role::Read | Role::Operate)
-                | (Access::Operate, Role::Operate)
+            (Access::Read, Role::Read | Role::Operate | Role::Admin)
+                | (Access::Operate, Role::Operate | Role::Admin)
+                | (Access::Admin, Role::Admin)
                 | (Access::Worker, Role::Worker)
         )
+    }
+
+    /// The roles it takes, in words.
+    pub fn needs(self) -> &'static str {
+        match self {
+            Access::Read => "read, operate or admin",
+            Access::Operate => "operate or admin",
+            Access::Admin => "admin",
+            Access::Worker => "worker",
+        }
     }
 }
 
@@ -117,6 +136,9 @@ pub struct Tokens(pub Vec<Token>);
 pub struct Caller {
     /// The token's name, or "anonymous" when no tokens are configured.
     pub name: String,
+    /// How the ledger records what it does: `api:TOKEN-NAME` (or the server's
+    /// `anonymous_actor` when no tokens are configured).
+    pub actor: String,
 }
 
 impl Tokens {
@@ -150,6 +172,7 @@ async fn check(state: &AppState, access: Access, mut req: Request, next: Next) -
     if !state.tokens.enabled() {
         req.extensions_mut().insert(Caller {
             name: "anonymous".into(),
+            actor: state.anonymous_actor.clone(),
         });
         return next.run(req).await;
     }
@@ -166,11 +189,7 @@ async fn check(state: &AppState, access: Access, mut req: Request, next: Next) -
         return unauthorized("the token is not valid");
     };
     if !access.allows(token.role) {
-        let needed = match access {
-            Access::Read => "read or operate",
-            Access::Operate => "operate",
-            Access::Worker => "worker",
-        };
+        let needed = access.needs();
         return ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
@@ -183,6 +202,7 @@ async fn check(state: &AppState, access: Access, mut req: Request, next: Next) -
     }
     req.extensions_mut().insert(Caller {
         name: token.name.clone(),
+        actor: format!("api:{}", token.name),
     });
     next.run(req).await
 }
@@ -193,6 +213,10 @@ pub async fn require_read(State(state): State<AppState>, req: Request, next: Nex
 
 pub async fn require_operate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     check(&state, Access::Operate, req, next).await
+}
+
+pub async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    check(&state, Access::Admin, req, next).await
 }
 
 pub async fn require_worker(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -219,5 +243,7 @@ mod tests {
                 && !Access::Worker.allows(Role::Operate)
         );
         assert!(!format!("{:?}", t).contains("s3cret"));
+        assert!(Access::Operate.allows(Role::Admin) && Access::Read.allows(Role::Admin));
+        assert!(!Access::Admin.allows(Role::Operate) && !Access::Worker.allows(Role::Admin));
     }
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod manage;
 pub mod openapi;
 pub mod probes;
 pub mod worker;
@@ -22,7 +23,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post, put};
 use jobward_protocol::ErrorCode;
 use jobward_store::{DynStore, SyncReport};
 use tokio::sync::Notify;
@@ -58,6 +59,15 @@ pub struct AppInner {
     pub node: Option<Arc<crate::node::NodeStatus>>,
     /// Per-process secret from which the dashboard derives its CSRF tokens.
     pub dashboard_key: [u8; 32],
+    /// What a job defined through the API does not say for itself (the file's `[defaults]`).
+    pub job_defaults: crate::jobdef::JobDefaults,
+    /// Jobs with a command may be defined through the API (`[server] api_commands`).
+    pub api_commands: bool,
+    /// The configuration file, named when the API refuses to change a job it owns.
+    pub config_file: Option<String>,
+    /// The actor recorded for requests when no tokens are configured (`api:anonymous`; the
+    /// CLI's in-process API records the user running it).
+    pub anonymous_actor: String,
     shutting_down: AtomicBool,
 }
 
@@ -83,6 +93,10 @@ impl AppState {
             reload: None,
             node: None,
             dashboard_key: random_key(),
+            job_defaults: Default::default(),
+            api_commands: false,
+            config_file: None,
+            anonymous_actor: "api:anonymous".into(),
             shutting_down: AtomicBool::new(false),
         }))
     }
@@ -173,6 +187,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/executions/{id}", get(api::execution))
         .route("/api/executions/{id}/events", get(api::events))
         .route("/api/executions/{id}/log", get(api::log))
+        .route("/api/nodes", get(manage::nodes))
         .route("/metrics", get(metrics_endpoint))
         .route("/api/openapi.json", get(openapi::document))
         .route_layer(from_fn_with_state(state.clone(), auth::require_read));
@@ -187,7 +202,18 @@ pub fn app(state: AppState) -> Router {
         .route("/api/jobs/{name}/pause", post(api::pause))
         .route("/api/jobs/{name}/resume", post(api::resume))
         .route("/api/executions/{id}/cancel", post(api::cancel))
+        .route("/api/executions/{id}", patch(manage::patch_execution))
+        .route("/api/jobs/{name}/backfill", post(manage::backfill))
         .route_layer(from_fn_with_state(state.clone(), auth::require_operate));
+    // Defining jobs: code that runs on jobward hosts, or work handed to workers.
+    let admin = Router::new()
+        .route(
+            "/api/jobs/{name}",
+            put(manage::put_job)
+                .patch(manage::patch_job)
+                .delete(manage::delete_job),
+        )
+        .route_layer(from_fn_with_state(state.clone(), auth::require_admin));
     let worker = Router::new()
         .route("/api/worker/claim", post(worker::claim))
         .route("/api/worker/heartbeat", post(worker::heartbeat))
@@ -211,6 +237,7 @@ pub fn app(state: AppState) -> Router {
         .merge(probes)
         .merge(read)
         .merge(operate)
+        .merge(admin)
         .merge(worker)
         .merge(by_lease)
         .merge(dashboard::routes(state.clone()))

@@ -24,11 +24,13 @@ impl Modify for Bearer {
         title = "jobward",
         description = "A job scheduler and execution ledger: every execution reaches a terminal state with a true record. \
             Errors are always {\"error\": {\"code\", \"message\"}}. When tokens are configured, send Authorization: Bearer TOKEN \
-            (roles: read, operate, worker)."
+            (roles: read; operate, which includes read; admin, which includes operate and defines jobs; worker, the worker protocol only)."
     ),
     paths(
         api::health, api::running, api::cleanup, api::reload,
         api::jobs, api::job, api::trigger, api::trigger_batch, api::pause, api::resume,
+        super::manage::put_job, super::manage::patch_job, super::manage::delete_job,
+        super::manage::backfill, super::manage::patch_execution, super::manage::nodes,
         api::executions, api::execution, api::events, api::log, api::cancel, api::progress,
         worker::claim, worker::heartbeat, worker::complete, worker::complete_batch, worker::exchange,
         worker::release,
@@ -38,7 +40,7 @@ impl Modify for Bearer {
     security(("bearer" = [])),
     tags(
         (name = "system", description = "health, running executions, stale cleanup, reload, metrics, liveness and readiness probes"),
-        (name = "jobs", description = "job definitions (from the operator's configuration only) and triggers"),
+        (name = "jobs", description = "job definitions (from the configuration file, or created through the API with the admin role), triggers, delayed runs and backfills"),
         (name = "executions", description = "executions, their events and logs"),
         (name = "worker", description = "the worker protocol: claim, heartbeat, complete (one, or a batch), exchange (complete a batch and claim the next in one call), release"),
     )

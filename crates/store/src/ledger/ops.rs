@@ -1884,11 +1884,18 @@ pub(crate) async fn prune_job(
     Ok(deleted)
 }
 
-pub(crate) async fn set_paused(tx: &mut dyn Conn, name: &str, paused: bool) -> Result<()> {
+/// Pauses or resumes a job; the change is recorded with its actor.
+pub(crate) async fn set_paused(
+    tx: &mut dyn Conn,
+    name: &str,
+    paused: bool,
+    actor: &str,
+) -> Result<()> {
     if !table::set_paused(tx, name, paused).await? {
         return Err(StoreError::JobNotFound(name.to_string()));
     }
-    Ok(())
+    let action = if paused { "paused" } else { "resumed" };
+    table::job_change(tx, name, actor, action, None, None).await
 }
 
 /// Stops an incarnation (graceful shutdown).
@@ -1912,6 +1919,13 @@ pub(crate) async fn put_job(tx: &mut dyn Conn, p: &PutJob) -> Result<PutJobRepor
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
     let first = first_fire(&p.spec.schedule, tx.now());
     let name = p.spec.name.as_str();
+    if let Some(k) = &p.spec.concurrency_key
+        && !table::key_has_limit(tx, k).await?
+    {
+        return Err(StoreError::Invalid(format!(
+            "field 'concurrency_key': '{k}' has no limit in the configuration's [concurrency] (add: {k} = 1)"
+        )));
+    }
     let old = table::stored_job(tx, name).await?;
     let report = match &old {
         Some(old) if old.source == JobSource::File && old.defined => {

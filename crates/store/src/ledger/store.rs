@@ -148,11 +148,10 @@ impl<B: Backend> Store for Ledger<B> {
         read!(self, name.to_string(), |tx, n| reads::get_job(tx, &n).await)
     }
 
-    async fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
-        write!(self, name.to_string(), |tx, n| ops::set_paused(
-            tx, &n, paused
-        )
-        .await)
+    async fn set_paused(&self, name: &str, paused: bool, actor: &str) -> Result<()> {
+        write!(self, (name.to_string(), actor.to_string()), |tx, a| {
+            ops::set_paused(tx, &a.0, paused, &a.1).await
+        })
     }
 
     async fn trigger(&self, p: TriggerParams) -> Result<Created> {

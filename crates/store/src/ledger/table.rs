@@ -479,6 +479,17 @@ pub(crate) async fn fired_already(tx: &mut dyn Conn, job: &str, at: Timestamp) -
         > 0)
 }
 
+/// Whether the key has a limit in `[concurrency]`.
+pub(crate) async fn key_has_limit(tx: &mut dyn Conn, key: &str) -> Result<bool> {
+    Ok(tx
+        .one(
+            "SELECT 1 FROM concurrency_limits WHERE key = $1",
+            &[key.into()],
+        )
+        .await?
+        .is_some())
+}
+
 /// Whether the key's slots are all held by running executions.
 pub(crate) async fn key_full(tx: &mut dyn Conn, key: &str) -> Result<bool> {
     let r = tx

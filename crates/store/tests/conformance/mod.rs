@@ -979,13 +979,13 @@ case! {
         s.schedule = Schedule::every(Duration::from_secs(10)).unwrap();
         define(&store, vec![s], &[]).await;
         let queued = trigger(&store, "a").await;
-        store.set_paused("a", true).await.unwrap();
+        store.set_paused("a", true, "test").await.unwrap();
         assert!(claim(&store, "n", 5).await.is_empty());
         store.clock().advance(Duration::from_secs(10));
         let r = store.fire_due("s").await.unwrap();
         assert_eq!(r.skipped.len(), 1);
         assert_eq!(get(&store, r.skipped[0]).await.reason, Some(Reason::Paused));
-        store.set_paused("a", false).await.unwrap();
+        store.set_paused("a", false, "test").await.unwrap();
         assert_eq!(claim(&store, "n", 5).await[0].id, queued.id);
     }
 }

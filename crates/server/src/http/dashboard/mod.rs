@@ -182,6 +182,7 @@ fn check_form(
     }
     Ok(Caller {
         name: format!("dashboard:{}", viewer.name),
+        actor: format!("dashboard:{}", viewer.name),
     })
 }
 
@@ -361,11 +362,13 @@ async fn job(
     let now = state.store.now().await?;
     let workers = crate::http::api::recent_workers(&state, &j, now).await?;
     let served = crate::views::served(&j, &workers, now).map(|(text, _)| text);
+    let changes = state.store.job_changes(&name).await?;
     ok(pages::job(
         &viewer,
         now,
         &j,
         served.as_deref(),
+        &changes,
         &pages::SuccessRate::of(&chart),
         &chart,
         &history,
@@ -474,7 +477,7 @@ async fn apply_stale(
     let (text, stale) = stale_after(Some(&text))?;
     let r = state
         .service
-        .cleanup(stale, true, caller.name.clone())
+        .cleanup(stale, true, caller.actor.clone())
         .await?;
     Ok(Redirect::to(&format!(
         "/stale?stale_after={}&applied={}",
@@ -506,7 +509,7 @@ async fn job_action(
                 .service
                 .trigger(TriggerParams {
                     job: name,
-                    actor: caller.name.clone(),
+                    actor: caller.actor.clone(),
                     ..Default::default()
                 })
                 .await?;
@@ -514,7 +517,10 @@ async fn job_action(
             return Ok(Redirect::to(&format!("/executions/{id}")).into_response());
         }
         "pause" | "resume" => {
-            state.service.set_paused(&name, action == "pause").await?;
+            state
+                .service
+                .set_paused(&name, action == "pause", &caller.actor)
+                .await?;
         }
         other => {
             return Err(PageError::new(
@@ -540,7 +546,7 @@ async fn cancel(
             format!("execution {id} does not exist"),
         ));
     };
-    state.service.cancel(id, caller.name.clone()).await?;
+    state.service.cancel(id, caller.actor.clone()).await?;
     Ok(Redirect::to(&format!("/executions/{id}")).into_response())
 }
 

@@ -82,12 +82,24 @@ pub fn badge(state: &str) -> Markup {
 
 /// An execution's badge; a running one that nobody heartbeats for says so.
 fn exec_badge(e: &ExecutionRow, now: Timestamp) -> Markup {
-    silent_badge(&e.state.to_string(), e.silent_for(now))
+    let later = (e.state == State::Queued && e.run_after > now).then_some(e.run_after);
+    html! { (silent_badge(&e.state.to_string(), e.silent_for(now))) (scheduled_tag(later, now)) }
 }
 
 /// A job's badge (its status is derived from its executions).
 fn job_badge(j: &jobward_store::JobRow, now: Timestamp) -> Markup {
-    silent_badge(&j.status(), j.silent_for(now))
+    html! { (silent_badge(&j.status(), j.silent_for(now))) (scheduled_tag(j.scheduled_for(now), now)) }
+}
+
+/// A run that is queued but not due yet is scheduled, not waiting.
+fn scheduled_tag(at: Option<Timestamp>, now: Timestamp) -> Markup {
+    html! {
+        @if let Some(at) = at {
+            " " span.tag.scheduled title={ "not before " (at.format("%Y-%m-%d %H:%M:%S UTC")) } {
+                "scheduled for " (at.format("%Y-%m-%d %H:%M:%S UTC")) " (" (when(Some(at), now)) ")"
+            }
+        }
+    }
 }
 
 fn silent_badge(state: &str, silence: Option<Duration>) -> Markup {
@@ -361,7 +373,11 @@ pub fn jobs(v: &Viewer, now: Timestamp, jobs: &[(JobRow, SuccessRate)]) -> Marku
                     thead { tr { th { "Job" } th { "Schedule" } th { "Next fire" } th { "Status" } th { "Success" } @if v.can_operate { th { "Actions" } } } }
                     tbody { @for (j, rate) in jobs {
                         tr data-job=(j.spec.name) {
-                            td data-label="Job" { (job_link(&j.spec.name)) @if !j.defined { " " span.tag { "removed from config" } } }
+                            td data-label="Job" {
+                                (job_link(&j.spec.name))
+                                @if j.source == jobward_store::JobSource::Api { " " span.tag.source title="defined through the API" { "api" } }
+                                @if !j.defined { " " span.tag { @if j.source == jobward_store::JobSource::Api { "deleted" } @else { "removed from config" } } }
+                            }
                             td data-label="Schedule" { (schedule_words(&j.spec.schedule)) @if is_cron(&j.spec.schedule) { br; code.rel.hide-narrow { (j.spec.schedule.describe()) } } }
                             td data-label="Next fire" { @if j.paused { span.muted { "paused" } } @else { (when(j.next_fire_at, now)) } }
                             td data-label="Status" { (job_badge(j, now)) @if j.paused { " " (badge("paused")) } }
@@ -395,6 +411,7 @@ pub fn job(
     now: Timestamp,
     j: &JobRow,
     served: Option<&str>,
+    changes: &[jobward_store::JobChange],
     rate: &SuccessRate,
     chart_rows: &[ExecutionRow],
     history: &[ExecutionRow],
@@ -407,6 +424,7 @@ pub fn job(
         @if v.can_operate { div.actions { (job_buttons(v, j)) } }
         section.card #job-fields data-live {
             dl.fields {
+                dt { "Defined" } dd #source { @if j.source == jobward_store::JobSource::File { "in the configuration file" } @else { "through the API" } }
                 dt { "Command" } dd { @if s.command.is_empty() { "none: a worker's handler for " code { (s.name) } " runs it" } @else { code { (s.command) } } }
                 dt { "Schedule" } dd { (schedule_words(&s.schedule)) @if is_cron(&s.schedule) { " " code.rel { (s.schedule.describe()) } } }
                 dt { "Next fire" } dd { @if j.paused { "paused" } @else { (when(j.next_fire_at, now)) } }
@@ -422,6 +440,22 @@ pub fn job(
         section.card #chart data-live {
             h2 { "Recent durations and outcomes" }
             (chart(chart_rows, now))
+        }
+        @if !changes.is_empty() && !paged {
+            section.card #changes {
+                h2 { "Changes" }
+                div.scroll { table.stack {
+                    thead { tr { th { "When" } th { "Who" } th { "What" } th { "Fields changed" } } }
+                    tbody { @for c in changes.iter().take(20) {
+                        tr {
+                            td data-label="When" { (when(Some(c.at), now)) }
+                            td data-label="Who" { code { (c.actor) } }
+                            td data-label="What" { (c.action) }
+                            td data-label="Fields changed" { (changed_fields(c)) }
+                        }
+                    } }
+                } }
+            }
         }
         section.card #history data-live {
             h2 { "History" @if paged { " (older)" } }
@@ -449,6 +483,34 @@ pub fn job(
         }
     };
     layout(Some(v), &s.name, "/jobs", !paged, body)
+}
+
+/// The fields a recorded change changed, `field: before → after`.
+fn changed_fields(c: &jobward_store::JobChange) -> Markup {
+    let def = |v: &Option<serde_json::Value>| -> serde_json::Map<String, serde_json::Value> {
+        v.as_ref()
+            .and_then(|v| serde_json::from_value::<jobward_core::JobSpec>(v.clone()).ok())
+            .and_then(|s| serde_json::to_value(crate::jobdef::definition(&s)).ok())
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default()
+    };
+    let (before, after) = (def(&c.before), def(&c.after));
+    if c.before.is_none() || c.after.is_none() {
+        return html! { "—" };
+    }
+    let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let show = |v: Option<&serde_json::Value>| match v {
+        None => "(default)".to_string(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    };
+    html! {
+        @for k in keys.into_iter().filter(|k| before.get(*k) != after.get(*k)) {
+            div { code { (k) } ": " (show(before.get(k))) " → " (show(after.get(k))) }
+        }
+    }
 }
 
 /// Bars of the recent executions' durations, oldest left; failures also carry an ✗ mark.

@@ -90,7 +90,7 @@ pub fn viewer(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Denied> {
     }
     Ok(Viewer {
         name: token.name.clone(),
-        can_operate: token.role == Role::Operate,
+        can_operate: super::super::auth::Access::Operate.allows(token.role),
         csrf: csrf_for(state, token.digest()),
         logged_in: true,
     })
