@@ -42,7 +42,7 @@ npm install --no-audit --no-fund --loglevel=error "$work/$tarball"
 cp -R "$sdk/test" "$work/project/test"
 # The installed package type-checks for a TypeScript user.
 cat > consumer.ts <<'TS'
-import { Client, Worker, JobwardError, LeaseLost, Cancelled, type Context, type ExecutionView } from "@jobward/client";
+import { Client, Worker, JobwardError, LeaseLost, Cancelled, type Context, type ExecutionView, type JobDefinition } from "@jobward/client";
 const client = new Client({ server: "http://127.0.0.1:8080", token: "t" });
 const worker = new Worker({ server: client.server, queues: ["q"], concurrency: 2, runCommands: false });
 worker.handle("send-report", async (ctx: Context) => {
@@ -52,6 +52,8 @@ worker.handle("send-report", async (ctx: Context) => {
   if (ctx.signal.reason instanceof Cancelled || ctx.signal.reason instanceof LeaseLost) throw ctx.signal.reason;
   return e.status;
 });
+const definition: JobDefinition = { queue: "q", retry: { max_attempts: 3 } };
+export const define = async () => (await client.putJob("send-report", definition)).job.source;
 export const check = (e: unknown) => e instanceof JobwardError && e.code === "lease_lost" && e.status === 409;
 TS
 "$sdk/node_modules/.bin/tsc" --noEmit --strict --module nodenext --moduleResolution nodenext --target es2022 \

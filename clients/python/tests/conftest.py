@@ -19,6 +19,9 @@ from jobward import Client
 
 OPERATE = "sdk-test-operate-0123456789"
 WORKER = "sdk-test-worker-0123456789"
+ADMIN = "sdk-test-admin-0123456789"
+#: The name of the admin token: changes made with it are recorded as ``api:root``.
+ADMIN_NAME = "root"
 REPO = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 
@@ -64,6 +67,10 @@ secret = "{OPERATE}"
 name = "pyworker"
 role = "worker"
 secret = "{WORKER}"
+[[token]]
+name = "{ADMIN_NAME}"
+role = "admin"
+secret = "{ADMIN}"
 [server]
 db = "sqlite://{self.dir}/ledger.db"
 log_dir = "{self.dir}/logs"
@@ -97,6 +104,7 @@ shutdown_grace = "2s"
             self.stop()
             raise RuntimeError(f"jobward serve did not start:\n{self.log_path.read_text(errors='replace')}")
         self.api = Client(self.url, OPERATE)
+        self.admin = Client(self.url, ADMIN)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -1,5 +1,7 @@
 import { JobwardError, LeaseLost } from "./errors.js";
 import type {
+  BackfillRequest,
+  BackfillResponse,
   CancelResponse,
   ClaimRequest,
   ClaimResponse,
@@ -13,12 +15,16 @@ import type {
   ExchangeRequest,
   ExchangeResponse,
   ExecutionPage,
+  ExecutionPatch,
   ExecutionView,
   HealthView,
   HeartbeatRequest,
   HeartbeatResponse,
+  JobDefinition,
+  JobDeleteResponse,
   JobDetail,
   JobList,
+  JobPutResponse,
   LogView,
   ProgressRequest,
   ReleaseRequest,
@@ -69,6 +75,27 @@ export interface ExecutionQuery {
   limit?: number;
 }
 
+/**
+ * A JSON merge patch of a job's definition (`PATCH /api/jobs/{name}`): the fields given
+ * replace the stored ones, `null` resets a field to the server's default, absent fields stay.
+ */
+export type JobPatch = JobDefinition;
+
+export interface DeleteJobOptions {
+  /** Cancel its live executions (queued ones at once, running ones are asked to stop); without
+   * it, a job with live executions is not deleted (409 `conflict`). */
+  cancel?: boolean;
+}
+
+/** When a queued execution may start: exactly one of `runAt` and `delay`. */
+export type RescheduleOptions =
+  | { /** Not before this time. */ runAt: Date | string; delay?: never }
+  | {
+      /** Not before this long from now: milliseconds (0 or less: at once), or a duration such as "10m". */
+      delay: number | string;
+      runAt?: never;
+    };
+
 export interface RequestOptions {
   /** Aborts the request (the promise rejects with the signal's reason). */
   signal?: AbortSignal | undefined;
@@ -102,8 +129,9 @@ function triggerBody(o: TriggerOptions): TriggerRequest {
 }
 
 /**
- * A client of the jobward HTTP API: triggers, executions, events, cancels, and the worker
- * protocol's calls (claim, heartbeat, complete, release) for hand-written workers.
+ * A client of the jobward HTTP API: triggers, executions, events, cancels, job definitions
+ * (role "admin"), and the worker protocol's calls (claim, heartbeat, complete, release) for
+ * hand-written workers.
  */
 export class Client {
   /** The base URL, without a trailing slash. */
@@ -123,7 +151,7 @@ export class Client {
   }
 
   /** Sends one request; answers the parsed JSON body, or throws `JobwardError` / `LeaseLost`. */
-  async request<T>(method: "GET" | "POST", path: string, body?: unknown, options: RequestOptions = {}): Promise<T> {
+  async request<T>(method: "GET" | "POST" | "PUT" | "PATCH" | "DELETE", path: string, body?: unknown, options: RequestOptions = {}): Promise<T> {
     const timeoutMs = options.timeoutMs ?? this.#timeoutMs;
     const ctl = new AbortController();
     const timer = setTimeout(
@@ -240,6 +268,61 @@ export class Client {
   job(name: string, request?: RequestOptions): Promise<JobDetail> {
     return this.request("GET", `/api/jobs/${encodeURIComponent(name)}`, undefined, request);
   }
+
+  // ---- job definitions (role "admin") ---------------------------------------------------
+
+  /**
+   * Creates or replaces the job `name` with this whole definition (the fields of a `[[job]]`
+   * of the configuration file; absent fields take the server's `[defaults]`). `created` tells
+   * which. A handler job (a `queue`, no `command`) needs nothing more; a definition with a
+   * `command` is refused (403 `forbidden`) unless the server sets `[server] api_commands = true`.
+   * Jobs of the configuration file cannot be changed through the API (409 `conflict`).
+   */
+  putJob(name: string, definition: JobDefinition, request?: RequestOptions): Promise<JobPutResponse> {
+    return this.request("PUT", `/api/jobs/${encodeURIComponent(name)}`, definition, request);
+  }
+
+  /**
+   * Changes some fields of a job the API defined (a JSON merge patch: `null` resets a field to
+   * its default). `{ paused: true | false }` alone also works on jobs of the configuration file.
+   */
+  patchJob(name: string, patch: JobPatch, request?: RequestOptions): Promise<JobPutResponse> {
+    return this.request("PATCH", `/api/jobs/${encodeURIComponent(name)}`, patch, request);
+  }
+
+  /**
+   * Deletes a job the API defined (its history remains). With live executions it is refused
+   * (409 `conflict`) unless `cancel: true`, which cancels them; `cancelled` lists them.
+   */
+  deleteJob(name: string, options: DeleteJobOptions = {}, request?: RequestOptions): Promise<JobDeleteResponse> {
+    const qs = options.cancel === undefined ? "" : `?cancel=${options.cancel ? "true" : "false"}`;
+    return this.request("DELETE", `/api/jobs/${encodeURIComponent(name)}${qs}`, undefined, request);
+  }
+
+  /**
+   * Fires each instant of the job's schedule in [`from`, `to`] that has no execution yet
+   * (at most 1,000): `created` lists the new executions, `already` counts the instants left
+   * alone. Role "operate".
+   */
+  backfill(name: string, from: Date | string, to: Date | string, request?: RequestOptions): Promise<BackfillResponse> {
+    const body: BackfillRequest = { from: iso(from), to: iso(to) };
+    return this.request("POST", `/api/jobs/${encodeURIComponent(name)}/backfill`, body, request);
+  }
+
+  /** Moves the start of a queued execution: `{ runAt }` or `{ delay }` (from now). Role "operate". */
+  reschedule(id: number, options: RescheduleOptions, request?: RequestOptions): Promise<ExecutionView> {
+    const body: ExecutionPatch = {};
+    if (options.runAt !== undefined) body.run_at = iso(options.runAt);
+    if (typeof options.delay === "number") {
+      // The server refuses a zero duration: "at once" is the smallest one.
+      body.delay = `${Math.max(1, Math.ceil(options.delay))}ms`;
+    } else if (options.delay !== undefined) {
+      body.delay = options.delay;
+    }
+    return this.request("PATCH", `/api/executions/${id}`, body, request);
+  }
+
+  // ---- the server ----------------------------------------------------------------------
 
   health(request?: RequestOptions): Promise<HealthView> {
     return this.request("GET", "/api/system/health", undefined, request);

@@ -22,9 +22,22 @@ export type JobView = S["JobView"];
 export type JobList = S["JobList"];
 export type JobDetail = S["JobDetail"];
 export type WorkerView = S["WorkerView"];
+export type RunRef = S["RunRef"];
+export type NodeView = S["NodeView"];
+export type NodeList = S["NodeList"];
 export type HealthView = S["HealthView"];
 export type CancelResponse = S["CancelResponse"];
 export type CancelResult = S["CancelResult"];
+
+export type JobDefinition = S["JobDefinition"];
+export type HistoryDefinition = S["HistoryDefinition"];
+export type RetryDefinition = S["RetryDefinition"];
+export type JobPutResponse = S["JobPutResponse"];
+export type JobDeleteResponse = S["JobDeleteResponse"];
+export type JobChangeView = S["JobChangeView"];
+export type BackfillRequest = S["BackfillRequest"];
+export type BackfillResponse = S["BackfillResponse"];
+export type ExecutionPatch = S["ExecutionPatch"];
 
 export type TriggerRequest = S["TriggerRequest"];
 export type TriggerResponse = S["TriggerResponse"];

@@ -10,6 +10,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 export const OPERATE_TOKEN = "ts-sdk-operate-0123456789";
 export const WORKER_TOKEN = "ts-sdk-worker-0123456789";
 export const READ_TOKEN = "ts-sdk-read-0123456789";
+export const ADMIN_TOKEN = "ts-sdk-admin-0123456789";
+/** The name of the admin token: changes made with it are recorded as `api:ts-admin`. */
+export const ADMIN_TOKEN_NAME = "ts-admin";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -76,6 +79,11 @@ secret = "${WORKER_TOKEN}"
 name = "ts-read"
 role = "read"
 secret = "${READ_TOKEN}"
+
+[[token]]
+name = "${ADMIN_TOKEN_NAME}"
+role = "admin"
+secret = "${ADMIN_TOKEN}"
 
 [server]
 db = "sqlite://${dir}/ledger.db"

@@ -73,8 +73,9 @@ pub struct ExecutionView {
     pub phase: Option<String>,
     #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Value>,
-    /// Not before this time: set for a delayed run (or a retry waiting out its backoff).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Not before this time: set for a queued delayed run (or a retry waiting out its
+    /// backoff).
+    #[serde(default)]
     pub run_at: Option<DateTime<Utc>>,
     /// Its priority: claims take higher first within a queue.
     #[serde(default)]
@@ -83,13 +84,13 @@ pub struct ExecutionView {
     #[serde(default)]
     pub command: String,
     /// For a queued execution: it must start by then, or it times out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub start_deadline: Option<DateTime<Utc>>,
     /// For a running execution whose cancel was requested: settled by then at the latest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cancel_deadline: Option<DateTime<Utc>>,
     /// The process group of its process, when a node or worker started one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pgid: Option<i32>,
 }
 
@@ -120,7 +121,7 @@ pub struct LogView {
     /// The tail of the log (stdout and stderr), or null when there is none.
     pub log: Option<String>,
     /// Where the server keeps it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub path: Option<String>,
 }
 
@@ -195,10 +196,10 @@ pub struct JobDetail {
     /// The workers seen claiming from its queue in the last 5 minutes that run it.
     #[serde(default)]
     pub workers: Vec<WorkerView>,
-    /// Its whole definition, every field explicit: what `PUT /api/jobs/{name}` takes.
+    /// Its whole definition, every setting explicit (unset optional fields are left out):
+    /// what `PUT /api/jobs/{name}` takes.
     pub definition: JobDefinition,
-    /// Its recorded changes (through the API, pause and resume), newest first.
-    #[serde(default)]
+    /// Its recorded changes (through the API, pause and resume), newest first (at most 20).
     pub changes: Vec<JobChangeView>,
 }
 
@@ -210,10 +211,10 @@ pub struct JobChangeView {
     pub actor: String,
     /// created, replaced, changed, deleted, paused or resumed.
     pub action: String,
-    /// The definition before (absent when created).
+    /// The definition before (null when created, paused or resumed).
     #[schema(value_type = Option<serde_json::Value>)]
     pub before: Option<Value>,
-    /// The definition after (absent when deleted).
+    /// The definition after (null when deleted, paused or resumed).
     #[schema(value_type = Option<serde_json::Value>)]
     pub after: Option<Value>,
 }

@@ -280,7 +280,14 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let id = register(&store, &cfg).await?;
         info!(node = %id, name = %cfg.name, "node registered");
-        let sync = store.sync_jobs(jobs).await?;
+        let sync = match store.sync_jobs(jobs).await {
+            Ok(s) => s,
+            Err(e) => {
+                // This incarnation never ran anything: it is stopped, not left to be found lost.
+                let _ = store.stop_node(&id, &format!("startup failed: {e}")).await;
+                return Err(e.into());
+            }
+        };
         let service = Service::new(store.clone(), cfg.log_dir.clone(), cfg.alerts.clone());
         let recovery = recover_previous(&service, &cfg.name, &id).await?;
         let executor = Executor::new(

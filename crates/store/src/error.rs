@@ -20,7 +20,9 @@ pub enum StoreError {
     ExecutionNotFound(ExecutionId),
     #[error("job '{0}' does not exist")]
     JobNotFound(String),
-    #[error("job '{0}' is no longer in the configuration")]
+    #[error(
+        "job '{0}' is no longer defined (gone from the configuration, or deleted through the API)"
+    )]
     JobUndefined(String),
     /// The API may not change or delete a job the configuration file defines.
     #[error("job '{0}' is defined in the configuration file; change it there")]

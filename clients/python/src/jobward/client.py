@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 from .errors import JobwardError, ServerUnreachable, from_answer
 from .types import (
+    BackfillResponse,
     CancelResponse,
     ClaimedExecution,
     CompletionResult,
@@ -24,7 +25,11 @@ from .types import (
     Execution,
     ExecutionPage,
     HeartbeatResponse,
+    Job,
+    JobDefinition,
+    JobDeleteResponse,
     JobDetail,
+    JobPutResponse,
     ReleaseResponse,
     TriggerItemResult,
     TriggerResponse,
@@ -86,6 +91,10 @@ def _trigger_body(
     return body
 
 
+def _job_path(name: str) -> str:
+    return f"/api/jobs/{urllib.parse.quote(name, safe='')}"
+
+
 def _serves(body: Dict[str, Any], handlers: Optional[Sequence[str]], commands: Optional[bool]) -> None:
     """What a claiming worker runs: the handler jobs it names, and commands or not."""
     if handlers is not None:
@@ -100,7 +109,8 @@ class Client:
     """The jobward HTTP API.
 
     ``server_url`` is the server's base URL (``http://127.0.0.1:8080``); ``token`` the bearer
-    secret (``read``/``operate`` for the client API, ``worker`` for the worker protocol).
+    secret (``read``/``operate`` for the client API, ``admin`` to define jobs as well,
+    ``worker`` for the worker protocol).
     ``timeout`` bounds each request in seconds (a long-polling claim adds its wait to it).
     """
 
@@ -216,19 +226,60 @@ class Client:
             items.append({"job": job, **item})
         return cast(List[TriggerItemResult], self._post("/api/triggers", {"triggers": items})["results"])
 
-    def jobs(self) -> List[Dict[str, Any]]:
-        return cast(List[Dict[str, Any]], self._get("/api/jobs")["jobs"])
+    def jobs(self) -> List[Job]:
+        return cast(List[Job], self._get("/api/jobs")["jobs"])
 
     def job(self, name: str) -> JobDetail:
-        """``{job, recent, served, workers}``: ``served`` says in words which workers run the
-        job (or why none does); ``workers`` lists those seen claiming in the last 5 minutes."""
-        return cast(JobDetail, self._get(f"/api/jobs/{urllib.parse.quote(name, safe='')}"))
+        """``{job, recent, served, workers, definition, changes}``: ``served`` says in words
+        which workers run the job (or why none does); ``workers`` lists those seen claiming in
+        the last 5 minutes; ``definition`` is its whole definition (what :meth:`put_job`
+        takes); ``changes`` its recorded changes, newest first (``{at, actor, action, before,
+        after}``); ``job["source"]`` is ``file`` or ``api``."""
+        return cast(JobDetail, self._get(_job_path(name)))
 
     def pause(self, job: str) -> Dict[str, Any]:
         return cast(Dict[str, Any], self._post(f"/api/jobs/{urllib.parse.quote(job, safe='')}/pause"))
 
     def resume(self, job: str) -> Dict[str, Any]:
         return cast(Dict[str, Any], self._post(f"/api/jobs/{urllib.parse.quote(job, safe='')}/resume"))
+
+    def backfill(self, job: str, from_: When, to: When) -> BackfillResponse:
+        """Fires each instant of ``job``'s schedule in [``from_``, ``to``] (aware datetimes or
+        RFC 3339) that has no execution yet, at most 1,000 (operate role). Answers
+        ``{created, already}``: the new executions' ids (queued, or skipped under the job's
+        overlap policy) and how many instants already had one."""
+        body = {"from": _rfc3339(from_), "to": _rfc3339(to)}
+        return cast(BackfillResponse, self._post(_job_path(job) + "/backfill", body))
+
+    # -- job definitions (admin role) --------------------------------------------------------
+
+    def put_job(self, name: str, definition: JobDefinition) -> JobPutResponse:
+        """Creates or replaces the job ``name`` with this whole definition (admin role).
+
+        ``definition`` has the fields of a ``[[job]]`` of the configuration file (``queue``,
+        ``command``, ``schedule``/``every``, ``retry={"max_attempts": 3}``, durations as text
+        like ``"90s"``); absent fields take the server's ``[defaults]``. A handler job (a
+        ``queue`` and no ``command``) needs nothing more; a ``command`` is refused
+        (:class:`Unauthorized`, ``403 forbidden``) unless the server sets ``[server]
+        api_commands = true``. Jobs of the configuration file are not the API's to change
+        (``409 conflict``). Answers ``{created, job, definition}``: ``created`` is false when
+        it replaced an existing job.
+        """
+        return cast(JobPutResponse, self.request("PUT", _job_path(name), body=definition))
+
+    def patch_job(self, name: str, patch: JobDefinition) -> JobPutResponse:
+        """Changes some fields of a job the API defined (admin role): a JSON merge patch, the
+        fields given replace, ``None`` resets one to its default, absent ones stay.
+        ``{"paused": True}`` (or ``False``) alone also works on the configuration file's jobs.
+        Answers ``{created: false, job, definition}``."""
+        return cast(JobPutResponse, self.request("PATCH", _job_path(name), body=patch))
+
+    def delete_job(self, name: str, cancel: bool = False) -> JobDeleteResponse:
+        """Deletes a job the API defined (admin role); its history remains. A job with live
+        executions is refused (``409 conflict``) unless ``cancel`` is true, which cancels the
+        queued ones and asks the running ones to stop. Answers ``{name, cancelled}``."""
+        query = {"cancel": "true"} if cancel else None
+        return cast(JobDeleteResponse, self.request("DELETE", _job_path(name), query=query))
 
     # -- executions --------------------------------------------------------------------------
 
@@ -281,6 +332,20 @@ class Client:
     def cancel(self, id: int) -> CancelResponse:
         """``{result: cancelled | requested | already_terminal, execution}`` (operate role)."""
         return cast(CancelResponse, self._post(f"/api/executions/{int(id)}/cancel"))
+
+    def reschedule(
+        self,
+        id: int,
+        run_at: Optional[When] = None,
+        delay: Union[None, str, float, int, _dt.timedelta] = None,
+    ) -> Execution:
+        """Moves the start of a queued execution (operate role): not before ``run_at`` (aware
+        datetime or RFC 3339) or ``delay`` from now (seconds, timedelta or "10m"); exactly
+        one of them. Answers the execution (its ``run_at`` moved)."""
+        if (run_at is None) == (delay is None):
+            raise ValueError("give run_at or delay (exactly one)")
+        body = _trigger_body(run_at=run_at, delay=delay)
+        return cast(Execution, self.request("PATCH", f"/api/executions/{int(id)}", body=body))
 
     def health(self) -> Dict[str, Any]:
         return cast(Dict[str, Any], self._get("/api/system/health"))

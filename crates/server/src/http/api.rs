@@ -44,8 +44,8 @@ pub struct HealthQuery {
     /// Running longer than this counts as long-running (default: the server's [health]).
     pub long_running_after: Option<String>,
     /// Warn when more than this many executions are long-running (default: the server's).
-    #[param(minimum = 0)]
-    pub warn_long_running: Option<u64>,
+    #[param(minimum = 0, maximum = 1000000)]
+    pub warn_long_running: Option<i64>,
 }
 
 #[utoipa::path(get, path = "/api/system/health", tag = "system",
@@ -62,7 +62,12 @@ pub async fn health(
             .map_err(|e| ApiError::bad_request(format!("long_running_after: {e}")))?;
     }
     if let Some(n) = q.warn_long_running {
-        settings.warn_long_running = n;
+        if !(0..=1_000_000).contains(&n) {
+            return Err(ApiError::bad_request(format!(
+                "warn_long_running must be between 0 and 1000000, got {n}"
+            )));
+        }
+        settings.warn_long_running = n as u64;
     }
     let m = state
         .store

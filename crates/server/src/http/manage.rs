@@ -244,8 +244,8 @@ pub async fn backfill(
 #[utoipa::path(patch, path = "/api/executions/{id}", tag = "executions",
     params(("id" = i64, Path, description = "execution id", minimum = 1)),
     request_body = ExecutionPatch,
-    responses((status = 200, description = "its start moved; its queue timeout counts from the new time", body = ExecutionView),
-              (status = "default", description = "an error (400 unless it is queued)", body = ErrorBody)))]
+    responses((status = 200, description = "its start moved (a time already past: now); its queue timeout counts from the new time", body = ExecutionView),
+              (status = "default", description = "an error (409 unless it is queued)", body = ErrorBody)))]
 pub async fn patch_execution(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -261,6 +261,17 @@ pub async fn patch_execution(
     let Some(run_at) = run_at_of(req.run_at.as_deref(), req.delay.as_deref(), now)? else {
         return Err(ApiError::bad_request("give run_at or delay"));
     };
+    let e = state
+        .store
+        .get_execution(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("execution {id} does not exist")))?;
+    if e.state != jobward_core::State::Queued {
+        return Err(ApiError::conflict(format!(
+            "execution {id} is {}: only a queued execution can be moved",
+            e.state
+        )));
+    }
     let row = state
         .service
         .reschedule(Reschedule {

@@ -2092,12 +2092,14 @@ pub(crate) async fn backfill(tx: &mut dyn Conn, p: &Backfill) -> Result<Backfill
     if p.from > p.to {
         return Err(StoreError::Invalid("from is after to".into()));
     }
+    // Only instants that are due can have been missed: a later one is the scheduler's.
+    let to = p.to.min(tx.now());
     let mut instants = Vec::new();
     let mut t = job
         .spec
         .schedule
         .next_after(p.from - chrono::TimeDelta::milliseconds(1));
-    while let Some(at) = t.filter(|at| *at <= p.to) {
+    while let Some(at) = t.filter(|at| *at <= to) {
         instants.push(at);
         if instants.len() > MAX_BACKFILL {
             return Err(StoreError::Invalid(format!(
