@@ -480,3 +480,45 @@ fn trigger_wait_follows_the_retry_chain_and_a_skip_has_its_own_exit_code() {
     let bad = env.run(&["jobs", "trigger", "flaky", "--payload", "{nope"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn a_job_created_through_one_node_runs_on_another_within_a_tick() {
+    let (env, _schema) = Env::postgres("api_commands = true\n", "");
+    let mut a = env.serve_as(Some("a"));
+    let b = env.serve_as(Some("b"));
+    let marker = env.path("ran-on");
+    let (s, v) = http_json(
+        "PUT",
+        &a.api(),
+        "/api/jobs/everywhere",
+        None,
+        Some(&json!({
+            "command": format!("echo $JOBWARD_NODE_ID >> {}", marker.display()),
+            "every": "1s",
+        })),
+    );
+    assert_eq!(s, 201, "{v}");
+    // Node a goes away at once: node b, which was never told, fires and runs the new job.
+    a.signal(nix::sys::signal::Signal::SIGTERM);
+    a.wait(Duration::from_secs(10));
+    wait_until(Duration::from_secs(5), "node b to run the job", || {
+        std::fs::read_to_string(&marker).is_ok_and(|t| !t.trim().is_empty())
+    });
+    // And a change made through b is in effect at once: paused, it fires only skips.
+    let (s, _) = http_json(
+        "PATCH",
+        &b.api(),
+        "/api/jobs/everywhere",
+        None,
+        Some(&json!({"paused": true})),
+    );
+    assert_eq!(s, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = std::fs::read_to_string(&marker).unwrap().lines().count();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().lines().count(),
+        before,
+        "a paused job runs nothing"
+    );
+}
