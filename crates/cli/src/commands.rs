@@ -159,6 +159,7 @@ pub async fn run(cli: Cli) -> R {
         Command::Backup(args) => backup(&cli, args).await,
         Command::Worker(args) => worker(args).await,
         Command::Heartbeat(args) => heartbeat(args).await,
+        Command::Exec(args) => crate::exec::exec(&cli, args).await,
     }
 }
 

@@ -63,6 +63,7 @@ pub struct RawToken {
 pub struct RawAlert {
     pub url: Option<String>,
     pub on: Option<Vec<String>>,
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -704,6 +705,22 @@ fn job_spec(
             "is not set in the file: pause a job with `jobward jobs pause NAME`",
         ));
     }
+    let mut j = j;
+    if let Some(var) = j.ping_token_env.take() {
+        if j.ping_token.is_some() {
+            return Err(ctx.err(
+                "ping_token_env",
+                "give ping_token or ping_token_env, not both",
+            ));
+        }
+        let value = std::env::var(&var).map_err(|_| {
+            ctx.err(
+                "ping_token_env",
+                format!("the environment variable {var} is not set"),
+            )
+        })?;
+        j.ping_token = Some(value);
+    }
     jobdef::job_spec(name, &j, d, &|k| limits.contains_key(k)).map_err(|e| ctx.field(e))
 }
 
@@ -730,7 +747,13 @@ fn alerts(top: &Ctx<'_>, raw: Vec<RawAlert>) -> Result<Vec<Webhook>, ConfigError
                 })
                 .collect::<Result<_, _>>()?,
         };
-        alerts.push(Webhook { url, on });
+        let kind = match a.kind.as_deref() {
+            None => jobward_server::alerts::SinkKind::Json,
+            Some(k) => k
+                .parse()
+                .map_err(|e| top.err(&format!("{field}.kind"), e))?,
+        };
+        alerts.push(Webhook { url, on, kind });
     }
     Ok(alerts)
 }

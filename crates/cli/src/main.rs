@@ -4,6 +4,7 @@
 
 mod api;
 mod commands;
+mod exec;
 mod ledger;
 mod output;
 
@@ -22,7 +23,8 @@ use clap::{Args, Parser, Subcommand};
     after_help = "Commands that take --server go through that jobward server's API (its tokens and roles; \
 the ledger records the token's name as the actor). Without --server (or JOBWARD_SERVER) they open the \
 database the configuration names and run the same API in process, for local administration. serve, \
-migrate, audit, backup, check, worker and heartbeat do not take --server.
+migrate, audit, backup, check, worker and heartbeat do not take --server. `exec` passes its command's \
+exit code through.
 
 Exit codes: 0 done; 1 a check failed or the operation did not succeed (a run that did not complete, \
 a refused request); 2 bad usage or input; 3 `jobs trigger` was skipped (the job's overlap policy, or \
@@ -116,6 +118,25 @@ pub enum Command {
     /// Report progress from inside a running execution (reads the JOBWARD_* variables; no
     /// configuration file or database).
     Heartbeat(HeartbeatArgs),
+    /// Run a command started by something else (cron, a CronJob, CI) and record it as a run
+    /// of JOB: lease and heartbeats, run timeout, cancel, exit code passed through. With no
+    /// ledger reachable the command still runs (unrecorded; stderr says so).
+    Exec(ExecArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// The job this run is recorded under (a job of the configuration or the API; usually
+    /// runner = "external").
+    #[arg(long, value_name = "NAME")]
+    pub job: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 impl Command {
@@ -145,6 +166,7 @@ impl Command {
             Command::Migrate(a) => Some(&a.store),
             Command::Check(a) => Some(&a.store),
             Command::Backup(a) => Some(&a.store),
+            Command::Exec(a) => Some(&a.store),
             Command::Worker(_) | Command::Heartbeat(_) => None,
         }
     }

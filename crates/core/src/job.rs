@@ -77,6 +77,58 @@ impl Default for History {
     }
 }
 
+/// How long a run of a job is expected to take (`expected_duration = "2m..30m"`): shorter
+/// than `min` is "too short", longer than `max` "overdue". Neither kills a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DurationBounds {
+    #[serde(with = "serde_ms::option", default)]
+    pub min: Option<Duration>,
+    #[serde(with = "serde_ms::option", default)]
+    pub max: Option<Duration>,
+}
+
+impl DurationBounds {
+    /// Reads `MIN..MAX`, `MIN..` or `..MAX` (durations as everywhere: "2m", "1h 30m").
+    pub fn parse(s: &str) -> Result<DurationBounds, String> {
+        let Some((lo, hi)) = s.split_once("..") else {
+            return Err(format!(
+                "'{s}' is not a range: write MIN..MAX, MIN.. or ..MAX (e.g. \"2m..30m\")"
+            ));
+        };
+        let side = |v: &str| -> Result<Option<Duration>, String> {
+            let v = v.trim();
+            if v.is_empty() {
+                return Ok(None);
+            }
+            crate::duration::parse_positive_duration(v)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        };
+        let b = DurationBounds {
+            min: side(lo)?,
+            max: side(hi)?,
+        };
+        match (b.min, b.max) {
+            (None, None) => Err(format!("'{s}' names neither bound")),
+            (Some(a), Some(z)) if a > z => {
+                Err(format!("'{s}': the lower bound is above the upper"))
+            }
+            _ => Ok(b),
+        }
+    }
+}
+
+impl fmt::Display for DurationBounds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = |d: Option<Duration>| d.map(crate::duration::format_exact).unwrap_or_default();
+        write!(f, "{}..{}", side(self.min), side(self.max))
+    }
+}
+
+/// The runner of jobs that run outside jobward (`runner = "external"`): it records their runs
+/// (`jobward exec`, pings) and the instants they missed; nobody claims their executions.
+pub const EXTERNAL_RUNNER: &str = "external";
+
 /// A validated job definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
@@ -100,6 +152,16 @@ pub struct JobSpec {
     /// its own.
     #[serde(default)]
     pub priority: i32,
+    /// It runs outside jobward (cron, a CronJob, CI): jobward records its runs and, with a
+    /// schedule, the instants that saw no start within their grace (the queue timeout).
+    #[serde(default)]
+    pub external: bool,
+    /// How long a run is expected to take.
+    #[serde(default)]
+    pub expected_duration: Option<DurationBounds>,
+    /// SHA-256 (hex) of the token that may send this job's pings; the secret is not kept.
+    #[serde(default)]
+    pub ping_token_sha256: Option<String>,
 }
 
 mod schedule_serde {
@@ -131,11 +193,18 @@ impl JobSpec {
             retry: RetryPolicy::default(),
             queue: None,
             priority: 0,
+            external: false,
+            expected_duration: None,
+            ping_token_sha256: None,
         }
     }
 
-    /// The runner that claims its executions: "local" or the queue's name.
+    /// The runner that claims its executions: "local", the queue's name, or "external"
+    /// (nobody: it runs outside jobward).
     pub fn runner(&self) -> &str {
+        if self.external {
+            return EXTERNAL_RUNNER;
+        }
         self.queue.as_deref().unwrap_or(LOCAL_RUNNER)
     }
 }
@@ -211,9 +280,30 @@ mod tests {
             retry: RetryPolicy::default(),
             queue: Some("gpu".into()),
             priority: 3,
+            external: false,
+            expected_duration: Some(DurationBounds::parse("2m..30m").unwrap()),
+            ping_token_sha256: Some("ab".repeat(32)),
         };
         let json = serde_json::to_string(&spec).unwrap();
         let back: JobSpec = serde_json::from_str(&json).unwrap();
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn duration_bounds_read_and_print() {
+        let b = DurationBounds::parse("2m..30m").unwrap();
+        assert_eq!(
+            (b.min, b.max),
+            (
+                Some(Duration::from_secs(120)),
+                Some(Duration::from_secs(1800))
+            )
+        );
+        assert_eq!(b.to_string(), "2m..30m");
+        assert_eq!(DurationBounds::parse("..1h").unwrap().to_string(), "..1h");
+        assert_eq!(DurationBounds::parse("5s..").unwrap().max, None);
+        for bad in ["", "..", "5m", "30m..2m", "x..1m", "1m..-1s"] {
+            assert!(DurationBounds::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -16,7 +16,9 @@ pub mod state;
 
 pub use deadline::Timeouts;
 pub use execution::{ApplyError, Execution, Reporter};
-pub use job::{History, JobSpec, LOCAL_RUNNER, Overlap, validate_name};
+pub use job::{
+    DurationBounds, EXTERNAL_RUNNER, History, JobSpec, LOCAL_RUNNER, Overlap, validate_name,
+};
 pub use machine::{Deadline, Event, Refusal, Step, transition};
 pub use retry::{Retry, RetryPolicy};
 pub use schedule::{FirePlan, Misfire, Schedule, ScheduleSpec, Span, plan_fires};

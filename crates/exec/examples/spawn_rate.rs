@@ -53,6 +53,7 @@ async fn supervised(count: usize, concurrency: usize) -> f64 {
                     log_path: dir.join(format!("{i}.log")),
                     log_max_bytes: 1 << 20,
                     cwd: None,
+                    echo: false,
                 };
                 let r = jobward_exec::spawn(&launch).unwrap();
                 let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();

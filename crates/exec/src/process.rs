@@ -28,6 +28,9 @@ pub struct Launch {
     pub log_path: PathBuf,
     pub log_max_bytes: u64,
     pub cwd: Option<PathBuf>,
+    /// Also copy its output to this process's stdout and stderr, as it comes (`jobward exec`,
+    /// where the command's caller reads it).
+    pub echo: bool,
 }
 
 /// The process as the ledger records it.
@@ -147,6 +150,19 @@ pub fn spawn(launch: &Launch) -> io::Result<Running> {
     };
     let mut out = child.stdout.take().expect("stdout is piped");
     let mut err = child.stderr.take().expect("stderr is piped");
+    let echo = launch.echo;
+    let show = move |to_err: bool, bytes: &[u8]| {
+        use std::io::Write;
+        if !echo {
+            return;
+        }
+        // A closed terminal must not stop the command or its record.
+        let _ = if to_err {
+            std::io::stderr().lock().write_all(bytes)
+        } else {
+            std::io::stdout().lock().write_all(bytes)
+        };
+    };
     let pump = tokio::spawn(async move {
         let (mut ob, mut eb) = (vec![0u8; 8192], vec![0u8; 8192]);
         let (mut out_open, mut err_open) = (true, true);
@@ -154,11 +170,17 @@ pub fn spawn(launch: &Launch) -> io::Result<Running> {
             tokio::select! {
                 n = out.read(&mut ob), if out_open => match n? {
                     0 => out_open = false,
-                    n => sink.write(&ob[..n])?,
+                    n => {
+                        show(false, &ob[..n]);
+                        sink.write(&ob[..n])?
+                    }
                 },
                 n = err.read(&mut eb), if err_open => match n? {
                     0 => err_open = false,
-                    n => sink.write(&eb[..n])?,
+                    n => {
+                        show(true, &eb[..n]);
+                        sink.write(&eb[..n])?
+                    }
                 },
             }
         }

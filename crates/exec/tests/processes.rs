@@ -13,6 +13,7 @@ fn launch(dir: &tempfile::TempDir, command: &str) -> Launch {
         log_path: dir.path().join("logs/42.log"),
         log_max_bytes: 1 << 20,
         cwd: None,
+        echo: false,
     }
 }
 
@@ -219,6 +220,7 @@ async fn runner_process_for_the_sigkill_test() {
         log_path: dir.join("runner.log"),
         log_max_bytes: 1 << 20,
         cwd: Some(dir.clone()),
+        echo: false,
     };
     let r = spawn(&l).unwrap();
     std::fs::write(dir.join("ready"), r.identity.pid.to_string()).unwrap();

@@ -92,6 +92,15 @@ pub struct ExecutionView {
     /// The process group of its process, when a node or worker started one.
     #[serde(default)]
     pub pgid: Option<i32>,
+    /// How long it is expected to take ("2m..30m"), when its job says.
+    #[serde(default)]
+    pub expected_duration: Option<String>,
+    /// It ran (or runs) past the upper bound of its expected duration.
+    #[serde(default)]
+    pub overdue: bool,
+    /// It completed faster than the lower bound of its expected duration.
+    #[serde(default)]
+    pub too_short: bool,
 }
 
 /// One entry of an execution's event log.
@@ -162,6 +171,12 @@ pub struct JobView {
     pub last_finished: Option<RunRef>,
     /// Claims take higher priorities first within a queue (ties by age).
     pub priority: i32,
+    /// How long a run is expected to take ("2m..30m"), when set.
+    #[serde(default)]
+    pub expected_duration: Option<String>,
+    /// Its pings need a token of their own (a ping token is set).
+    #[serde(default)]
+    pub ping_token_set: bool,
 }
 
 /// An execution in a job's summary.
@@ -273,6 +288,26 @@ pub struct JobDefinition {
     /// -1000 to 1000; higher is claimed first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
+    /// "local" (the default: a node runs it, or a worker with `queue`) or "external": it runs
+    /// outside jobward (cron, a CronJob, CI) and jobward records its runs (`jobward exec`,
+    /// pings) and, with a schedule, each instant that saw no start within `grace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
+    /// For an external job with a schedule: how late a start may come before its instant is
+    /// recorded as missed (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace: Option<String>,
+    /// How long a run is expected to take: "MIN..MAX", "MIN.." or "..MAX" (e.g. "2m..30m").
+    /// Past MAX a run is marked overdue (not killed), under MIN too short; both alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_duration: Option<String>,
+    /// A secret (at least 16 characters) that may send this job's pings
+    /// (`POST /api/ping/{name}/...`) and nothing else. Never shown back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_token: Option<String>,
+    /// Configuration file only: the environment variable holding `ping_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_token_env: Option<String>,
     /// API only (the file's jobs are paused with `jobward jobs pause`): pause or resume it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
@@ -864,4 +899,77 @@ pub struct ProbeView {
     /// The node's incarnation, when one is registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+}
+
+// ---- runs outside jobward: `jobward exec` and pings ----
+
+/// A run that happens outside jobward starts (`jobward exec`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalStartRequest {
+    /// The host it runs on.
+    #[serde(default)]
+    #[schema(max_length = 200)]
+    pub host: Option<String>,
+    /// The user that started it.
+    #[serde(default)]
+    #[schema(max_length = 200)]
+    pub user: Option<String>,
+    /// Its process id on that host.
+    #[serde(default)]
+    pub pid: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExternalStartResponse {
+    /// False when the job's overlap policy skipped it: it must not run.
+    pub started: bool,
+    pub execution: ExecutionView,
+    /// The lease: heartbeat `POST /api/executions/{id}/heartbeat` and end with
+    /// `POST /api/executions/{id}/complete`, both proven by it.
+    pub attempt: u32,
+    pub lease_token: Option<String>,
+    /// Renew the lease at least this often.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// A heartbeat proven by the execution's own lease token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseHeartbeatRequest {
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub attempt: u32,
+    pub lease_token: String,
+}
+
+/// A ping about a job that runs outside jobward. Every field is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PingRequest {
+    /// Pairs a start with its end (any text up to 200 characters, e.g. `$(date +%s)-$$`).
+    /// Without it an end pairs with the job's latest started run.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
+    pub run_id: Option<String>,
+    /// For an end: the command's exit code.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// For an end: what happened, in words.
+    #[serde(default)]
+    #[schema(max_length = 4096)]
+    pub message: Option<String>,
+    /// For an end: the end of its output (at most 64 KiB).
+    #[serde(default)]
+    #[schema(max_length = 65536)]
+    pub log_tail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PingResponse {
+    /// start, success or fail.
+    pub ping: String,
+    /// What the ping recorded (a skipped start is recorded as skipped).
+    pub execution: ExecutionView,
+    /// An end without a start: recorded as a run of unknown (zero) duration.
+    pub unpaired: bool,
 }

@@ -209,6 +209,7 @@ impl Executor {
             log_path: log_path(&self.cfg.log_dir, &row.job, row.id),
             log_max_bytes: self.cfg.log_max_bytes,
             cwd: None,
+            echo: false,
         };
         let lease = row.lease();
         let running = match jobward_exec::spawn(&launch) {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use jobward_core::duration::{format_exact, parse_duration, parse_positive_duration};
 use jobward_core::{
-    History, JobSpec, LOCAL_RUNNER, Misfire, Overlap, RetryPolicy, Schedule, ScheduleSpec,
-    Timeouts, validate_name,
+    DurationBounds, EXTERNAL_RUNNER, History, JobSpec, LOCAL_RUNNER, Misfire, Overlap, RetryPolicy,
+    Schedule, ScheduleSpec, Timeouts, validate_name,
 };
 use jobward_protocol::{HistoryDefinition, JobDefinition, RetryDefinition};
 
@@ -194,11 +194,66 @@ pub fn job_spec(
     d: &JobDefaults,
     has_limit: &dyn Fn(&str) -> bool,
 ) -> Result<JobSpec> {
+    let external = match j.runner.as_deref() {
+        None | Some(LOCAL_RUNNER) => false,
+        Some(EXTERNAL_RUNNER) => true,
+        Some(other) => {
+            return Err(err(
+                "runner",
+                format!(
+                    "unknown runner '{other}' (expected local or external; for remote workers set 'queue')"
+                ),
+            ));
+        }
+    };
+    if external && j.queue.is_some() {
+        return Err(err(
+            "queue",
+            "an external job runs outside jobward: nobody claims it from a queue",
+        ));
+    }
+    if j.grace.is_some() && !external {
+        return Err(err(
+            "grace",
+            "only applies to a job with runner = \"external\" (for other jobs: queue_timeout)",
+        ));
+    }
+    if external && j.queue_timeout.is_some() {
+        return Err(err(
+            "queue_timeout",
+            "an external job has a 'grace' instead (how late its start may come)",
+        ));
+    }
+    if external && j.retry.as_ref().and_then(|r| r.max_attempts).unwrap_or(1) > 1 {
+        return Err(err(
+            "retry.max_attempts",
+            "jobward cannot retry a job it does not run (runner = \"external\")",
+        ));
+    }
+    if j.ping_token_env.is_some() {
+        return Err(err(
+            "ping_token_env",
+            "is read from the configuration file only; send ping_token",
+        ));
+    }
+    let ping_token_sha256 = match &j.ping_token {
+        None => None,
+        Some(t) if t.trim().len() < 16 => {
+            return Err(err("ping_token", "must be at least 16 characters"));
+        }
+        Some(t) => Some(sha256_hex(t.trim())),
+    };
+    let expected_duration = j
+        .expected_duration
+        .as_deref()
+        .map(|s| DurationBounds::parse(s).map_err(|e| err("expected_duration", e)))
+        .transpose()?;
     // A job with a queue and no command is a handler job: a worker that registered a handler
-    // for its name runs it. Without a queue a node must run it, so it needs a command.
+    // for its name runs it. Without a queue a node must run it, so it needs a command (an
+    // external job's command is only for the record).
     let remote = j.queue.as_deref().is_some_and(|q| q != LOCAL_RUNNER);
     let command = match j.command.as_deref().map(str::trim) {
-        None if remote => String::new(),
+        None if remote || external => String::new(),
         None => {
             return Err(err(
                 "command",
@@ -228,7 +283,11 @@ pub fn job_spec(
             )?,
         )?,
         run: positive("run_timeout", &j.run_timeout, d.timeouts.run)?,
-        queue: positive("queue_timeout", &j.queue_timeout, d.timeouts.queue)?,
+        queue: if external {
+            positive("grace", &j.grace, DEFAULT_GRACE)?
+        } else {
+            positive("queue_timeout", &j.queue_timeout, d.timeouts.queue)?
+        },
         kill_grace: duration("kill_grace", &j.kill_grace, d.timeouts.kill_grace)?,
     };
     Ok(JobSpec {
@@ -241,10 +300,23 @@ pub fn job_spec(
         misfire_grace: duration("misfire_grace", &j.misfire_grace, d.misfire_grace)?,
         concurrency_key: j.concurrency_key.clone(),
         history: history("history", j.history.as_ref(), d.history)?,
-        retry: retry("retry", j.retry.as_ref(), d.retry)?,
+        retry: if external {
+            RetryPolicy {
+                max_attempts: 1,
+                ..d.retry
+            }
+        } else {
+            retry("retry", j.retry.as_ref(), d.retry)?
+        },
         queue: match &j.queue {
             None => None,
             Some(q) if q == LOCAL_RUNNER => None,
+            Some(q) if q == EXTERNAL_RUNNER => {
+                return Err(err(
+                    "queue",
+                    "'external' is not a queue: for a job that runs outside jobward set runner = \"external\"",
+                ));
+            }
             Some(q) => {
                 validate_name("queue name", q).map_err(|e| err("queue", e))?;
                 Some(q.clone())
@@ -260,7 +332,22 @@ pub fn job_spec(
                 ));
             }
         },
+        external,
+        expected_duration,
+        ping_token_sha256,
     })
+}
+
+/// How late an external job's start may come by default before its instant is missed.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
+
+/// Lowercase hex SHA-256: how ping tokens are kept.
+pub fn sha256_hex(secret: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A job's whole definition, every field explicit; `job_spec` of it gives the same job back.
@@ -282,7 +369,7 @@ pub fn definition(spec: &JobSpec) -> JobDefinition {
         timezone,
         heartbeat_timeout: Some(format_exact(spec.timeouts.heartbeat)),
         run_timeout: Some(format_exact(spec.timeouts.run)),
-        queue_timeout: Some(format_exact(spec.timeouts.queue)),
+        queue_timeout: (!spec.external).then(|| format_exact(spec.timeouts.queue)),
         kill_grace: Some(format_exact(spec.timeouts.kill_grace)),
         overlap: Some(spec.overlap.to_string()),
         misfire: Some(
@@ -298,13 +385,20 @@ pub fn definition(spec: &JobSpec) -> JobDefinition {
             keep_last: spec.history.keep_last.map(i64::from),
             max_age: spec.history.max_age.map(format_exact),
         }),
-        retry: Some(RetryDefinition {
+        retry: (!spec.external).then(|| RetryDefinition {
             max_attempts: Some(i64::from(spec.retry.max_attempts)),
             backoff: Some(format_exact(spec.retry.backoff)),
             max_backoff: Some(format_exact(spec.retry.max_backoff)),
         }),
         queue: spec.queue.clone(),
         priority: Some(i64::from(spec.priority)),
+        runner: spec.external.then(|| EXTERNAL_RUNNER.to_string()),
+        grace: spec.external.then(|| format_exact(spec.timeouts.queue)),
+        expected_duration: spec.expected_duration.map(|b| b.to_string()),
+        // The secret is not kept: a definition read back keeps the job's token by leaving
+        // the field out (see `keep_ping_token`).
+        ping_token: None,
+        ping_token_env: None,
         paused: None,
     }
 }
@@ -365,6 +459,82 @@ mod tests {
         .unwrap();
         assert_eq!(every.command, "");
         assert_eq!(spec_of(definition(&every)).unwrap(), every);
+    }
+
+    #[test]
+    fn external_jobs_and_bounds() {
+        let spec = spec_of(JobDefinition {
+            runner: Some("external".into()),
+            every: Some("2m".into()),
+            grace: Some("30s".into()),
+            expected_duration: Some("2m..30m".into()),
+            ping_token: Some("a-ping-token-of-enough-length".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(spec.external && spec.command.is_empty());
+        assert_eq!(spec.runner(), "external");
+        assert_eq!(spec.timeouts.queue, Duration::from_secs(30));
+        assert_eq!(spec.retry.max_attempts, 1);
+        let b = spec.expected_duration.unwrap();
+        assert_eq!(
+            (b.min, b.max),
+            (
+                Some(Duration::from_secs(120)),
+                Some(Duration::from_secs(1800))
+            )
+        );
+        let back = definition(&spec);
+        assert_eq!(back.grace.as_deref(), Some("30s"));
+        assert_eq!(back.ping_token, None, "the secret is never shown");
+        let again = spec_of(back).unwrap();
+        assert_eq!(
+            JobSpec {
+                ping_token_sha256: spec.ping_token_sha256.clone(),
+                ..again
+            },
+            spec
+        );
+        let bad = |j: JobDefinition| spec_of(j).unwrap_err().field;
+        assert_eq!(
+            bad(JobDefinition {
+                runner: Some("cloud".into()),
+                ..Default::default()
+            }),
+            "runner"
+        );
+        assert_eq!(
+            bad(JobDefinition {
+                command: Some("x".into()),
+                grace: Some("1m".into()),
+                ..Default::default()
+            }),
+            "grace"
+        );
+        assert_eq!(
+            bad(JobDefinition {
+                command: Some("x".into()),
+                expected_duration: Some("30m..2m".into()),
+                ..Default::default()
+            }),
+            "expected_duration"
+        );
+        assert_eq!(
+            bad(JobDefinition {
+                command: Some("x".into()),
+                expected_duration: Some("30m".into()),
+                ..Default::default()
+            }),
+            "expected_duration"
+        );
+        assert_eq!(
+            bad(JobDefinition {
+                runner: Some("external".into()),
+                ping_token: Some("short".into()),
+                ..Default::default()
+            }),
+            "ping_token"
+        );
     }
 
     #[test]

@@ -17,7 +17,8 @@ use jobward_store::{
     Backfill, BackfillReport, CancelOutcome, CancelParams, ClaimParams, CleanupReport,
     CompleteParams, Created, DeleteJob, DeleteJobReport, DynStore, ExecutionId, ExecutionRow,
     HeartbeatParams, HeartbeatReport, ProgressParams, PutJob, PutJobReport, Recovered,
-    ReleaseParams, ReleaseReport, Reschedule, Serves, Settled, StoreError, TriggerParams,
+    ReleaseParams, ReleaseReport, Reschedule, Serves, Settled, StartExternal, StartOutcome,
+    StoreError, TriggerParams,
 };
 use serde_json::Value;
 use tracing::{info, warn};
@@ -273,6 +274,45 @@ impl Service {
         Ok(report)
     }
 
+    /// A run outside jobward starts (`jobward exec`, a start ping).
+    pub async fn start_external(&self, p: StartExternal) -> Result<StartOutcome> {
+        self.store.start_external(p).await
+    }
+
+    /// Marks runs past the upper bound of their expected duration overdue (each once, on
+    /// whichever node gets there first) and alerts about each.
+    pub async fn flag_overdue(&self, actor: &str) -> Result<Vec<ExecutionRow>> {
+        let rows = self.store.flag_overdue(actor).await?;
+        for e in &rows {
+            warn!(job = %e.job, execution = e.id, "run overdue: running past its expected duration");
+            if let Some(a) = &self.alerts {
+                let now = e.overdue_at.unwrap_or_default();
+                a.send_about(
+                    AlertKind::Overdue,
+                    Some(&e.job),
+                    format!(
+                        "job '{}' run #{} is overdue: running for {}, expected {} (it is not stopped)",
+                        e.job,
+                        e.number,
+                        jobward_core::duration::format_duration(
+                            e.started_at
+                                .map(|s| jobward_core::deadline::between(s, now))
+                                .unwrap_or_default()
+                        ),
+                        e.expected_duration.map(|b| b.to_string()).unwrap_or_default()
+                    ),
+                    serde_json::json!({ "execution": crate::views::execution(e, now) }),
+                );
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The alert sinks and their last deliveries, when any sink is configured.
+    pub fn alerts(&self) -> Option<&Alerts> {
+        self.alerts.as_ref()
+    }
+
     /// Moves a queued execution's start.
     pub async fn reschedule(&self, p: Reschedule) -> Result<ExecutionRow> {
         self.store.reschedule(p).await
@@ -457,12 +497,35 @@ impl Service {
         }
         metrics::transition(&s.execution);
         crate::telemetry::settled(&self.store, s);
-        if let Some(a) = &self.alerts
-            && failed_for_good(s)
-        {
-            let view =
-                crate::views::execution(&s.execution, s.execution.finished_at.unwrap_or_default());
-            a.send(AlertKind::Failed, serde_json::json!({ "execution": view }));
+        if let Some(a) = &self.alerts {
+            let e = &s.execution;
+            let view = || {
+                serde_json::json!({
+                    "execution": crate::views::execution(e, e.finished_at.unwrap_or_default())
+                })
+            };
+            if failed_for_good(s) {
+                a.send_about(
+                    AlertKind::Failed,
+                    Some(&e.job),
+                    format!(
+                        "job '{}' run #{} {} for good ({}): {}",
+                        e.job,
+                        e.number,
+                        e.state,
+                        e.reason.map(|r| r.to_string()).unwrap_or_default(),
+                        e.message.as_deref().unwrap_or("")
+                    ),
+                    view(),
+                );
+            }
+            if e.state == State::Completed {
+                if let Some(short) = too_short(e) {
+                    a.send_about(AlertKind::TooShort, Some(&e.job), short, view());
+                } else {
+                    a.resolve_job(&e.job, view());
+                }
+            }
         }
         let e = &s.execution;
         info!(
@@ -486,8 +549,17 @@ impl Service {
             log_recovered(what, r);
             metrics::recovered(r);
             if let Some(a) = &self.alerts {
-                a.send(
-                    AlertKind::Recovered,
+                let missed =
+                    r.runner == jobward_core::EXTERNAL_RUNNER && r.reason == Reason::QueueTimeout;
+                let kind = if missed {
+                    AlertKind::Missed
+                } else {
+                    AlertKind::Recovered
+                };
+                a.send_about(
+                    kind,
+                    Some(&r.job),
+                    format!("job '{}' run #{}: {}", r.job, r.number, r.message),
                     serde_json::to_value(r).unwrap_or_default(),
                 );
             }
@@ -497,6 +569,21 @@ impl Service {
         }
         crate::telemetry::recovered(&self.store, recs);
     }
+}
+
+/// Why a completed run was too short for its expected duration, if it was.
+pub fn too_short(e: &ExecutionRow) -> Option<String> {
+    let min = e.expected_duration?.min?;
+    let ran = jobward_core::deadline::between(e.started_at?, e.finished_at?);
+    (ran < min).then(|| {
+        format!(
+            "job '{}' run #{} was too short: it completed in {}, expected at least {}",
+            e.job,
+            e.number,
+            jobward_core::duration::format_duration(ran),
+            jobward_core::duration::format_duration(min)
+        )
+    })
 }
 
 /// A completion's attempt number and log tail.

@@ -131,6 +131,7 @@ impl Reaper {
             .await?;
         self.service
             .recovered("reaper recovered execution", &report.recovered);
+        self.service.flag_overdue(&self.actor).await?;
         Ok(report)
     }
 }

@@ -72,13 +72,38 @@ pub fn scheduled_text(at: Timestamp, now: Timestamp) -> String {
     )
 }
 
+/// Whether a run ran (or runs) past the upper bound of its expected duration.
+pub fn overdue(e: &ExecutionRow, now: Timestamp) -> bool {
+    match (e.expected_duration.and_then(|b| b.max), e.runtime(now)) {
+        (Some(max), Some(ran)) => e.overdue_at.is_some() || ran > max,
+        _ => false,
+    }
+}
+
 /// An execution's status for humans (CLI tables, API `status_text`, dashboard badges).
 pub fn status_text(e: &ExecutionRow, now: Timestamp) -> String {
-    match (e.silent_for(now), e.state, e.cancel_reason) {
+    let base = match (e.silent_for(now), e.state, e.cancel_reason) {
         (Some(silence), _, _) => silent_text(silence),
         (None, State::Running, Some(r)) => format!("running (cancelling: {r})"),
         (None, State::Queued, _) if e.run_after > now => scheduled_text(e.run_after, now),
         _ => e.state.to_string(),
+    };
+    let bound = |d: Option<std::time::Duration>| {
+        d.map(jobward_core::duration::format_duration)
+            .unwrap_or_default()
+    };
+    if overdue(e, now) {
+        format!(
+            "{base} — overdue (expected at most {})",
+            bound(e.expected_duration.and_then(|b| b.max))
+        )
+    } else if e.state == State::Completed && crate::service::too_short(e).is_some() {
+        format!(
+            "{base} — too short (expected at least {})",
+            bound(e.expected_duration.and_then(|b| b.min))
+        )
+    } else {
+        base
     }
 }
 
@@ -159,6 +184,9 @@ pub fn execution(e: &ExecutionRow, now: Timestamp) -> ExecutionView {
         start_deadline: e.start_deadline.filter(|_| e.state == State::Queued),
         cancel_deadline: e.cancel_deadline.filter(|_| e.state == State::Running),
         pgid: e.process.as_ref().map(|p| p.pgid),
+        expected_duration: e.expected_duration.map(|b| b.to_string()),
+        overdue: overdue(e, now),
+        too_short: crate::service::too_short(e).is_some(),
         progress: e.progress,
         phase: e.phase.clone(),
         payload: e.payload.clone(),
@@ -211,6 +239,8 @@ pub fn job(j: &JobRow, now: Timestamp) -> JobView {
         max_attempts: s.retry.max_attempts,
         source: j.source.as_str().to_string(),
         priority: s.priority,
+        expected_duration: s.expected_duration.map(|b| b.to_string()),
+        ping_token_set: s.ping_token_sha256.is_some(),
         live: j.live.iter().map(run_ref).collect(),
         last_finished: j.last_finished.as_ref().map(run_ref),
     }

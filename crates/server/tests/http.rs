@@ -136,6 +136,13 @@ fn endpoints() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
         (M::GET, "/metrics", Some(Role::Read), None),
         (M::GET, "/api/openapi.json", Some(Role::Read), None),
         (M::GET, "/api/nodes", Some(Role::Read), None),
+        (M::GET, "/api/system/alerts", Some(Role::Read), None),
+        (
+            M::POST,
+            "/api/jobs/local/start",
+            Some(Role::Operate),
+            Some(json!({"host": "h", "user": "u"})),
+        ),
         (
             M::PATCH,
             "/api/executions/1",
@@ -824,9 +831,27 @@ async fn the_openapi_document_covers_every_endpoint() {
         .collect();
     table.extend([
         ("post".into(), "/api/executions/{id}/progress".into()),
+        ("post".into(), "/api/executions/{id}/heartbeat".into()),
+        ("post".into(), "/api/executions/{id}/complete".into()),
+        ("post".into(), "/api/ping/{name}/{action}".into()),
         ("get".into(), "/livez".into()),
         ("get".into(), "/readyz".into()),
     ]);
+    let mut ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|ops| ops.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let all = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        all,
+        "operation ids are unique (clients are generated from them)"
+    );
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
             assert!(
@@ -1099,4 +1124,63 @@ async fn a_handler_job_goes_only_to_a_worker_with_its_handler() {
             .starts_with("handlers:"),
         "{v}"
     );
+}
+
+#[tokio::test]
+async fn every_metric_has_help_and_per_job_series_are_there() {
+    let api = api(false).await;
+    let e = api
+        .store
+        .trigger(jobward_store::TriggerParams {
+            job: "remote".into(),
+            actor: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_, v) = api
+        .call(
+            Method::POST,
+            "/api/worker/claim",
+            None,
+            Some(json!({"worker_id": "w", "queues": ["q1"], "batch": 1})),
+        )
+        .await;
+    let c = &v["executions"][0];
+    assert_eq!(c["id"], e.execution.id);
+    let (s, v) = api
+        .call(
+            Method::POST,
+            "/api/worker/complete",
+            None,
+            Some(json!({"worker_id": "w", "id": c["id"], "attempt": 1, "lease_token": c["lease_token"], "outcome": "completed"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, text) = api.call(Method::GET, "/metrics", None, None).await;
+    let text = text.as_str().unwrap().to_string();
+    let names: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .map(|n| {
+            n.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+        })
+        .collect();
+    for n in &names {
+        assert!(
+            text.contains(&format!("# HELP {n} ")),
+            "no # HELP for {n}:\n{text}"
+        );
+    }
+    for series in [
+        "jobward_job_last_success_timestamp_seconds{job=\"remote\"}",
+        "jobward_job_last_finish_timestamp_seconds{job=\"remote\",state=\"completed\"}",
+        "jobward_job_duration_seconds_bucket{job=\"remote\"",
+        "jobward_stale_executions",
+    ] {
+        assert!(text.contains(series), "no {series}:\n{text}");
+    }
 }

@@ -196,6 +196,7 @@ async fn health_turning_warning_posts_one_alert() {
     let webhook = jobward_server::alerts::Webhook {
         url: format!("http://127.0.0.1:{port}/hook"),
         on: vec![jobward_server::alerts::AlertKind::Health],
+        kind: jobward_server::alerts::SinkKind::Json,
     };
     cfg.alerts = jobward_server::alerts::Alerts::start(vec![webhook]);
     let mut job = JobSpec::new("slow", "sleep 3");

@@ -141,6 +141,11 @@ pub trait Store: Send + Sync + 'static {
     async fn worker_seen(&self, id: &str, queues: &[String], serves: &Serves) -> Result<()>;
     /// Workers seen claiming since `since`, the most recent first.
     async fn workers(&self, since: Timestamp) -> Result<Vec<WorkerRow>>;
+    /// A run outside jobward starts (see `StartExternal`).
+    async fn start_external(&self, p: StartExternal) -> Result<StartOutcome>;
+    /// Marks running executions past the upper bound of their expected duration as overdue
+    /// (once each, with a note), and returns them.
+    async fn flag_overdue(&self, actor: &str) -> Result<Vec<ExecutionRow>>;
     /// Records the process an owner started for an execution.
     async fn record_process(&self, lease: &LeaseRef, process: &ProcessInfo) -> Result<()>;
     /// Renews many leases at once; names the lost ones and pending cancels.

@@ -53,7 +53,8 @@ pub(crate) const EXEC_COLUMNS: &str = "id, job, number, attempt, max_attempts, r
     queued_at, run_after, start_deadline, started_at, heartbeat_at, lease_owner, lease_token, \
     lease_expires_at, run_deadline, node_id, cancel_requested_at, cancel_reason, cancel_message, \
     cancel_deadline, pid, pgid, proc_start_ticks, boot_id, exit_code, signal, finished_at, payload, \
-    idempotency_key, progress, phase, checkpoint, ended_by, priority";
+    idempotency_key, progress, phase, checkpoint, ended_by, priority, expected_min_ms, \
+    expected_max_ms, overdue_at";
 
 /// An execution from a row of `EXEC_COLUMNS`.
 pub(crate) fn execution(r: &Row) -> Result<ExecutionRow> {
@@ -118,6 +119,14 @@ pub(crate) fn execution(r: &Row) -> Result<ExecutionRow> {
         checkpoint: json("checkpoint", r.opt_text(46)?)?,
         ended_by: r.opt_text(47)?,
         priority: r.i64(48)? as i32,
+        expected_duration: match (r.opt_i64(49)?, r.opt_i64(50)?) {
+            (None, None) => None,
+            (min, max) => Some(jobward_core::DurationBounds {
+                min: min.map(dur),
+                max: max.map(dur),
+            }),
+        },
+        overdue_at: r.opt_time(51)?,
     })
 }
 

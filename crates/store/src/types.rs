@@ -121,6 +121,10 @@ pub struct ExecutionRow {
     pub ended_by: Option<String>,
     /// Claims take higher priorities first within a queue.
     pub priority: i32,
+    /// How long it is expected to take (from its job when it was created).
+    pub expected_duration: Option<jobward_core::DurationBounds>,
+    /// When it was found running past the upper bound of `expected_duration`.
+    pub overdue_at: Option<Timestamp>,
 }
 
 impl ExecutionRow {
@@ -386,6 +390,33 @@ pub struct BackfillReport {
     pub created: Vec<ExecutionId>,
     /// Instants that already had their execution: left alone (invariant 9).
     pub already: usize,
+}
+
+/// A run that happens outside jobward starts (`jobward exec`, a start ping): it takes the
+/// instant of its job that is due (an external job's schedule), or a new execution of its
+/// own, and holds its lease.
+#[derive(Debug, Clone)]
+pub struct StartExternal {
+    pub job: String,
+    /// The lease owner, e.g. `exec:HOST:PID` or `ping`.
+    pub owner: String,
+    pub actor: String,
+    /// What the record says about where it runs (host, user).
+    pub note: String,
+    /// Pairs a start with its end (a ping's `run_id`): a repeated start with the same id
+    /// returns the same execution.
+    pub run_id: Option<String>,
+    /// Lease length; `None`: the job's heartbeat timeout (an owner that heartbeats). A start
+    /// ping, which cannot heartbeat, holds its lease until the run deadline.
+    pub lease: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum StartOutcome {
+    /// It runs: the execution is `running` under the caller's lease.
+    Started(ExecutionRow),
+    /// The job's overlap policy skipped it (another run is live): it must not run.
+    Skipped(ExecutionRow),
 }
 
 /// Registering a node incarnation.
@@ -690,6 +721,10 @@ pub struct Recovered {
     pub node_id: Option<String>,
     pub last_heartbeat: Option<Timestamp>,
     pub retry: Option<ExecutionId>,
+    /// Who would have run it: "local", a queue, or "external".
+    pub runner: String,
+    /// The instant it stood for, for a scheduled run.
+    pub scheduled_for: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -795,6 +830,12 @@ pub struct MetricsSnapshot {
     pub oldest_heartbeat_at: Option<Timestamp>,
     pub slots: Vec<SlotUse>,
     pub now: Timestamp,
+    /// Per job and terminal state: when its latest execution in that state finished.
+    pub last_finished: Vec<(String, State, Timestamp)>,
+    /// Per job: its running executions past the upper bound of their expected duration.
+    pub overdue: Vec<(String, u64)>,
+    /// Running executions whose lease expired (not settled yet).
+    pub stale: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

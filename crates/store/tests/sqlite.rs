@@ -390,7 +390,7 @@ async fn an_older_ledger_is_upgraded_in_place_and_reuses_no_id() {
     }
     let url = format!("sqlite://{}", path.display());
     let (store, opened) = open(&url, OpenMode::CreateAndMigrate).await.unwrap();
-    assert_eq!(opened.applied_migrations, vec![4, 5, 6]);
+    assert_eq!(opened.applied_migrations, vec![4, 5, 6, 7]);
     let kept = store.get_execution(1).await.unwrap().unwrap();
     assert_eq!(
         (kept.state, kept.reason, kept.message.as_deref()),

@@ -248,6 +248,7 @@ impl Handler for Command {
             log_path: ctx.log_path.clone(),
             log_max_bytes: ctx.log_max_bytes,
             cwd: None,
+            echo: false,
         };
         let running = jobward_exec::spawn(&launch)
             .map_err(|err| Failure::new(format!("could not start `sh -c`: {err}")))?;

@@ -58,6 +58,7 @@ async fn store_definition(
     name: String,
     def: JobDefinition,
     partial: bool,
+    keep_ping_token: Option<String>,
 ) -> Result<(StatusCode, axum::Json<JobPutResponse>), ApiError> {
     if let Some(n) = &def.name
         && *n != name
@@ -66,8 +67,11 @@ async fn store_definition(
             "job '{name}': field 'name': '{n}' does not match the name in the path"
         )));
     }
-    let spec = jobdef::job_spec(name.clone(), &def, &state.job_defaults, &|_| true)
+    let mut spec = jobdef::job_spec(name.clone(), &def, &state.job_defaults, &|_| true)
         .map_err(|e| ApiError::bad_request(format!("job '{name}': {e}")))?;
+    if spec.ping_token_sha256.is_none() {
+        spec.ping_token_sha256 = keep_ping_token;
+    }
     check_command(state, &spec)?;
     let report = state
         .service
@@ -115,7 +119,7 @@ pub async fn put_job(
 ) -> Result<(StatusCode, axum::Json<JobPutResponse>), ApiError> {
     jobward_core::validate_name("job name", &name)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    store_definition(&state, &caller, name, def, false).await
+    store_definition(&state, &caller, name, def, false, None).await
 }
 
 #[utoipa::path(patch, path = "/api/jobs/{name}", tag = "jobs",
@@ -173,7 +177,13 @@ pub async fn patch_job(
     jobdef::merge_patch(&mut merged, &patch);
     let def: JobDefinition = serde_json::from_value(merged)
         .map_err(|e| ApiError::bad_request(format!("job '{name}': {e}")))?;
-    store_definition(&state, &caller, name, def, true).await
+    // A patch that does not name the ping token keeps it (it is never shown back).
+    let keep = if fields.contains_key("ping_token") {
+        None
+    } else {
+        job.spec.ping_token_sha256.clone()
+    };
+    store_definition(&state, &caller, name, def, true, keep).await
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod external;
 pub mod manage;
 pub mod openapi;
 pub mod probes;
@@ -188,6 +189,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/executions/{id}/events", get(api::events))
         .route("/api/executions/{id}/log", get(api::log))
         .route("/api/nodes", get(manage::nodes))
+        .route("/api/system/alerts", get(external::alerts))
         .route("/metrics", get(metrics_endpoint))
         .route("/api/openapi.json", get(openapi::document))
         .route_layer(from_fn_with_state(state.clone(), auth::require_read));
@@ -204,6 +206,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/executions/{id}/cancel", post(api::cancel))
         .route("/api/executions/{id}", patch(manage::patch_execution))
         .route("/api/jobs/{name}/backfill", post(manage::backfill))
+        .route("/api/jobs/{name}/start", post(external::start))
         .route_layer(from_fn_with_state(state.clone(), auth::require_operate));
     // Defining jobs: code that runs on jobward hosts, or work handed to workers.
     let admin = Router::new()
@@ -228,7 +231,12 @@ pub fn app(state: AppState) -> Router {
         )
         .route_layer(from_fn_with_state(state.clone(), auth::require_worker));
     // Proven by the execution's own lease token in the body.
-    let by_lease = Router::new().route("/api/executions/{id}/progress", post(api::progress));
+    let by_lease = Router::new()
+        .route("/api/executions/{id}/progress", post(api::progress))
+        .route("/api/executions/{id}/heartbeat", post(external::heartbeat))
+        .route("/api/executions/{id}/complete", post(external::complete))
+        // Proven by the job's own ping token (or an operate token).
+        .route("/api/ping/{name}/{action}", post(external::ping));
     // Probes answer without a token.
     let probes = Router::new()
         .route("/livez", get(probes::livez))

@@ -31,6 +31,8 @@ impl Modify for Bearer {
         api::jobs, api::job, api::trigger, api::trigger_batch, api::pause, api::resume,
         super::manage::put_job, super::manage::patch_job, super::manage::delete_job,
         super::manage::backfill, super::manage::patch_execution, super::manage::nodes,
+        super::external::start, super::external::heartbeat, super::external::complete,
+        super::external::ping, super::external::alerts,
         api::executions, api::execution, api::events, api::log, api::cancel, api::progress,
         worker::claim, worker::heartbeat, worker::complete, worker::complete_batch, worker::exchange,
         worker::release,
@@ -42,6 +44,7 @@ impl Modify for Bearer {
         (name = "system", description = "health, running executions, stale cleanup, reload, metrics, liveness and readiness probes"),
         (name = "jobs", description = "job definitions (from the configuration file, or created through the API with the admin role), triggers, delayed runs and backfills"),
         (name = "executions", description = "executions, their events and logs"),
+        (name = "external", description = "runs outside jobward: `jobward exec` (start, heartbeats and an end proven by the run's lease token) and pings with a job's ping token"),
         (name = "worker", description = "the worker protocol: claim, heartbeat, complete (one, or a batch), exchange (complete a batch and claim the next in one call), release"),
     )
 )]

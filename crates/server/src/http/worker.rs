@@ -231,7 +231,14 @@ pub async fn heartbeat(
             node: None,
         })
         .await?;
-    // A report whose every lease is stale is refused as a whole (409), like a completion.
+    heartbeat_answer(r).map(axum::Json)
+}
+
+/// A heartbeat's answer: renewed, lost and cancel-requested leases; a report whose every
+/// lease is stale is refused as a whole (409), like a completion.
+pub(crate) fn heartbeat_answer(
+    r: jobward_store::HeartbeatReport,
+) -> Result<HeartbeatResponse, ApiError> {
     if !r.lost.is_empty() && r.renewed.is_empty() {
         let what: Vec<String> = r
             .lost
@@ -255,7 +262,7 @@ pub async fn heartbeat(
             ),
         ));
     }
-    Ok(axum::Json(HeartbeatResponse {
+    Ok(HeartbeatResponse {
         renewed: r.renewed,
         lost: r.lost.iter().map(lost_view).collect(),
         cancel: r
@@ -266,13 +273,13 @@ pub async fn heartbeat(
                 reason: reason.to_string(),
             })
             .collect(),
-    }))
+    })
 }
 
 /// How a worker's report is recorded: its outcome, exit code, signal and error in the
 /// ledger's terms.
 /// What the schema says of a completion report, checked before anything is read or written.
-fn well_formed(r: &CompletionReport) -> Result<(), ApiError> {
+pub(crate) fn well_formed(r: &CompletionReport) -> Result<(), ApiError> {
     if r.error.as_ref().is_some_and(|e| e.len() > 4096) {
         return Err(ApiError::bad_request(
             "error must be at most 4096 characters",
@@ -282,7 +289,7 @@ fn well_formed(r: &CompletionReport) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn outcome_of(
+pub(crate) async fn outcome_of(
     state: &AppState,
     r: &CompletionReport,
 ) -> Result<jobward_store::Outcome, ApiError> {

@@ -106,6 +106,7 @@ pub(crate) struct RowValues {
     pub payload: Option<serde_json::Value>,
     pub idempotency_key: Option<String>,
     pub checkpoint: Option<serde_json::Value>,
+    pub expected_duration: Option<jobward_core::DurationBounds>,
 }
 
 /// One event to append.

@@ -188,7 +188,7 @@ pub(crate) async fn insert_executions(
             Some(v) => v,
             None => table::next_number(tx, &n.spec.name).await?,
         };
-        let (timeouts, retry, command, key, runner, priority) = match n.from_previous {
+        let (timeouts, retry, command, key, runner, priority, expected) = match n.from_previous {
             Some(p) => (
                 p.timeouts,
                 p.retry,
@@ -196,6 +196,7 @@ pub(crate) async fn insert_executions(
                 p.concurrency_key.clone(),
                 p.runner.clone(),
                 p.priority,
+                p.expected_duration,
             ),
             None => (
                 n.spec.timeouts,
@@ -204,6 +205,7 @@ pub(crate) async fn insert_executions(
                 n.spec.concurrency_key.clone(),
                 n.spec.runner().to_string(),
                 n.priority.unwrap_or(n.spec.priority),
+                n.spec.expected_duration,
             ),
         };
         let (state, reason, message, finished_at, start_deadline) = match &n.skipped {
@@ -242,6 +244,7 @@ pub(crate) async fn insert_executions(
             checkpoint: n.checkpoint.cloned(),
             actor: n.actor.to_string(),
             priority,
+            expected_duration: expected,
         });
     }
     let rows = table::insert_executions(tx, &values).await?;
@@ -1152,6 +1155,11 @@ fn reap_message(
             format_duration(row.timeouts.kill_grace),
             may_still_run(host)
         ),
+        Deadline::Queue if row.runner == jobward_core::EXTERNAL_RUNNER => format!(
+            "missed: no start of this job (it runs outside jobward) within its grace of {} after its instant {}",
+            format_duration(row.timeouts.queue),
+            ts(row.scheduled_for.unwrap_or(row.run_after))
+        ),
         Deadline::Queue => {
             let mut m = format!(
                 "waited in queue since {}, longer than its queue timeout of {}",
@@ -1186,6 +1194,8 @@ pub(crate) fn recovered(row: &ExecutionRow, s: &Settled) -> Recovered {
         node_id: row.node_id.clone(),
         last_heartbeat: row.heartbeat_at,
         retry: s.retry.as_ref().map(|r| r.id),
+        runner: row.runner.clone(),
+        scheduled_for: row.scheduled_for,
     }
 }
 
@@ -1594,6 +1604,18 @@ async fn take_leases(
     chosen: &[Candidate],
     p: &ClaimParams,
 ) -> Result<Vec<ExecutionRow>> {
+    take_leases_for(tx, chosen, p, None).await
+}
+
+/// `take_leases` with a lease of `lease` instead of the heartbeat timeout: an owner that
+/// cannot heartbeat, nor stop anything (a start ping). Its run deadline is the run timeout
+/// itself: there is no process to give a kill grace to.
+async fn take_leases_for(
+    tx: &mut dyn Conn,
+    chosen: &[Candidate],
+    p: &ClaimParams,
+    lease: Option<std::time::Duration>,
+) -> Result<Vec<ExecutionRow>> {
     if chosen.is_empty() {
         return Ok(vec![]);
     }
@@ -1621,8 +1643,10 @@ async fn take_leases(
     );
     let sql = format!(
         "UPDATE executions SET state = 'running', started_at = $2, heartbeat_at = $2, \
-         lease_owner = $3, lease_token = v.btoken, lease_expires_at = $2 + heartbeat_timeout_ms, \
-         run_deadline = $2 + run_timeout_ms + kill_grace_ms + $4, node_id = $5 \
+         lease_owner = $3, lease_token = v.btoken, \
+         lease_expires_at = $2 + COALESCE($7, heartbeat_timeout_ms), \
+         run_deadline = $2 + run_timeout_ms + CASE WHEN $7 IS NULL THEN kill_grace_ms + $4 ELSE 0 END, \
+         node_id = $5 \
          FROM {source} \
          WHERE /*pg: id = ANY($6) AND*/ id = v.bid AND /*sqlite: +*/state = 'queued' \
            AND attempt = v.battempt AND lease_token IS NULL \
@@ -1639,6 +1663,7 @@ async fn take_leases(
                 crate::rows::dur_ms(jobward_core::deadline::OWNER_MARGIN).into(),
                 p.node_id.as_deref().into(),
                 Arg::Ints(&ids),
+                lease.map(crate::rows::dur_ms).into(),
             ],
         )
         .await?,
@@ -1669,6 +1694,133 @@ async fn take_leases(
         .collect();
     table::events(tx, &events).await?;
     Ok(claimed)
+}
+
+/// A run outside jobward starts: it takes its job's due instant (an external job's schedule
+/// queued it, waiting for this start within its grace), or a new execution of trigger
+/// `external` under the job's overlap policy (`queue` counts as `allow`: the run is already
+/// happening), and its lease, in one transaction.
+pub(crate) async fn start_external(tx: &mut dyn Conn, p: &StartExternal) -> Result<StartOutcome> {
+    let Some(JobState { spec, defined, .. }) = table::load_job(tx, &p.job, false).await? else {
+        return Err(StoreError::JobNotFound(p.job.clone()));
+    };
+    if !defined {
+        return Err(StoreError::JobUndefined(p.job.clone()));
+    }
+    let key = p.run_id.as_ref().map(|r| format!("run:{r}"));
+    if let Some(k) = &key
+        && let Some(row) = table::by_idempotency_key(tx, &p.job, k).await?
+    {
+        return Ok(match row.state {
+            State::Skipped => StartOutcome::Skipped(row),
+            _ => StartOutcome::Started(row),
+        });
+    }
+    let row = match table::due_external(tx, &p.job).await? {
+        Some(row) => row,
+        None => {
+            let mut spec = spec.clone();
+            spec.external = true;
+            if spec.overlap == Overlap::Queue {
+                spec.overlap = Overlap::Allow;
+            }
+            let origin = Origin {
+                trigger: Trigger::External,
+                scheduled_for: None,
+                payload: None,
+                idempotency_key: key.as_deref(),
+                run_after: None,
+                priority: None,
+                note: format!("started outside jobward: {}", p.note),
+            };
+            let created = create_with_overlap(tx, &spec, origin, &p.actor).await?;
+            if created.execution.state == State::Skipped {
+                return Ok(StartOutcome::Skipped(created.execution));
+            }
+            created.execution
+        }
+    };
+    let claim = ClaimParams {
+        owner: p.owner.clone(),
+        runner: row.runner.clone(),
+        node_id: None,
+        limit: 1,
+        serves: Serves::All,
+    };
+    let chosen = [Candidate {
+        id: row.id,
+        attempt: row.attempt,
+        job: row.job.clone(),
+        concurrency_key: row.concurrency_key.clone(),
+        overlap: row.overlap,
+        state: row.state,
+    }];
+    transition(row.state, None, Event::Claim)?;
+    let mut taken = take_leases_for(tx, &chosen, &claim, p.lease).await?;
+    let started = taken.pop().ok_or_else(|| {
+        StoreError::Database(format!("execution {} changed while starting", row.id))
+    })?;
+    if row.trigger != Trigger::External {
+        let text = format!("started outside jobward: {}", p.note);
+        event(
+            tx,
+            started.id,
+            EventKind::Note,
+            None,
+            None,
+            None,
+            &text,
+            &p.actor,
+        )
+        .await?;
+    }
+    Ok(StartOutcome::Started(started))
+}
+
+/// Marks the running executions past the upper bound of their expected duration as overdue,
+/// once each (the compare-and-set on `overdue_at IS NULL` makes one node's mark the only one),
+/// with a note; they keep running (`run_timeout` is what stops a run).
+pub(crate) async fn flag_overdue(tx: &mut dyn Conn, actor: &str) -> Result<Vec<ExecutionRow>> {
+    let now = tx.now();
+    let rows = crate::rows::executions(
+        tx.fetch(
+            &format!(
+                "UPDATE executions SET overdue_at = $1 WHERE id IN (SELECT id FROM executions \
+                 WHERE finished_at IS NULL AND expected_max_ms IS NOT NULL AND overdue_at IS NULL \
+                 AND state = 'running' AND started_at + expected_max_ms <= $1 LIMIT 1000) \
+                 AND overdue_at IS NULL RETURNING {}",
+                crate::rows::EXEC_COLUMNS
+            ),
+            &[now.into()],
+        )
+        .await?,
+    )?;
+    let texts: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "overdue: running for {}, longer than its expected {} (it is not stopped: its run timeout is {})",
+                format_duration(r.started_at.map(|s| between(s, now)).unwrap_or_default()),
+                r.expected_duration.map(|b| b.to_string()).unwrap_or_default(),
+                format_duration(r.timeouts.run)
+            )
+        })
+        .collect();
+    let events: Vec<NewEvent<'_>> = rows
+        .iter()
+        .zip(&texts)
+        .map(|(r, text)| NewEvent {
+            id: r.id,
+            kind: EventKind::Note,
+            from: None,
+            to: None,
+            reason: None,
+            message: text,
+            actor,
+        })
+        .collect();
+    table::events(tx, &events).await?;
+    Ok(rows)
 }
 
 /// Records the process an owner started; refused when the lease is no longer current.

@@ -273,7 +273,46 @@ pub(crate) async fn metrics(tx: &mut dyn Conn) -> Result<MetricsSnapshot> {
             })
         })
         .collect::<Result<_>>()?;
+    let now = tx.now();
+    let last_finished = tx
+        .fetch(
+            "SELECT j.name, s.state, (SELECT max(e.finished_at) FROM executions e WHERE e.job = j.name \
+             AND e.state = s.state AND e.finished_at IS NOT NULL) FROM jobs j, \
+             (SELECT 'completed' AS state UNION ALL SELECT 'failed' UNION ALL SELECT 'timed_out' \
+              UNION ALL SELECT 'cancelled' UNION ALL SELECT 'skipped') s ORDER BY j.name, s.state",
+            &[],
+        )
+        .await?
+        .iter()
+        .filter_map(|r| match r.opt_time(2) {
+            Ok(Some(t)) => Some(
+                (|| Ok((r.text(0)?, crate::rows::parse::<State>("state", &r.text(1)?)?, t)))(),
+            ),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let overdue = tx
+        .fetch(
+            "SELECT job, count(*) FROM executions WHERE finished_at IS NULL AND state = 'running' \
+             AND expected_max_ms IS NOT NULL AND (overdue_at IS NOT NULL OR started_at + expected_max_ms <= $1) \
+             GROUP BY job ORDER BY job",
+            &[now.into()],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.i64(1)? as u64)))
+        .collect::<Result<Vec<_>>>()?;
+    let stale = tx
+        .scalar_i64(
+            "SELECT count(*) FROM executions WHERE state = 'running' AND lease_expires_at <= $1",
+            &[now.into()],
+        )
+        .await? as u64;
     Ok(MetricsSnapshot {
+        last_finished,
+        overdue,
+        stale,
         by_state: State::ALL
             .into_iter()
             .map(|st| {

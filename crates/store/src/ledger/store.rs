@@ -175,6 +175,19 @@ impl<B: Backend> Store for Ledger<B> {
         write!(self, p, |tx, p| ops::backfill(tx, &p).await)
     }
 
+    async fn start_external(&self, p: StartExternal) -> Result<StartOutcome> {
+        write!(self, p, |tx, p| ops::start_external(tx, &p).await)
+    }
+
+    async fn flag_overdue(&self, actor: &str) -> Result<Vec<ExecutionRow>> {
+        // A read first: most ticks find nothing, and then write nothing.
+        if !read!(self, (), |tx, _u| table::any_overdue(tx).await)? {
+            return Ok(vec![]);
+        }
+        write!(self, actor.to_string(), |tx, a| ops::flag_overdue(tx, &a)
+            .await)
+    }
+
     async fn reschedule(&self, p: Reschedule) -> Result<ExecutionRow> {
         write!(self, p, |tx, p| ops::reschedule(tx, &p).await)
     }

@@ -121,6 +121,8 @@ pub(crate) async fn insert_executions(
                 "bcheckpoint": v.checkpoint.as_ref().map(|c| c.to_string()),
                 "bended_by": v.state.is_terminal().then_some(v.actor.as_str()),
                 "bpriority": v.priority,
+                "bexpmin": v.expected_duration.and_then(|b| b.min).map(dur_ms),
+                "bexpmax": v.expected_duration.and_then(|b| b.max).map(dur_ms),
             })
         })
         .collect();
@@ -154,6 +156,8 @@ pub(crate) async fn insert_executions(
         ("bcheckpoint", "text"),
         ("bended_by", "text"),
         ("bpriority", "bigint"),
+        ("bexpmin", "bigint"),
+        ("bexpmax", "bigint"),
     ];
     let source = crate::sql::batch(tx.dialect(), 1, cols);
     let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
@@ -161,7 +165,8 @@ pub(crate) async fn insert_executions(
         "INSERT INTO executions (job, number, attempt, max_attempts, retry_of, trigger, scheduled_for, state, \
          command, runner, concurrency_key, overlap, heartbeat_timeout_ms, run_timeout_ms, queue_timeout_ms, \
          kill_grace_ms, backoff_ms, max_backoff_ms, queued_at, run_after, start_deadline, finished_at, reason, \
-         message, payload, idempotency_key, checkpoint, ended_by, priority) \
+         message, payload, idempotency_key, checkpoint, ended_by, priority, expected_min_ms, \
+         expected_max_ms) \
          SELECT {} FROM {source} RETURNING {EXEC_COLUMNS}",
         names.join(", ")
     );
@@ -477,6 +482,36 @@ pub(crate) async fn fired_already(tx: &mut dyn Conn, job: &str, at: Timestamp) -
         )
         .await?
         > 0)
+}
+
+/// Whether a running execution is past the upper bound of its expected duration and not yet
+/// marked overdue.
+pub(crate) async fn any_overdue(tx: &mut dyn Conn) -> Result<bool> {
+    let now = tx.now();
+    Ok(tx
+        .one(
+            "SELECT 1 FROM executions WHERE finished_at IS NULL AND expected_max_ms IS NOT NULL \
+             AND overdue_at IS NULL AND state = 'running' AND started_at + expected_max_ms <= $1 LIMIT 1",
+            &[now.into()],
+        )
+        .await?
+        .is_some())
+}
+
+/// The oldest due queued execution of an external job's schedule, waiting for its start.
+pub(crate) async fn due_external(tx: &mut dyn Conn, job: &str) -> Result<Option<ExecutionRow>> {
+    let now = tx.now();
+    tx.one(
+        &format!(
+            "SELECT {EXEC_COLUMNS} FROM executions WHERE job = $1 AND finished_at IS NULL \
+             AND state = 'queued' AND runner = 'external' AND run_after <= $2 \
+             ORDER BY run_after, id LIMIT 1"
+        ),
+        &[job.into(), now.into()],
+    )
+    .await?
+    .map(|r| rows::execution(&r))
+    .transpose()
 }
 
 /// Whether the key has a limit in `[concurrency]`.

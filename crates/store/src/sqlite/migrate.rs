@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "workers",
         include_str!("../../migrations/sqlite/0006_workers.sql"),
     ),
+    (
+        7,
+        "expected duration",
+        include_str!("../../migrations/sqlite/0007_expected_duration.sql"),
+    ),
 ];
 
 pub(crate) fn latest() -> i64 {

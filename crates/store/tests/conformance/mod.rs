@@ -2671,3 +2671,92 @@ case! {
         ), "more than MAX_BACKFILL instants are refused");
     }
 }
+
+case! {
+    /// An external job: each instant is queued for a start that nobody claims; a start within
+    /// the grace takes it (paired with its instant), an instant without one becomes a terminal
+    /// record naming it; a start without an instant is an execution of trigger `external`.
+    async fn external_instants_pair_with_starts_or_are_recorded_missed(store: DynStore) {
+        let mut ext = spec("ext");
+        ext.external = true;
+        ext.schedule = Schedule::every(Duration::from_secs(10)).unwrap();
+        ext.timeouts.queue = Duration::from_secs(2);
+        ext.timeouts.heartbeat = Duration::from_secs(5);
+        ext.overlap = Overlap::Skip;
+        define(&store, vec![ext], &[]).await;
+        let first = store.get_job("ext").await.unwrap().unwrap().next_fire_at.unwrap();
+        let gap = (first - store.now().await.unwrap()).to_std().unwrap_or_default();
+        store.clock().advance(gap + Duration::from_millis(100));
+        let fired = store.fire_due("sched").await.unwrap().fired;
+        assert_eq!(fired.len(), 1);
+        assert!(claim(&store, "node", 10).await.is_empty(), "no node runs an external job");
+        let start = |owner: &str, lease: Option<Duration>| StartExternal {
+            job: "ext".into(),
+            owner: owner.into(),
+            actor: "t".into(),
+            note: "test".into(),
+            run_id: None,
+            lease,
+        };
+        let StartOutcome::Started(run) = store.start_external(start("exec:h:1", None)).await.unwrap() else {
+            panic!("not started");
+        };
+        assert_eq!(run.id, fired[0], "the start takes the due instant");
+        assert_eq!(run.state, State::Running);
+        assert_eq!(run.scheduled_for, Some(first));
+        complete_ok(&store, &run).await.unwrap();
+        // The next instant sees no start within its grace: missed.
+        store.clock().advance(Duration::from_secs(10));
+        let next = store.fire_due("sched").await.unwrap().fired;
+        store.clock().advance(Duration::from_secs(3));
+        let r = reap(&store).await;
+        assert_eq!(r.recovered.len(), 1);
+        let missed = get(&store, next[0]).await;
+        assert_eq!((missed.state, missed.reason), (State::TimedOut, Some(Reason::QueueTimeout)));
+        assert!(missed.message.as_deref().unwrap().starts_with("missed:"), "{missed:?}");
+        assert_eq!(r.recovered[0].runner, "external");
+        // A start between instants: an execution of its own, trigger external.
+        let StartOutcome::Started(own) = store.start_external(start("ping", Some(Duration::from_secs(3600)))).await.unwrap() else {
+            panic!("not started");
+        };
+        assert_eq!(own.trigger, Trigger::External);
+        assert!(own.scheduled_for.is_none());
+        // A start cannot heartbeat: its run deadline is its run timeout itself.
+        assert_eq!(own.run_deadline, Some(own.started_at.unwrap() + chrono::TimeDelta::hours(1)));
+        // Overlap skip: another start while it runs is skipped and must not run.
+        let second = store.start_external(start("exec:h:2", None)).await.unwrap();
+        assert!(matches!(second, StartOutcome::Skipped(ref e) if e.reason == Some(Reason::Overlap)), "{second:?}");
+    }
+}
+
+case! {
+    /// A run past the upper bound of its expected duration is marked overdue once (however
+    /// many nodes look), and keeps running.
+    async fn overdue_runs_are_marked_once(store: DynStore) {
+        let mut s = spec("slow");
+        s.expected_duration = Some(jobward_core::DurationBounds {
+            min: None,
+            max: Some(Duration::from_secs(60)),
+        });
+        s.timeouts.heartbeat = Duration::from_secs(600);
+        define(&store, vec![s], &[]).await;
+        let e = trigger(&store, "slow").await;
+        assert_eq!(e.expected_duration.unwrap().max, Some(Duration::from_secs(60)));
+        let run = claim(&store, "n", 1).await.remove(0);
+        assert!(store.flag_overdue("a").await.unwrap().is_empty());
+        store.clock().advance(Duration::from_secs(61));
+        let (a, b) = tokio::join!(store.flag_overdue("a"), store.flag_overdue("b"));
+        let marked: Vec<ExecutionRow> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+        assert_eq!(marked.len(), 1, "one mark, whichever node made it");
+        assert_eq!(marked[0].id, run.id);
+        assert!(store.flag_overdue("a").await.unwrap().is_empty(), "never twice");
+        let now = get(&store, run.id).await;
+        assert_eq!(now.state, State::Running, "overdue is not stopped");
+        assert!(now.overdue_at.is_some());
+        let m = store.metrics().await.unwrap();
+        assert_eq!(m.overdue, vec![("slow".to_string(), 1)]);
+        complete_ok(&store, &now).await.unwrap();
+        let m = store.metrics().await.unwrap();
+        assert!(m.last_finished.iter().any(|(j, st, _)| j == "slow" && *st == State::Completed));
+    }
+}

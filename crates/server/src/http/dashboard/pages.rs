@@ -83,7 +83,19 @@ pub fn badge(state: &str) -> Markup {
 /// An execution's badge; a running one that nobody heartbeats for says so.
 fn exec_badge(e: &ExecutionRow, now: Timestamp) -> Markup {
     let later = (e.state == State::Queued && e.run_after > now).then_some(e.run_after);
-    html! { (silent_badge(&e.state.to_string(), e.silent_for(now))) (scheduled_tag(later, now)) }
+    let bounds = e
+        .expected_duration
+        .map(|b| b.to_string())
+        .unwrap_or_default();
+    html! {
+        (silent_badge(&e.state.to_string(), e.silent_for(now))) (scheduled_tag(later, now))
+        @if crate::views::overdue(e, now) {
+            " " span.tag.overdue title={ "expected " (bounds) "; it is not stopped (its run timeout does that)" } { "overdue" }
+        }
+        @if e.state == State::Completed && crate::service::too_short(e).is_some() {
+            " " span.tag.too-short title={ "expected " (bounds) } { "too short" }
+        }
+    }
 }
 
 /// A job's badge (its status is derived from its executions).
@@ -428,10 +440,11 @@ pub fn job(
                 dt { "Command" } dd { @if s.command.is_empty() { "none: a worker's handler for " code { (s.name) } " runs it" } @else { code { (s.command) } } }
                 dt { "Schedule" } dd { (schedule_words(&s.schedule)) @if is_cron(&s.schedule) { " " code.rel { (s.schedule.describe()) } } }
                 dt { "Next fire" } dd { @if j.paused { "paused" } @else { (when(j.next_fire_at, now)) } }
-                dt { "Runs on" } dd { @if let Some(q) = &s.queue { "remote workers, queue " code { (q) } } @else { "a node" } }
+                dt { "Runs on" } dd { @if s.external { "outside jobward (" code { "jobward exec" } " or pings); a missed instant is recorded after its grace of " (dur(s.timeouts.queue)) } @else if let Some(q) = &s.queue { "remote workers, queue " code { (q) } } @else { "a node" } }
                 @if let Some(w) = served { dt { "Workers" } dd #served { (w) } }
                 dt { "Overlap" } dd { (s.overlap) }
                 dt { "Timeouts" } dd { "heartbeat " (dur(s.timeouts.heartbeat)) ", run " (dur(s.timeouts.run)) ", queue " (dur(s.timeouts.queue)) }
+                @if let Some(b) = s.expected_duration { dt { "Expected duration" } dd { (b.to_string()) } }
                 dt { "Retries" } dd { "up to " (s.retry.max_attempts) @if s.retry.max_attempts == 1 { " attempt" } @else { " attempts" } }
                 @if let Some(k) = &s.concurrency_key { dt { "Concurrency key" } dd { code { (k) } } }
                 dt { "Success" } dd { (rate.render()) }
