@@ -67,6 +67,13 @@ pub async fn start(
     OptionalJson(req): OptionalJson<ExternalStartRequest>,
 ) -> Result<(StatusCode, axum::Json<ExternalStartResponse>), ApiError> {
     job_name(&name)?;
+    for (field, v) in [("host", &req.host), ("user", &req.user)] {
+        if v.as_ref().is_some_and(|v| v.chars().count() > 200) {
+            return Err(ApiError::bad_request(format!(
+                "{field} must be at most 200 characters"
+            )));
+        }
+    }
     let host = label(req.host.as_deref(), "unknown-host");
     let user = label(req.user.as_deref(), "unknown-user");
     let pid = req.pid.unwrap_or(0);

@@ -236,7 +236,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/executions/{id}/heartbeat", post(external::heartbeat))
         .route("/api/executions/{id}/complete", post(external::complete))
         // Proven by the job's own ping token (or an operate token).
-        .route("/api/ping/{name}/{action}", post(external::ping));
+        .route("/api/ping/{name}/{action}", post(external::ping))
+        // An end carries a log tail of up to 64 Ki characters (of up to 4 bytes each).
+        .layer(DefaultBodyLimit::max(1024 * 1024));
     // Probes answer without a token.
     let probes = Router::new()
         .route("/livez", get(probes::livez))
