@@ -344,3 +344,66 @@ test("a job defined through the API: where it comes from, its changes, a run sch
   r = await apiCall("DELETE", "/api/jobs/made-by-api?cancel=true", ADMIN);
   assert.equal(r.status, 200, JSON.stringify(r.body));
 });
+
+test("the executions page: filters, counts, a bulk cancel that says how many and which, retry now and run again", async () => {
+  let r = await apiCall("PUT", "/api/jobs/bulk-me", ADMIN, { queue: "nobody-claims", overlap: "allow" });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  const ids = [];
+  for (let i = 0; i < 3; i++) {
+    r = await apiCall("POST", "/api/jobs/bulk-me/trigger", OPERATE, { payload: { n: i } });
+    ids.push(r.body.execution.id);
+  }
+  const { context, page } = await login(OPERATE);
+  await page.goto(api + "/executions?job=bulk-me");
+  assert.equal(await page.locator("tr[data-execution]").count(), 3);
+  assert.match(await page.locator("#counts").innerText(), /queued 3/);
+  await page.check(`input[name=id][value="${ids[0]}"]`);
+  await page.check(`input[name=id][value="${ids[1]}"]`);
+  let said = "";
+  page.once("dialog", (d) => { said = d.message(); d.accept(); });
+  await Promise.all([page.waitForURL(/\/executions\/bulk$/), page.getByRole("button", { name: "Cancel selected" }).click()]);
+  assert.equal(said, `Cancel 2 executions: ${ids[1]}, ${ids[0]}?`, "newest first, as listed");
+  assert.match(await page.locator("#bulk-result").innerText(), /cancelled/);
+  for (const id of ids.slice(0, 2)) assert.equal((await apiCall("GET", `/api/executions/${id}`, READ)).body.status, "cancelled");
+  assert.equal((await apiCall("GET", `/api/executions/${ids[2]}`, READ)).body.status, "queued", "the unselected one is untouched");
+  await page.goto(api + "/executions?job=bulk-me&status=cancelled");
+  assert.equal(await page.locator("tr[data-execution]").count(), 2, "the filter shows the two");
+  await shot(page, "executions");
+  // Retry now: another attempt of a cancelled run, linked to it, with its payload.
+  await page.goto(api + `/executions/${ids[0]}`);
+  page.once("dialog", (d) => d.accept());
+  await Promise.all([page.waitForURL((u) => !u.pathname.endsWith(`/${ids[0]}`)), page.getByRole("button", { name: "Retry now" }).click()]);
+  const retryId = Number(page.url().split("/").pop());
+  const retry = (await apiCall("GET", `/api/executions/${retryId}`, READ)).body;
+  assert.equal(retry.retry_of, ids[0]);
+  assert.equal(retry.attempt, 2);
+  assert.deepEqual(retry.payload, { n: 0 });
+  // Run again: a new run of the job with the same payload.
+  page.once("dialog", (d) => d.accept());
+  await Promise.all([page.waitForURL((u) => !u.pathname.endsWith(`/${retryId}`)), page.getByRole("button", { name: "Run again" }).click()]);
+  const again = (await apiCall("GET", `/api/executions/${Number(page.url().split("/").pop())}`, READ)).body;
+  assert.equal(again.trigger, "manual");
+  assert.deepEqual(again.payload, { n: 0 });
+  for (const p of ["nodes", "workers", "queues"]) {
+    await page.goto(api + "/" + p);
+    await shot(page, p);
+  }
+  assert.match(await page.locator("#queues").innerText(), /nobody-claims/);
+  await context.close();
+  await apiCall("DELETE", "/api/jobs/bulk-me?cancel=true", ADMIN);
+});
+
+test("a read-only visitor sees the executions page without selection or actions", async () => {
+  const { context, page } = await login(READ);
+  await page.goto(api + "/executions");
+  assert.equal(await page.locator("input[name=id]").count(), 0);
+  assert.equal(await page.getByRole("button", { name: "Cancel selected" }).count(), 0);
+  const any = await page.locator("tr[data-execution]").first().getAttribute("data-execution");
+  await page.goto(api + `/executions/${any}`);
+  assert.equal(await page.getByRole("button", { name: "Retry now" }).count(), 0);
+  assert.equal(await page.getByRole("button", { name: "Run again" }).count(), 0);
+  const nodes = await page.goto(api + "/nodes");
+  assert.equal(nodes.status(), 200);
+  assert.match(await page.locator("#nodes").innerText(), /live/);
+  await context.close();
+});

@@ -973,3 +973,23 @@ pub struct PingResponse {
     /// An end without a start: recorded as a run of unknown (zero) duration.
     pub unpaired: bool,
 }
+
+/// A queue: the executions one runner ("local", a worker queue, "external") claims.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueView {
+    pub runner: String,
+    /// Queued and due: waiting for a claimer.
+    pub due: u64,
+    /// Queued for later (delayed runs, retries waiting out their backoff).
+    pub later: u64,
+    /// How long the oldest due execution has waited.
+    pub oldest_due_age_ms: Option<u64>,
+    pub running: u64,
+    /// Claims in the last five minutes.
+    pub claimed_5m: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueList {
+    pub queues: Vec<QueueView>,
+}

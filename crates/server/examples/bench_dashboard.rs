@@ -121,6 +121,22 @@ async fn main() -> anyhow::Result<()> {
         ),
         ("execution page", format!("/executions/{}", terminal - 3)),
         ("stale executions", "/stale?stale_after=1s".to_string()),
+        ("executions, all", "/executions".to_string()),
+        (
+            "executions, failed of one job",
+            format!("/executions?job=job-{}&status=failed", 7 % jobs),
+        ),
+        (
+            "executions, lease expired",
+            "/executions?lease_expired=true".to_string(),
+        ),
+        (
+            "executions, older page",
+            format!("/executions?before={mid}"),
+        ),
+        ("queues", "/queues".to_string()),
+        ("workers", "/workers".to_string()),
+        ("nodes", "/nodes".to_string()),
     ];
     for (label, uri) in pages {
         let mut times = Vec::new();

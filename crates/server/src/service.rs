@@ -17,8 +17,8 @@ use jobward_store::{
     Backfill, BackfillReport, CancelOutcome, CancelParams, ClaimParams, CleanupReport,
     CompleteParams, Created, DeleteJob, DeleteJobReport, DynStore, ExecutionId, ExecutionRow,
     HeartbeatParams, HeartbeatReport, ProgressParams, PutJob, PutJobReport, Recovered,
-    ReleaseParams, ReleaseReport, Reschedule, Serves, Settled, StartExternal, StartOutcome,
-    StoreError, TriggerParams,
+    ReleaseParams, ReleaseReport, Reschedule, RetryNow, Serves, Settled, StartExternal,
+    StartOutcome, StoreError, TriggerParams,
 };
 use serde_json::Value;
 use tracing::{info, warn};
@@ -311,6 +311,13 @@ impl Service {
     /// The alert sinks and their last deliveries, when any sink is configured.
     pub fn alerts(&self) -> Option<&Alerts> {
         self.alerts.as_ref()
+    }
+
+    /// An operator's "retry now" of a failed, timed-out or cancelled execution.
+    pub async fn retry_now(&self, id: ExecutionId, actor: String) -> Result<ExecutionRow> {
+        let row = self.store.retry_now(RetryNow { id, actor }).await?;
+        self.wake_all();
+        Ok(row)
     }
 
     /// Moves a queued execution's start.

@@ -403,3 +403,16 @@ pub fn node(n: &jobward_store::NodeRow, now: Timestamp) -> jobward_protocol::Nod
         .to_string(),
     }
 }
+
+pub fn queue(q: &jobward_store::QueueRow, now: Timestamp) -> jobward_protocol::QueueView {
+    jobward_protocol::QueueView {
+        runner: q.runner.clone(),
+        due: q.due,
+        later: q.later,
+        oldest_due_age_ms: q
+            .oldest_due
+            .map(|t| jobward_core::deadline::between(t, now).as_millis() as u64),
+        running: q.running,
+        claimed_5m: q.claimed_5m,
+    }
+}

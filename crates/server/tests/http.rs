@@ -137,6 +137,13 @@ fn endpoints() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
         (M::GET, "/api/openapi.json", Some(Role::Read), None),
         (M::GET, "/api/nodes", Some(Role::Read), None),
         (M::GET, "/api/system/alerts", Some(Role::Read), None),
+        (M::GET, "/api/queues", Some(Role::Read), None),
+        (
+            M::POST,
+            "/api/executions/1/retry",
+            Some(Role::Operate),
+            None,
+        ),
         (
             M::POST,
             "/api/jobs/local/start",

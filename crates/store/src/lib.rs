@@ -24,7 +24,7 @@ pub use ledger::ops::{MAX_BACKFILL, REAPER_DUE};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use jobward_core::Timestamp;
+use jobward_core::{State, Timestamp};
 
 pub use clock::Clock;
 pub use error::StoreError;
@@ -171,6 +171,9 @@ pub trait Store: Send + Sync + 'static {
     /// Hands back running executions: each becomes `cancelled` (`handed_back`) and its next
     /// attempt is queued at once.
     async fn release(&self, p: ReleaseParams) -> Result<ReleaseReport>;
+    /// Another attempt of a failed, timed-out or cancelled execution, now (linked to it, its
+    /// payload and checkpoint kept), whatever its retry policy had left.
+    async fn retry_now(&self, p: RetryNow) -> Result<ExecutionRow>;
     /// Moves a queued execution's start to another time (a delayed run).
     async fn reschedule(&self, p: Reschedule) -> Result<ExecutionRow>;
     /// Cancels a queued execution, or asks the owner of a running one to stop it.
@@ -188,6 +191,11 @@ pub trait Store: Send + Sync + 'static {
     // ---- reading ----
 
     async fn list_executions(&self, f: ExecutionFilter) -> Result<Vec<ExecutionRow>>;
+    /// Per state, how many executions match a filter (paging aside), each count stopping
+    /// just past `cap`.
+    async fn count_executions(&self, f: ExecutionFilter, cap: u64) -> Result<Vec<(State, u64)>>;
+    /// Every queue (runner) with queued or running executions.
+    async fn queues(&self) -> Result<Vec<QueueRow>>;
     async fn get_execution(&self, id: ExecutionId) -> Result<Option<ExecutionRow>>;
     async fn events(&self, id: ExecutionId) -> Result<Vec<EventRow>>;
     async fn health(&self, p: HealthParams) -> Result<HealthMetrics>;

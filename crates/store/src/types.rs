@@ -799,6 +799,36 @@ pub struct ExecutionFilter {
     /// Keyset pagination: only ids below this one.
     pub before_id: Option<ExecutionId>,
     pub limit: u32,
+    /// Only those that ended for this reason.
+    pub reason: Option<Reason>,
+    /// Only those of this trigger.
+    pub trigger: Option<Trigger>,
+    /// Only those held (or last held) by this lease owner or node incarnation.
+    pub owner: Option<String>,
+    /// Only running executions whose lease expired (nobody heartbeats for them).
+    pub lease_expired: bool,
+}
+
+/// A queue (a runner: "local", a worker queue, or "external") as it stands.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueRow {
+    pub runner: String,
+    /// Queued and due: waiting for a claimer.
+    pub due: u64,
+    /// Queued for later (delayed runs, retries waiting out their backoff).
+    pub later: u64,
+    /// The oldest due execution's start time (how long the queue has been waiting).
+    pub oldest_due: Option<Timestamp>,
+    pub running: u64,
+    /// Claims in the last five minutes.
+    pub claimed_5m: u64,
+}
+
+/// Start another attempt of a finished execution now (an operator's "retry now").
+#[derive(Debug, Clone)]
+pub struct RetryNow {
+    pub id: ExecutionId,
+    pub actor: String,
 }
 
 #[derive(Debug, Clone)]

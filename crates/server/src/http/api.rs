@@ -406,6 +406,14 @@ pub struct ListQuery {
     pub until: Option<String>,
     /// Only running executions whose last heartbeat is older than this ("10m").
     pub stale_after: Option<String>,
+    /// Only those that ended for this reason (e.g. `heartbeat_timeout`).
+    pub reason: Option<String>,
+    /// Only those of this trigger (schedule, catch_up, manual, retry, backfill, external).
+    pub trigger: Option<String>,
+    /// Only those held (or last held) by this worker id or node incarnation.
+    pub owner: Option<String>,
+    /// Only running executions whose lease expired (nobody heartbeats for them).
+    pub lease_expired: Option<bool>,
     /// Keyset pagination: only executions with an id below this one (from `next_before`).
     #[param(minimum = 1)]
     pub before: Option<i64>,
@@ -420,14 +428,8 @@ pub(crate) fn parse_time(field: &str, v: &str) -> Result<Timestamp, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("{field}: '{v}' is not an RFC 3339 time ({e})")))
 }
 
-#[utoipa::path(get, path = "/api/executions", tag = "executions",
-    params(ListQuery),
-    responses((status = 200, description = "executions, newest first, one page", body = ExecutionPage),
-              (status = "default", description = "an error", body = ErrorBody)))]
-pub async fn executions(
-    State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<axum::Json<ExecutionPage>, ApiError> {
+/// An executions filter from its query parameters (the API's and the dashboard's).
+pub(crate) fn filter_of(q: &ListQuery) -> Result<ExecutionFilter, ApiError> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -454,8 +456,8 @@ pub async fn executions(
                 .map_err(|e| ApiError::bad_request(format!("status: {e}")))?,
         );
     }
-    let filter = ExecutionFilter {
-        job: q.job,
+    Ok(ExecutionFilter {
+        job: q.job.clone().filter(|j| !j.is_empty()),
         states,
         stale_after: q
             .stale_after
@@ -477,7 +479,39 @@ pub async fn executions(
             .transpose()?,
         before_id: q.before,
         limit: limit as u32,
-    };
+        reason: q
+            .reason
+            .as_deref()
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                r.parse::<jobward_core::Reason>()
+                    .map_err(|e| ApiError::bad_request(format!("reason: {e}")))
+            })
+            .transpose()?,
+        trigger: q
+            .trigger
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse::<jobward_store::Trigger>()
+                    .map_err(|e| ApiError::bad_request(format!("trigger: {e}")))
+            })
+            .transpose()?,
+        owner: q.owner.clone().filter(|o| !o.is_empty()),
+        lease_expired: q.lease_expired.unwrap_or(false),
+    })
+}
+
+#[utoipa::path(get, path = "/api/executions", tag = "executions",
+    params(ListQuery),
+    responses((status = 200, description = "executions, newest first, one page", body = ExecutionPage),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn executions(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<axum::Json<ExecutionPage>, ApiError> {
+    let filter = filter_of(&q)?;
+    let limit = i64::from(filter.limit);
     let rows = state.store.list_executions(filter).await?;
     let now = now(&state).await?;
     let next_before = (rows.len() as i64 == limit)

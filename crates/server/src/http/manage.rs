@@ -303,3 +303,35 @@ pub async fn nodes(State(state): State<AppState>) -> Result<axum::Json<NodeList>
         nodes: nodes.iter().map(|n| views::node(n, now)).collect(),
     }))
 }
+
+#[utoipa::path(post, path = "/api/executions/{id}/retry", tag = "executions",
+    params(("id" = i64, Path, description = "execution id", minimum = 1)),
+    responses((status = 201, description = "another attempt, queued now and linked to it (retry_of), with its payload and checkpoint", body = ExecutionView),
+              (status = "default", description = "an error (400 unless it failed, timed out or was cancelled, or when a retry of it exists)", body = ErrorBody)))]
+pub async fn retry(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<(StatusCode, axum::Json<ExecutionView>), ApiError> {
+    if id < 1 {
+        return Err(ApiError::not_found(format!(
+            "execution {id} does not exist"
+        )));
+    }
+    let row = state.service.retry_now(id, caller.actor.clone()).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(views::execution(&row, state.store.now().await?)),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/queues", tag = "system",
+    responses((status = 200, description = "every queue with queued or running executions: due and later depth, the oldest due's wait, running, claims in the last 5 minutes", body = QueueList),
+              (status = "default", description = "an error", body = ErrorBody)))]
+pub async fn queues(State(state): State<AppState>) -> Result<axum::Json<QueueList>, ApiError> {
+    let rows = state.store.queues().await?;
+    let now = state.store.now().await?;
+    Ok(axum::Json(QueueList {
+        queues: rows.iter().map(|q| views::queue(q, now)).collect(),
+    }))
+}

@@ -190,6 +190,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/executions/{id}/log", get(api::log))
         .route("/api/nodes", get(manage::nodes))
         .route("/api/system/alerts", get(external::alerts))
+        .route("/api/queues", get(manage::queues))
         .route("/metrics", get(metrics_endpoint))
         .route("/api/openapi.json", get(openapi::document))
         .route_layer(from_fn_with_state(state.clone(), auth::require_read));
@@ -207,6 +208,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/executions/{id}", patch(manage::patch_execution))
         .route("/api/jobs/{name}/backfill", post(manage::backfill))
         .route("/api/jobs/{name}/start", post(external::start))
+        .route("/api/executions/{id}/retry", post(manage::retry))
         .route_layer(from_fn_with_state(state.clone(), auth::require_operate));
     // Defining jobs: code that runs on jobward hosts, or work handed to workers.
     let admin = Router::new()

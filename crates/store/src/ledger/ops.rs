@@ -2186,6 +2186,58 @@ pub(crate) async fn delete_job(tx: &mut dyn Conn, p: &DeleteJob) -> Result<Delet
     Ok(report)
 }
 
+/// An operator's "retry now": the next attempt of a failed, timed-out or cancelled execution,
+/// queued at once and linked to it (`retry_of`), with its payload and checkpoint, its command
+/// and limits; its attempt budget is raised when the policy had none left. Refused when a
+/// retry of it exists already.
+pub(crate) async fn retry_now(tx: &mut dyn Conn, p: &RetryNow) -> Result<ExecutionRow> {
+    let row = table::load(tx, p.id)
+        .await?
+        .ok_or(StoreError::ExecutionNotFound(p.id))?;
+    if !matches!(
+        row.state,
+        State::Failed | State::TimedOut | State::Cancelled
+    ) {
+        return Err(StoreError::Invalid(format!(
+            "execution {} is {}: only a failed, timed-out or cancelled execution can be retried",
+            row.id, row.state
+        )));
+    }
+    let Some(JobState { spec, defined, .. }) = table::load_job(tx, &row.job, false).await? else {
+        return Err(StoreError::JobNotFound(row.job.clone()));
+    };
+    if !defined {
+        return Err(StoreError::JobUndefined(row.job.clone()));
+    }
+    if let Some(next) = table::retry_of(tx, row.id).await? {
+        return Err(StoreError::Invalid(format!(
+            "execution {} already has a retry: execution {next}",
+            row.id
+        )));
+    }
+    let attempt = row.attempt + 1;
+    let new = NewExecution {
+        number: Some(row.number),
+        attempt,
+        retry_of: Some(row.id),
+        payload: row.payload.as_ref(),
+        from_previous: Some(&row),
+        max_attempts: Some(row.max_attempts.max(attempt)),
+        checkpoint: row.checkpoint.as_ref(),
+        ..NewExecution::first(
+            &spec,
+            Trigger::Retry,
+            tx.now(),
+            format!(
+                "retried now by {} (after attempt {} {})",
+                p.actor, row.attempt, row.state
+            ),
+            &p.actor,
+        )
+    };
+    insert_execution(tx, new).await
+}
+
 /// Moves a queued execution's start (a delayed run) to another time; its start deadline is
 /// counted from the new time.
 pub(crate) async fn reschedule(tx: &mut dyn Conn, p: &Reschedule) -> Result<ExecutionRow> {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use jobward_core::deadline::sub;
-use jobward_core::{JobSpec, Reason, State};
+use jobward_core::{JobSpec, Reason, State, Timestamp};
 
 use super::table;
 use crate::Result;
@@ -70,22 +70,33 @@ pub(crate) async fn list_executions(
     tx: &mut dyn Conn,
     f: &ExecutionFilter,
 ) -> Result<Vec<ExecutionRow>> {
-    let now = tx.now();
-    let mut condition = String::from("1 = 1");
     let mut args: Vec<Arg<'_>> = Vec::new();
+    let mut condition = filter_condition(tx.now(), f, &mut args);
+    fn arg<'a>(args: &mut Vec<Arg<'a>>, a: Arg<'a>) -> String {
+        args.push(a);
+        format!("${}", args.len())
+    }
+    let n = arg(&mut args, i64::from(f.limit.max(1)).into());
+    condition.push_str(&format!(" ORDER BY id DESC LIMIT {n}"));
+    table::executions(tx, &condition, &args).await
+}
+
+/// The WHERE condition of an execution filter (without paging), its arguments pushed to `args`.
+fn filter_condition<'a>(now: Timestamp, f: &'a ExecutionFilter, args: &mut Vec<Arg<'a>>) -> String {
+    let mut condition = String::from("1 = 1");
     fn arg<'a>(args: &mut Vec<Arg<'a>>, a: Arg<'a>) -> String {
         args.push(a);
         format!("${}", args.len())
     }
     if let Some(job) = &f.job {
-        let n = arg(&mut args, job.as_str().into());
+        let n = arg(args, job.as_str().into());
         condition.push_str(&format!(" AND job = {n}"));
     }
     if !f.states.is_empty() {
         let list: Vec<String> = f
             .states
             .iter()
-            .map(|s| arg(&mut args, s.as_str().into()))
+            .map(|s| arg(args, s.as_str().into()))
             .collect();
         condition.push_str(&format!(" AND state IN ({})", list.join(", ")));
         // Terminal states only: the state index holds terminal executions (invariant 1 makes
@@ -103,24 +114,140 @@ pub(crate) async fn list_executions(
         }
     }
     if let Some(d) = f.stale_after {
-        let n = arg(&mut args, sub(now, d).into());
+        let n = arg(args, sub(now, d).into());
         condition.push_str(&format!(" AND state = 'running' AND heartbeat_at <= {n}"));
     }
     if let Some(since) = f.since {
-        let n = arg(&mut args, since.into());
+        let n = arg(args, since.into());
         condition.push_str(&format!(" AND queued_at >= {n}"));
     }
     if let Some(until) = f.until {
-        let n = arg(&mut args, until.into());
+        let n = arg(args, until.into());
         condition.push_str(&format!(" AND queued_at < {n}"));
     }
     if let Some(before) = f.before_id {
-        let n = arg(&mut args, before.into());
+        let n = arg(args, before.into());
         condition.push_str(&format!(" AND id < {n}"));
     }
-    let n = arg(&mut args, i64::from(f.limit.max(1)).into());
-    condition.push_str(&format!(" ORDER BY id DESC LIMIT {n}"));
-    table::executions(tx, &condition, &args).await
+    if let Some(r) = f.reason {
+        let n = arg(args, r.as_str().into());
+        condition.push_str(&format!(" AND reason = {n}"));
+    }
+    if let Some(t) = f.trigger {
+        let n = arg(args, t.as_str().into());
+        condition.push_str(&format!(" AND trigger = {n}"));
+    }
+    if let Some(o) = &f.owner {
+        let n = arg(args, o.as_str().into());
+        condition.push_str(&format!(" AND (lease_owner = {n} OR node_id = {n})"));
+    }
+    if f.lease_expired {
+        let n = arg(args, now.into());
+        condition.push_str(&format!(
+            " AND state = 'running' AND lease_expires_at <= {n}"
+        ));
+    }
+    condition
+}
+
+/// Executions per state that match a filter (its states, paging and limit aside), each count
+/// stopping at `cap` + 1 so that a page never counts a whole history.
+pub(crate) async fn count_executions(
+    tx: &mut dyn Conn,
+    f: &ExecutionFilter,
+    cap: u64,
+) -> Result<Vec<(State, u64)>> {
+    let now = tx.now();
+    let states = if f.states.is_empty() {
+        State::ALL.to_vec()
+    } else {
+        f.states.clone()
+    };
+    let mut out = Vec::new();
+    for st in states {
+        let one = ExecutionFilter {
+            states: vec![st],
+            before_id: None,
+            ..f.clone()
+        };
+        let mut args: Vec<Arg<'_>> = Vec::new();
+        let condition = filter_condition(now, &one, &mut args);
+        args.push(((cap + 1) as i64).into());
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM executions WHERE {condition} LIMIT ${}) t",
+            args.len()
+        );
+        let n = tx.scalar_i64(&sql, &args).await? as u64;
+        out.push((st, n));
+    }
+    Ok(out)
+}
+
+/// Every runner with queued or running executions: due and later depth, oldest due, running
+/// count and claims in the last five minutes.
+pub(crate) async fn queues(tx: &mut dyn Conn) -> Result<Vec<QueueRow>> {
+    let now = tx.now();
+    let mut rows: Vec<QueueRow> = tx
+        .fetch(
+            "SELECT runner, sum(CASE WHEN run_after <= $1 THEN 1 ELSE 0 END), \
+             sum(CASE WHEN run_after > $1 THEN 1 ELSE 0 END), \
+             min(CASE WHEN run_after <= $1 THEN run_after END) \
+             FROM executions WHERE state = 'queued' GROUP BY runner",
+            &[now.into()],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(QueueRow {
+                runner: r.text(0)?,
+                due: r.i64(1)? as u64,
+                later: r.i64(2)? as u64,
+                oldest_due: r.opt_time(3)?,
+                running: 0,
+                claimed_5m: 0,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let running = tx
+        .fetch(
+            "SELECT runner, count(*) FROM executions WHERE state = 'running' GROUP BY runner",
+            &[],
+        )
+        .await?;
+    let claimed = tx
+        .fetch(
+            "SELECT e.runner, count(*) FROM events v JOIN executions e ON e.id = v.execution_id \
+             WHERE v.kind = 'transition' AND v.at >= $1 AND v.to_state = 'running' GROUP BY e.runner",
+            &[sub(now, Duration::from_secs(300)).into()],
+        )
+        .await?;
+    for (list, running) in [(&running, true), (&claimed, false)] {
+        for r in list.iter() {
+            let runner = r.text(0)?;
+            let n = r.i64(1)? as u64;
+            let row = match rows.iter_mut().position(|q| q.runner == runner) {
+                Some(i) => &mut rows[i],
+                None => {
+                    rows.push(QueueRow {
+                        runner,
+                        due: 0,
+                        later: 0,
+                        oldest_due: None,
+                        running: 0,
+                        claimed_5m: 0,
+                    });
+                    rows.last_mut().expect("just pushed")
+                }
+            };
+            if running {
+                row.running = n;
+            } else {
+                row.claimed_5m = n;
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.runner.cmp(&b.runner));
+    Ok(rows)
 }
 
 pub(crate) async fn events(tx: &mut dyn Conn, id: ExecutionId) -> Result<Vec<EventRow>> {

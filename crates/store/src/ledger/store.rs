@@ -188,6 +188,22 @@ impl<B: Backend> Store for Ledger<B> {
             .await)
     }
 
+    async fn retry_now(&self, p: RetryNow) -> Result<ExecutionRow> {
+        write!(self, p, |tx, p| ops::retry_now(tx, &p).await)
+    }
+
+    async fn count_executions(
+        &self,
+        f: ExecutionFilter,
+        cap: u64,
+    ) -> Result<Vec<(jobward_core::State, u64)>> {
+        read!(self, f, |tx, f| reads::count_executions(tx, &f, cap).await)
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueRow>> {
+        read!(self, (), |tx, _u| reads::queues(tx).await)
+    }
+
     async fn reschedule(&self, p: Reschedule) -> Result<ExecutionRow> {
         write!(self, p, |tx, p| ops::reschedule(tx, &p).await)
     }

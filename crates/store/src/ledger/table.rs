@@ -484,6 +484,17 @@ pub(crate) async fn fired_already(tx: &mut dyn Conn, job: &str, at: Timestamp) -
         > 0)
 }
 
+/// The retry of an execution, if one was created.
+pub(crate) async fn retry_of(tx: &mut dyn Conn, id: ExecutionId) -> Result<Option<ExecutionId>> {
+    tx.one(
+        "SELECT id FROM executions WHERE retry_of = $1 ORDER BY id LIMIT 1",
+        &[id.into()],
+    )
+    .await?
+    .map(|r| r.i64(0))
+    .transpose()
+}
+
 /// Whether a running execution is past the upper bound of its expected duration and not yet
 /// marked overdue.
 pub(crate) async fn any_overdue(tx: &mut dyn Conn) -> Result<bool> {

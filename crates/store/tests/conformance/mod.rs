@@ -2760,3 +2760,81 @@ case! {
         assert!(m.last_finished.iter().any(|(j, st, _)| j == "slow" && *st == State::Completed));
     }
 }
+
+case! {
+    /// "Retry now": another attempt of a finished failure, linked to it, with its payload and
+    /// checkpoint, its budget raised; never twice, never of a live or completed execution.
+    async fn retry_now_starts_a_linked_attempt_once(store: DynStore) {
+        define(&store, vec![spec("a")], &[]).await;
+        let e = store
+            .trigger(TriggerParams {
+                job: "a".into(),
+                actor: "t".into(),
+                payload: Some(serde_json::json!({"k": 1})),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .execution;
+        let refused = store.retry_now(RetryNow { id: e.id, actor: "op".into() }).await;
+        assert!(matches!(refused, Err(StoreError::Invalid(_))), "a queued run is not retried");
+        let run = claim(&store, "n", 1).await.remove(0);
+        store
+            .complete(CompleteParams {
+                lease: run.lease(),
+                outcome: failure(2),
+                actor: "n".into(),
+            })
+            .await
+            .unwrap();
+        let again = store.retry_now(RetryNow { id: e.id, actor: "op".into() }).await.unwrap();
+        assert_eq!((again.state, again.attempt, again.retry_of), (State::Queued, 2, Some(e.id)));
+        assert_eq!(again.number, e.number);
+        assert_eq!(again.max_attempts, 2);
+        assert_eq!(again.payload, Some(serde_json::json!({"k": 1})));
+        assert_eq!(again.trigger, Trigger::Retry);
+        assert!(matches!(
+            store.retry_now(RetryNow { id: e.id, actor: "op".into() }).await,
+            Err(StoreError::Invalid(_))
+        ), "one retry of it");
+        assert_eq!(claim(&store, "n", 1).await[0].id, again.id);
+    }
+}
+
+case! {
+    /// Counts per state for a filter stop past the cap; queues say due, later and running.
+    async fn counts_and_queues_match_the_ledger(store: DynStore) {
+        define(&store, vec![spec("a"), spec("b")], &[]).await;
+        for _ in 0..5 {
+            trigger(&store, "a").await;
+        }
+        trigger(&store, "b").await;
+        store
+            .trigger(TriggerParams {
+                job: "a".into(),
+                actor: "t".into(),
+                run_at: Some(store.now().await.unwrap() + chrono::TimeDelta::hours(1)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let run = claim(&store, "n", 1).await.remove(0);
+        let counts = store
+            .count_executions(ExecutionFilter { job: Some("a".into()), ..Default::default() }, 3)
+            .await
+            .unwrap();
+        let of = |s: State| counts.iter().find(|(x, _)| *x == s).map(|(_, n)| *n);
+        assert_eq!(of(State::Queued), Some(4), "5 queued, capped at 3 + 1");
+        assert_eq!(of(State::Running), Some(u64::from(run.job == "a")));
+        let by_owner = store
+            .list_executions(ExecutionFilter { owner: Some("n".into()), limit: 10, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(by_owner.iter().map(|e| e.id).collect::<Vec<_>>(), vec![run.id]);
+        let q = store.queues().await.unwrap();
+        let local = q.iter().find(|q| q.runner == "local").unwrap();
+        assert_eq!((local.due, local.later, local.running), (5, 1, 1));
+        assert!(local.oldest_due.is_some());
+        assert_eq!(local.claimed_5m, 1);
+    }
+}

@@ -2,6 +2,7 @@
 //! script of its own for live regions. It reads the same store as the API and changes the
 //! ledger only through the API's own handlers, so a button does exactly what the API does.
 
+mod fleet;
 mod pages;
 mod session;
 
@@ -194,7 +195,13 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/jobs/{name}", get(job))
         .route("/jobs/{name}/{action}", post(job_action))
         .route("/executions/{id}", get(execution))
+        .route("/executions", get(fleet::executions))
+        .route("/executions/bulk", post(fleet::bulk))
         .route("/executions/{id}/cancel", post(cancel))
+        .route("/executions/{id}/{action}", post(fleet::execution_action))
+        .route("/nodes", get(fleet::nodes))
+        .route("/workers", get(fleet::workers))
+        .route("/queues", get(fleet::queues))
         .route("/stale", get(stale).post(apply_stale))
         .route("/logout", post(logout))
         .route_layer(from_fn_with_state(state, require_viewer));

@@ -13,13 +13,23 @@ use maud::{DOCTYPE, Markup, html};
 use super::{POLL_MS, Viewer};
 
 /// Nav entries: (path, label).
-const NAV: [(&str, &str); 3] = [
+const NAV: [(&str, &str); 7] = [
     ("/", "Overview"),
     ("/jobs", "Jobs"),
-    ("/stale", "Stale executions"),
+    ("/executions", "Executions"),
+    ("/queues", "Queues"),
+    ("/workers", "Workers"),
+    ("/nodes", "Nodes"),
+    ("/stale", "Stale"),
 ];
 
-fn layout(v: Option<&Viewer>, title: &str, active: &str, poll: bool, body: Markup) -> Markup {
+pub(super) fn layout(
+    v: Option<&Viewer>,
+    title: &str,
+    active: &str,
+    poll: bool,
+    body: Markup,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -81,7 +91,7 @@ pub fn badge(state: &str) -> Markup {
 }
 
 /// An execution's badge; a running one that nobody heartbeats for says so.
-fn exec_badge(e: &ExecutionRow, now: Timestamp) -> Markup {
+pub(super) fn exec_badge(e: &ExecutionRow, now: Timestamp) -> Markup {
     let later = (e.state == State::Queued && e.run_after > now).then_some(e.run_after);
     let bounds = e
         .expected_duration
@@ -114,7 +124,7 @@ fn scheduled_tag(at: Option<Timestamp>, now: Timestamp) -> Markup {
     }
 }
 
-fn silent_badge(state: &str, silence: Option<Duration>) -> Markup {
+pub(super) fn silent_badge(state: &str, silence: Option<Duration>) -> Markup {
     html! {
         (badge(state))
         @if let Some(d) = silence {
@@ -157,7 +167,7 @@ pub fn relative(t: Timestamp, now: Timestamp) -> String {
 }
 
 /// An absolute time with its relative distance from now.
-fn when(t: Option<Timestamp>, now: Timestamp) -> Markup {
+pub(super) fn when(t: Option<Timestamp>, now: Timestamp) -> Markup {
     match t {
         None => html! { span.muted { "—" } },
         Some(t) => {
@@ -170,7 +180,7 @@ fn when(t: Option<Timestamp>, now: Timestamp) -> Markup {
     }
 }
 
-fn ago(t: Option<Timestamp>, now: Timestamp) -> Markup {
+pub(super) fn ago(t: Option<Timestamp>, now: Timestamp) -> Markup {
     match t {
         None => html! { span.muted { "—" } },
         Some(t) => {
@@ -180,7 +190,7 @@ fn ago(t: Option<Timestamp>, now: Timestamp) -> Markup {
     }
 }
 
-fn reason(e: &ExecutionRow) -> Markup {
+pub(super) fn reason(e: &ExecutionRow) -> Markup {
     html! {
         @if let Some(r) = e.reason {
             code { (r) }
@@ -197,15 +207,21 @@ fn is_recovery(reason: &str) -> bool {
     )
 }
 
-fn exec_link(e: &ExecutionRow) -> Markup {
+pub(super) fn exec_link(e: &ExecutionRow) -> Markup {
     html! { a href={ "/executions/" (e.id) } { "#" (e.number) } }
 }
 
-fn job_link(name: &str) -> Markup {
+pub(super) fn job_link(name: &str) -> Markup {
     html! { a href={ "/jobs/" (name) } { (name) } }
 }
 
-fn button(v: &Viewer, action: &str, label: &str, class: &str, confirm: Option<&str>) -> Markup {
+pub(super) fn button(
+    v: &Viewer,
+    action: &str,
+    label: &str,
+    class: &str,
+    confirm: Option<&str>,
+) -> Markup {
     html! {
         form.inline method="post" action=(action) data-confirm=[confirm] {
             input type="hidden" name="csrf" value=(v.csrf);
@@ -570,8 +586,11 @@ pub fn execution(
     let body = html! {
         h1 { (job_link(&e.job)) " #" (e.number) " " span #status data-live { (exec_badge(e, now)) } }
         section.card #fields data-live {
-            @if live && v.can_operate {
-                div.actions { (button(v, &format!("/executions/{}/cancel", e.id), "Cancel", "danger", Some("Cancel this execution? A running process gets SIGTERM, then SIGKILL."))) }
+            @if v.can_operate {
+                div.actions {
+                    @if live { (button(v, &format!("/executions/{}/cancel", e.id), "Cancel", "danger", Some("Cancel this execution? A running process gets SIGTERM, then SIGKILL."))) }
+                    (super::fleet::execution_buttons(v, e))
+                }
             }
             dl.fields {
                 dt { "Execution" } dd { (e.id) " (attempt " (e.attempt) " of " (e.max_attempts) ")" @if let Some(r) = e.retry_of { ", retry of " a href={ "/executions/" (r) } { (r) } } }

@@ -4,6 +4,22 @@
   document.addEventListener("submit", function (e) {
     var msg = e.target.getAttribute("data-confirm");
     if (msg && !window.confirm(msg)) e.preventDefault();
+    // A bulk action says how many and which before anything changes.
+    var field = e.target.getAttribute("data-confirm-count");
+    if (field) {
+      var ids = Array.prototype.map.call(
+        e.target.querySelectorAll("input[name=" + field + "]:checked"),
+        function (i) { return i.value; });
+      var what = (e.submitter && e.submitter.value) || "change";
+      if (!ids.length) { window.alert("Select executions first."); e.preventDefault(); return; }
+      var n = ids.length + (ids.length === 1 ? " execution" : " executions");
+      if (!window.confirm(what.charAt(0).toUpperCase() + what.slice(1) + " " + n + ": " + ids.join(", ") + "?")) e.preventDefault();
+    }
+  });
+  document.addEventListener("change", function (e) {
+    if (e.target.id !== "select-all") return;
+    var form = e.target.closest("form");
+    if (form) form.querySelectorAll("input[name=id]").forEach(function (b) { b.checked = e.target.checked; });
   });
   var body = document.body;
   var every = Number(body.getAttribute("data-poll")) || 0;
