@@ -422,3 +422,46 @@ fn an_overdue_and_a_too_short_run_each_deliver_one_alertmanager_alert() {
         "{table}"
     );
 }
+
+#[test]
+fn a_cancel_reaches_a_wrapped_command() {
+    let env = Env::new(
+        "",
+        "[[job]]\nname = \"long\"\nrunner = \"external\"\nheartbeat_timeout = \"1s\"\nkill_grace = \"2s\"\n",
+    );
+    let server = env.serve();
+    let mut wrapper = env
+        .cmd(&[
+            "exec",
+            "--job",
+            "long",
+            "--server",
+            &server.api(),
+            "--",
+            "sleep",
+            "60",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the run to be recorded", || {
+        env.runs(&["--job", "long", "--status", "running"]).len() == 1
+    });
+    let id = env.runs(&["--job", "long"])[0]["id"].as_i64().unwrap();
+    let out = env.run(&["runs", "cancel", &id.to_string(), "--server", &server.api()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = Instant::now();
+    let status = wrapper.wait().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped at its next heartbeat"
+    );
+    assert_eq!(status.code(), Some(128 + 15), "sleep ended by SIGTERM");
+    let e = env.wait_state(id, "cancelled", Duration::from_secs(5));
+    assert_eq!(e["reason"], "cancel_requested", "{e}");
+}
