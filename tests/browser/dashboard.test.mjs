@@ -56,6 +56,7 @@ secret = "${ADMIN}"
 [[job]]
 name = "hello"
 command = "echo hello from jobward; sleep 1; echo done"
+expected_duration = "500ms..5s"
 
 [[job]]
 name = "sleeper"
@@ -405,5 +406,19 @@ test("a read-only visitor sees the executions page without selection or actions"
   const nodes = await page.goto(api + "/nodes");
   assert.equal(nodes.status(), 200);
   assert.match(await page.locator("#nodes").innerText(), /live/);
+  await context.close();
+});
+
+test("the job page's duration chart has a time axis, p50 and p95, and the expected bounds", async () => {
+  const r = await apiCall("POST", "/api/jobs/hello/trigger", OPERATE, {});
+  await waitFor("the run to end", async () => (await apiCall("GET", `/api/executions/${r.body.execution.id}`, READ)).body.status === "completed");
+  const { context, page } = await login(READ);
+  await page.goto(api + "/jobs/hello");
+  for (const k of ["p50", "p95", "min", "max"]) {
+    assert.equal(await page.locator(`#chart .ref-${k}`).count(), 1, `a ${k} line`);
+  }
+  assert.match(await page.locator("#chart").innerText(), /oldest[\s\S]*newest/);
+  assert.match(await page.locator("#job-fields").innerText(), /Expected duration\s+500ms\.\.5s/);
+  await shot(page, "job-duration-chart");
   await context.close();
 });

@@ -468,7 +468,7 @@ pub fn job(
         }
         section.card #chart data-live {
             h2 { "Recent durations and outcomes" }
-            (chart(chart_rows, now))
+            (chart(chart_rows, now, s.expected_duration))
         }
         @if !changes.is_empty() && !paged {
             section.card #changes {
@@ -542,31 +542,91 @@ fn changed_fields(c: &jobward_store::JobChange) -> Markup {
     }
 }
 
-/// Bars of the recent executions' durations, oldest left; failures also carry an ✗ mark.
-fn chart(rows: &[ExecutionRow], now: Timestamp) -> Markup {
+/// Bars of the recent executions' durations, oldest left, on a time axis; failures also carry
+/// an ✗ mark; dashed lines at the median and the 95th percentile of the runs that ended, and
+/// the bounds of the job's expected duration where it has them.
+fn chart(
+    rows: &[ExecutionRow],
+    now: Timestamp,
+    bounds: Option<jobward_core::DurationBounds>,
+) -> Markup {
     let rows: Vec<&ExecutionRow> = rows.iter().rev().collect();
     if rows.is_empty() {
         return html! { p.muted { "No executions yet." } };
     }
-    let (w, h, top) = (600.0_f64, 120.0_f64, 14.0_f64);
+    let (left, w, h, top) = (52.0_f64, 600.0_f64, 140.0_f64, 14.0_f64);
     let durations: Vec<f64> = rows
         .iter()
         .map(|e| e.runtime(now).map(|d| d.as_secs_f64()).unwrap_or(0.0))
         .collect();
-    let max = durations.iter().cloned().fold(0.0_f64, f64::max).max(0.001);
-    let slot = w / rows.len().max(20) as f64;
+    let mut ended: Vec<f64> = rows
+        .iter()
+        .zip(&durations)
+        .filter(|(e, _)| e.state.is_terminal() && e.started_at.is_some())
+        .map(|(_, d)| *d)
+        .collect();
+    ended.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| -> Option<f64> {
+        (!ended.is_empty()).then(|| ended[((ended.len() as f64 - 1.0) * p).round() as usize])
+    };
+    let (p50, p95) = (pct(0.5), pct(0.95));
+    let lines: Vec<(&str, &str, f64)> = [
+        ("p50", "median", p50),
+        ("p95", "95th percentile", p95),
+        (
+            "min",
+            "expected at least",
+            bounds.and_then(|b| b.min).map(|d| d.as_secs_f64()),
+        ),
+        (
+            "max",
+            "expected at most",
+            bounds.and_then(|b| b.max).map(|d| d.as_secs_f64()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(k, words, v)| v.map(|v| (k, words, v)))
+    .collect();
+    let max = durations
+        .iter()
+        .chain(lines.iter().map(|(_, _, v)| v))
+        .cloned()
+        .fold(0.0_f64, f64::max)
+        .max(0.001);
+    let plot = w - left;
+    let slot = plot / rows.len().max(20) as f64;
+    let y = |v: f64| h - (v / max) * (h - top);
     html! {
-        svg.chart viewBox={ "0 0 " (w) " " (h + 16.0) } role="img" aria-label="durations of recent executions, oldest first" {
-            line x1="0" y1=(h) x2=(w) y2=(h) stroke="#9ca3af" {}
-            text x="0" y=(h + 13.0) { "longest " (dur(Duration::from_secs_f64(max))) }
+        svg.chart viewBox={ "0 0 " (w) " " (h + 18.0) } role="img" aria-label="durations of recent executions, oldest first, with their median and 95th percentile" {
+            // The time axis: zero, the half and the top, labelled.
+            @for frac in [0.0_f64, 0.5, 1.0] {
+                @let v = max * frac;
+                line x1=(left) y1=(format!("{:.1}", y(v))) x2=(w) y2=(format!("{:.1}", y(v))) stroke="#e5e7eb" {}
+                text.axis x="0" y=(format!("{:.1}", y(v) + 4.0)) { (dur(Duration::from_secs_f64(v))) }
+            }
+            line x1=(left) y1=(h) x2=(w) y2=(h) stroke="#9ca3af" {}
+            text.axis x=(left) y=(h + 15.0) { "oldest" }
+            text.axis x=(w - 40.0) y=(h + 15.0) { "newest" }
             @for (i, (e, d)) in rows.iter().zip(&durations).enumerate() {
                 @let bar = ((d / max) * (h - top)).max(2.0);
-                @let x = i as f64 * slot + 1.0;
+                @let x = left + i as f64 * slot + 1.0;
                 g {
                     title { "#" (e.number) " attempt " (e.attempt) ": " (e.state) ", " (dur(Duration::from_secs_f64(*d))) }
                     rect class={ "st-" (e.state) } x=(format!("{x:.1}")) y=(format!("{:.1}", h - bar)) width=(format!("{:.1}", (slot - 2.0).max(1.0))) height=(format!("{bar:.1}")) {}
                     @if matches!(e.state, State::Failed | State::TimedOut) {
                         text.mark x=(format!("{:.1}", x + slot / 2.0 - 4.0)) y=(format!("{:.1}", h - bar - 2.0)) { "✗" }
+                    }
+                }
+            }
+            @for (k, words, v) in &lines {
+                g class={ "ref ref-" (k) } {
+                    title { (words) ": " (dur(Duration::from_secs_f64(*v))) }
+                    line x1=(left) y1=(format!("{:.1}", y(*v))) x2=(w) y2=(format!("{:.1}", y(*v))) stroke-dasharray="4 3" {}
+                    // Labels alternate sides, so that close lines stay readable.
+                    @if matches!(*k, "p50" | "min") {
+                        text.axis x=(left + 4.0) y=(format!("{:.1}", y(*v) - 2.0)) { (k) " " (dur(Duration::from_secs_f64(*v))) }
+                    } @else {
+                        text.axis x=(w - 2.0) y=(format!("{:.1}", y(*v) - 2.0)) text-anchor="end" { (k) " " (dur(Duration::from_secs_f64(*v))) }
                     }
                 }
             }
