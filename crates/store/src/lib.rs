@@ -196,6 +196,8 @@ pub trait Store: Send + Sync + 'static {
     async fn count_executions(&self, f: ExecutionFilter, cap: u64) -> Result<Vec<(State, u64)>>;
     /// Every queue (runner) with queued or running executions.
     async fn queues(&self) -> Result<Vec<QueueRow>>;
+    /// Each concurrency key's slots in use and limit.
+    async fn slots(&self) -> Result<Vec<SlotUse>>;
     async fn get_execution(&self, id: ExecutionId) -> Result<Option<ExecutionRow>>;
     async fn events(&self, id: ExecutionId) -> Result<Vec<EventRow>>;
     async fn health(&self, p: HealthParams) -> Result<HealthMetrics>;

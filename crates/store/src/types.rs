@@ -820,7 +820,7 @@ pub struct QueueRow {
     /// The oldest due execution's start time (how long the queue has been waiting).
     pub oldest_due: Option<Timestamp>,
     pub running: u64,
-    /// Claims in the last five minutes.
+    /// Claims in the last five minutes (counted up to 10,000 across all queues).
     pub claimed_5m: u64,
 }
 

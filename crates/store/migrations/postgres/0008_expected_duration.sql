@@ -5,5 +5,7 @@ ALTER TABLE executions ADD COLUMN expected_max_ms BIGINT CHECK (expected_max_ms 
 ALTER TABLE executions ADD COLUMN overdue_at BIGINT;
 CREATE INDEX executions_overdue ON executions (started_at)
     WHERE finished_at IS NULL AND expected_max_ms IS NOT NULL AND overdue_at IS NULL;
-CREATE INDEX executions_job_state_finished ON executions (job, state, finished_at)
+-- One job's finished executions of one state, newest first: the executions page filtered by
+-- job and state, its counts per state, and each job's latest end per state for the metrics.
+CREATE INDEX executions_job_state ON executions (job, state, id)
     WHERE finished_at IS NOT NULL;

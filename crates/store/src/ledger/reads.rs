@@ -78,6 +78,16 @@ pub(crate) async fn list_executions(
     }
     let n = arg(&mut args, i64::from(f.limit.max(1)).into());
     condition.push_str(&format!(" ORDER BY id DESC LIMIT {n}"));
+    // One job's finished executions of one state, newest first: their own index range, not
+    // the state index across every job (SQLite's planner, without statistics, takes that one
+    // and walks the other jobs' rows).
+    if f.job.is_some() && f.states.len() == 1 && f.states[0].is_terminal() {
+        let sql = format!(
+            "SELECT {} FROM executions /*sqlite: INDEXED BY executions_job_state*/ WHERE {condition}",
+            rows::EXEC_COLUMNS
+        );
+        return rows::executions(tx.fetch(&sql, &args).await?);
+    }
     table::executions(tx, &condition, &args).await
 }
 
@@ -173,8 +183,16 @@ pub(crate) async fn count_executions(
         let mut args: Vec<Arg<'_>> = Vec::new();
         let condition = filter_condition(now, &one, &mut args);
         args.push(((cap + 1) as i64).into());
+        // One job's terminal executions of one state: its (job, state, finished_at) index,
+        // never the state index across every job (SQLite's planner, without statistics,
+        // would walk all the job's neighbours).
+        let hint = if f.job.is_some() && st.is_terminal() {
+            "/*sqlite: INDEXED BY executions_job_state*/"
+        } else {
+            ""
+        };
         let sql = format!(
-            "SELECT count(*) FROM (SELECT 1 FROM executions WHERE {condition} LIMIT ${}) t",
+            "SELECT count(*) FROM (SELECT 1 FROM executions {hint} WHERE {condition} LIMIT ${}) t",
             args.len()
         );
         let n = tx.scalar_i64(&sql, &args).await? as u64;
@@ -214,10 +232,14 @@ pub(crate) async fn queues(tx: &mut dyn Conn) -> Result<Vec<QueueRow>> {
             &[],
         )
         .await?;
+    // Claims are the transition events into `running`; the newest 10,000 of the last five
+    // minutes at most, so that a busy ledger costs the page a bounded read.
     let claimed = tx
         .fetch(
-            "SELECT e.runner, count(*) FROM events v JOIN executions e ON e.id = v.execution_id \
-             WHERE v.kind = 'transition' AND v.at >= $1 AND v.to_state = 'running' GROUP BY e.runner",
+            "SELECT e.runner, count(*) FROM (SELECT execution_id FROM events \
+             WHERE kind = 'transition' AND at >= $1 AND to_state = 'running' \
+             ORDER BY at DESC LIMIT 10000) v JOIN executions e ON e.id = v.execution_id \
+             GROUP BY e.runner",
             &[sub(now, Duration::from_secs(300)).into()],
         )
         .await?;
@@ -384,41 +406,35 @@ pub(crate) async fn metrics(tx: &mut dyn Conn) -> Result<MetricsSnapshot> {
         .map(|r| r.opt_time(0))
         .transpose()?
         .flatten();
-    let slots = tx
-        .fetch(
-            "SELECT l.key, (SELECT count(*) FROM executions e WHERE e.state = 'running' \
-             AND e.concurrency_key = l.key), l.max_running FROM concurrency_limits l ORDER BY l.key",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(SlotUse {
-                key: r.text(0)?,
-                used: r.i64(1)? as u64,
-                limit: r.i64(2)? as u64,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let slots = slots(tx).await?;
     let now = tx.now();
-    let last_finished = tx
-        .fetch(
-            "SELECT j.name, s.state, (SELECT max(e.finished_at) FROM executions e WHERE e.job = j.name \
-             AND e.state = s.state AND e.finished_at IS NOT NULL) FROM jobs j, \
-             (SELECT 'completed' AS state UNION ALL SELECT 'failed' UNION ALL SELECT 'timed_out' \
-              UNION ALL SELECT 'cancelled' UNION ALL SELECT 'skipped') s ORDER BY j.name, s.state",
-            &[],
-        )
+    // Each job's latest end per state: the newest 100 of that state by id (ends come nearly
+    // in id order), one index range each.
+    let mut last_finished = Vec::new();
+    let names: Vec<String> = tx
+        .fetch("SELECT name FROM jobs ORDER BY name", &[])
         .await?
         .iter()
-        .filter_map(|r| match r.opt_time(2) {
-            Ok(Some(t)) => Some(
-                (|| Ok((r.text(0)?, crate::rows::parse::<State>("state", &r.text(1)?)?, t)))(),
-            ),
-            Ok(None) => None,
-            Err(e) => Some(Err(e)),
-        })
-        .collect::<Result<Vec<_>>>()?;
+        .map(|r| r.text(0))
+        .collect::<Result<_>>()?;
+    for job in &names {
+        for st in State::ALL.into_iter().filter(|s| s.is_terminal()) {
+            let at = tx
+                .one(
+                    "SELECT max(finished_at) FROM (SELECT finished_at FROM executions \
+                     /*sqlite: INDEXED BY executions_job_state*/ WHERE job = $1 AND state = $2 \
+                     AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 100) t",
+                    &[job.as_str().into(), st.as_str().into()],
+                )
+                .await?
+                .map(|r| r.opt_time(0))
+                .transpose()?
+                .flatten();
+            if let Some(at) = at {
+                last_finished.push((job.clone(), st, at));
+            }
+        }
+    }
     let overdue = tx
         .fetch(
             "SELECT job, count(*) FROM executions WHERE finished_at IS NULL AND state = 'running' \
@@ -455,6 +471,26 @@ pub(crate) async fn metrics(tx: &mut dyn Conn) -> Result<MetricsSnapshot> {
         slots,
         now: tx.now(),
     })
+}
+
+/// Each concurrency key's slots in use and limit.
+pub(crate) async fn slots(tx: &mut dyn Conn) -> Result<Vec<SlotUse>> {
+    tx
+        .fetch(
+            "SELECT l.key, (SELECT count(*) FROM executions e WHERE e.state = 'running' \
+             AND e.concurrency_key = l.key), l.max_running FROM concurrency_limits l ORDER BY l.key",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(SlotUse {
+                key: r.text(0)?,
+                used: r.i64(1)? as u64,
+                limit: r.i64(2)? as u64,
+            })
+        })
+        .collect()
 }
 
 pub(crate) async fn audit(tx: &mut dyn Conn, p: &AuditParams) -> Result<Vec<Violation>> {

@@ -204,6 +204,10 @@ impl<B: Backend> Store for Ledger<B> {
         read!(self, (), |tx, _u| reads::queues(tx).await)
     }
 
+    async fn slots(&self) -> Result<Vec<SlotUse>> {
+        read!(self, (), |tx, _u| reads::slots(tx).await)
+    }
+
     async fn reschedule(&self, p: Reschedule) -> Result<ExecutionRow> {
         write!(self, p, |tx, p| ops::reschedule(tx, &p).await)
     }

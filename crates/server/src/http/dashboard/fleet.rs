@@ -440,7 +440,7 @@ pub async fn workers(State(state): State<AppState>, Extension(viewer): Extension
 pub async fn queues(State(state): State<AppState>, Extension(viewer): Extension<Viewer>) -> Page {
     let now = state.store.now().await?;
     let queues = state.store.queues().await?;
-    let metrics = state.store.metrics().await?;
+    let slots = state.store.slots().await?;
     let running = state
         .store
         .list_executions(ExecutionFilter {
@@ -471,11 +471,11 @@ pub async fn queues(State(state): State<AppState>, Extension(viewer): Extension<
         }
         section.card #keys data-live {
             h2 { "Concurrency keys" }
-            @if metrics.slots.is_empty() { p.muted { "No concurrency key is configured." } }
+            @if slots.is_empty() { p.muted { "No concurrency key is configured." } }
             @else {
                 div.scroll { table.stack {
                     thead { tr { th { "Key" } th { "Slots in use" } th { "Held by" } } }
-                    tbody { @for s in &metrics.slots {
+                    tbody { @for s in &slots {
                         tr data-key=(s.key) {
                             td data-label="Key" { code { (s.key) } }
                             td.num data-label="Slots in use" { (s.used) " / " (s.limit) }
