@@ -251,6 +251,16 @@ fn pings_start_and_end_runs_a_start_without_end_times_out_and_tokens_are_per_job
     assert_eq!(v["execution"]["id"].as_i64(), Some(first));
     assert_eq!(v["execution"]["status"], "failed");
     assert_eq!(v["execution"]["exit_code"], 2);
+    // The same end again is answered with that record, and changes nothing.
+    let (s, again) = ping(
+        "scraper",
+        "fail",
+        Some("scraper-ping-0123456789"),
+        json!({"run_id": "r1", "exit_code": 2}),
+    );
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["execution"]["id"].as_i64(), Some(first));
+    assert_eq!(again["execution"]["status"], "failed");
     // An end without a start: a run of zero known duration.
     let (s, v) = ping(
         "scraper",

@@ -527,7 +527,7 @@ impl Service {
                 );
             }
             if e.state == State::Completed {
-                if let Some(short) = too_short(e) {
+                if let Some(short) = crate::views::too_short(e) {
                     a.send_about(AlertKind::TooShort, Some(&e.job), short, view());
                 } else {
                     a.resolve_job(&e.job, view());
@@ -576,21 +576,6 @@ impl Service {
         }
         crate::telemetry::recovered(&self.store, recs);
     }
-}
-
-/// Why a completed run was too short for its expected duration, if it was.
-pub fn too_short(e: &ExecutionRow) -> Option<String> {
-    let min = e.expected_duration?.min?;
-    let ran = jobward_core::deadline::between(e.started_at?, e.finished_at?);
-    (ran < min).then(|| {
-        format!(
-            "job '{}' run #{} was too short: it completed in {}, expected at least {}",
-            e.job,
-            e.number,
-            jobward_core::duration::format_duration(ran),
-            jobward_core::duration::format_duration(min)
-        )
-    })
 }
 
 /// A completion's attempt number and log tail.

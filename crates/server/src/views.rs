@@ -72,6 +72,21 @@ pub fn scheduled_text(at: Timestamp, now: Timestamp) -> String {
     )
 }
 
+/// Why a completed run was too short for its expected duration, if it was.
+pub fn too_short(e: &ExecutionRow) -> Option<String> {
+    let min = e.expected_duration?.min?;
+    let ran = jobward_core::deadline::between(e.started_at?, e.finished_at?);
+    (ran < min).then(|| {
+        format!(
+            "job '{}' run #{} was too short: it completed in {}, expected at least {}",
+            e.job,
+            e.number,
+            jobward_core::duration::format_duration(ran),
+            jobward_core::duration::format_duration(min)
+        )
+    })
+}
+
 /// Whether a run ran (or runs) past the upper bound of its expected duration.
 pub fn overdue(e: &ExecutionRow, now: Timestamp) -> bool {
     match (e.expected_duration.and_then(|b| b.max), e.runtime(now)) {
@@ -97,7 +112,7 @@ pub fn status_text(e: &ExecutionRow, now: Timestamp) -> String {
             "{base} — overdue (expected at most {})",
             bound(e.expected_duration.and_then(|b| b.max))
         )
-    } else if e.state == State::Completed && crate::service::too_short(e).is_some() {
+    } else if e.state == State::Completed && too_short(e).is_some() {
         format!(
             "{base} — too short (expected at least {})",
             bound(e.expected_duration.and_then(|b| b.min))
@@ -186,7 +201,7 @@ pub fn execution(e: &ExecutionRow, now: Timestamp) -> ExecutionView {
         pgid: e.process.as_ref().map(|p| p.pgid),
         expected_duration: e.expected_duration.map(|b| b.to_string()),
         overdue: overdue(e, now),
-        too_short: crate::service::too_short(e).is_some(),
+        too_short: too_short(e).is_some(),
         progress: e.progress,
         phase: e.phase.clone(),
         payload: e.payload.clone(),

@@ -411,6 +411,13 @@ pub struct StartExternal {
     pub lease: Option<Duration>,
 }
 
+impl StartExternal {
+    /// The idempotency key a start with this `run_id` is recorded under (its end finds it).
+    pub fn run_key(run_id: &str) -> String {
+        format!("run:{run_id}")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum StartOutcome {
     /// It runs: the execution is `running` under the caller's lease.

@@ -83,20 +83,27 @@ pub async fn health(
     responses((status = 200, description = "every running execution, newest first", body = RunningList),
               (status = "default", description = "an error", body = ErrorBody)))]
 pub async fn running(State(state): State<AppState>) -> Result<axum::Json<RunningList>, ApiError> {
-    let rows = state
-        .store
-        .list_executions(ExecutionFilter {
-            states: vec![ExecState::Running],
-            limit: 10_000,
-            ..Default::default()
-        })
-        .await?;
+    let rows = running_rows(&state).await?;
     let now = now(&state).await?;
     let executions: Vec<ExecutionView> = rows.iter().map(|e| views::execution(e, now)).collect();
     Ok(axum::Json(RunningList {
         count: executions.len(),
         executions,
     }))
+}
+
+/// Every running execution (at most 10,000), newest first.
+pub(crate) async fn running_rows(
+    state: &AppState,
+) -> Result<Vec<jobward_store::ExecutionRow>, ApiError> {
+    Ok(state
+        .store
+        .list_executions(ExecutionFilter {
+            states: vec![ExecState::Running],
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?)
 }
 
 #[utoipa::path(post, path = "/api/system/cleanup/stale-executions", tag = "system",

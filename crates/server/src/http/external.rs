@@ -33,9 +33,7 @@ fn label(v: Option<&str>, default: &str) -> String {
         .collect::<String>()
 }
 
-fn started_view(state: &AppState, out: StartOutcome) -> ExternalStartResponse {
-    let now = chrono::Utc::now();
-    let _ = state;
+fn started_view(out: StartOutcome, now: chrono::DateTime<chrono::Utc>) -> ExternalStartResponse {
     match out {
         StartOutcome::Started(e) => ExternalStartResponse {
             started: true,
@@ -88,7 +86,7 @@ pub async fn start(
             lease: None,
         })
         .await?;
-    let r = started_view(&state, out);
+    let r = started_view(out, state.store.now().await?);
     Ok((
         if r.started {
             StatusCode::CREATED
@@ -303,30 +301,22 @@ pub async fn ping(
         }));
     }
     // An end: the run its start began, else a run of unknown duration.
-    let paired = match &req.run_id {
-        Some(r) => state
-            .store
-            .list_executions(ExecutionFilter {
-                job: Some(name.clone()),
-                states: vec![ExecState::Running],
-                limit: 1000,
-                ..Default::default()
-            })
-            .await?
-            .into_iter()
-            .find(|e| e.idempotency_key.as_deref() == Some(&format!("run:{r}"))),
-        None => state
-            .store
-            .list_executions(ExecutionFilter {
-                job: Some(name.clone()),
-                states: vec![ExecState::Running],
-                limit: 1000,
-                ..Default::default()
-            })
-            .await?
-            .into_iter()
-            .find(|e| e.lease_owner.as_deref() == Some("ping")),
-    };
+    // The run this end belongs to: the start with its run_id, else the job's latest start ping.
+    let key = req.run_id.as_deref().map(StartExternal::run_key);
+    let paired = state
+        .store
+        .list_executions(ExecutionFilter {
+            job: Some(name.clone()),
+            states: vec![ExecState::Running],
+            limit: 1000,
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .find(|e| match &key {
+            Some(k) => e.idempotency_key.as_ref() == Some(k),
+            None => e.lease_owner.as_deref() == Some("ping"),
+        });
     let (row, unpaired) = match paired {
         Some(e) => (e, false),
         None => {
@@ -347,6 +337,14 @@ pub async fn ping(
             }
         }
     };
+    // The same end sent again (its run_id's run already ended) is answered with that record.
+    if row.state.is_terminal() {
+        return Ok(axum::Json(PingResponse {
+            ping: action,
+            execution: views::execution(&row, now),
+            unpaired,
+        }));
+    }
     let success = action == "success";
     let report = CompletionReport {
         id: row.id,

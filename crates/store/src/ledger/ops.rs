@@ -1707,7 +1707,7 @@ pub(crate) async fn start_external(tx: &mut dyn Conn, p: &StartExternal) -> Resu
     if !defined {
         return Err(StoreError::JobUndefined(p.job.clone()));
     }
-    let key = p.run_id.as_ref().map(|r| format!("run:{r}"));
+    let key = p.run_id.as_deref().map(StartExternal::run_key);
     if let Some(k) = &key
         && let Some(row) = table::by_idempotency_key(tx, &p.job, k).await?
     {

@@ -16,7 +16,7 @@ use super::pages::{ago, button, exec_badge, exec_link, job_link, layout, reason,
 use super::session::Viewer;
 use super::{Page, PageError, check_form, ok, urlencode};
 use crate::http::AppState;
-use crate::http::api::{ListQuery, filter_of};
+use crate::http::api::{ListQuery, filter_of, running_rows};
 use crate::views::{self, NodeNames};
 
 /// Rows per page of executions.
@@ -340,14 +340,7 @@ pub fn execution_buttons(v: &Viewer, e: &ExecutionRow) -> Markup {
 pub async fn nodes(State(state): State<AppState>, Extension(viewer): Extension<Viewer>) -> Page {
     let nodes = state.store.list_nodes().await?;
     let now = state.store.now().await?;
-    let running = state
-        .store
-        .list_executions(ExecutionFilter {
-            states: vec![ExecState::Running],
-            limit: 10_000,
-            ..Default::default()
-        })
-        .await?;
+    let running = running_rows(&state).await?;
     let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
     for e in &running {
         if let Some(n) = e.node_id.as_deref() {
@@ -394,14 +387,7 @@ pub async fn workers(State(state): State<AppState>, Extension(viewer): Extension
     let now = state.store.now().await?;
     let since = now - chrono::Duration::hours(24);
     let workers = state.store.workers(since).await?;
-    let running = state
-        .store
-        .list_executions(ExecutionFilter {
-            states: vec![ExecState::Running],
-            limit: 10_000,
-            ..Default::default()
-        })
-        .await?;
+    let running = running_rows(&state).await?;
     let body = html! {
         h1 { "Workers" }
         p.muted { "Workers seen claiming in the last 24 hours, the most recent first." }
@@ -441,14 +427,7 @@ pub async fn queues(State(state): State<AppState>, Extension(viewer): Extension<
     let now = state.store.now().await?;
     let queues = state.store.queues().await?;
     let slots = state.store.slots().await?;
-    let running = state
-        .store
-        .list_executions(ExecutionFilter {
-            states: vec![ExecState::Running],
-            limit: 10_000,
-            ..Default::default()
-        })
-        .await?;
+    let running = running_rows(&state).await?;
     let body = html! {
         h1 { "Queues" }
         section.card #queues data-live {

@@ -102,7 +102,7 @@ pub(super) fn exec_badge(e: &ExecutionRow, now: Timestamp) -> Markup {
         @if crate::views::overdue(e, now) {
             " " span.tag.overdue title={ "expected " (bounds) "; it is not stopped (its run timeout does that)" } { "overdue" }
         }
-        @if e.state == State::Completed && crate::service::too_short(e).is_some() {
+        @if e.state == State::Completed && crate::views::too_short(e).is_some() {
             " " span.tag.too-short title={ "expected " (bounds) } { "too short" }
         }
     }
